@@ -1,0 +1,128 @@
+"""The forwarder interface every sink implements (see docs/architecture.md).
+
+A *record sink* turns a batch of FlowRecords into one payload (``encode``) and
+delivers it (``send``). A *packet sink* writes blocks of frames. Queues,
+batching, retry with backoff and jitter, disk spooling, dead-lettering and the
+counters live once in ``forwarders.runner`` and wrap every sink alike; a sink
+only knows its own protocol.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from receiver.flows.record import FlowRecord
+
+
+class SendError(Exception):
+    """Raised by ``RecordSink.send``.
+
+    ``retryable`` errors are retried with backoff, then spooled to disk;
+    the others go to the dead-letter file with ``reason``. ``fatal_for_sink``
+    means no later batch can succeed either (an invalid token): the runner
+    logs it once, marks the sink unhealthy and stops hammering the server.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        fatal_for_sink: bool = False,
+        accepted: int = 0,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.fatal_for_sink = fatal_for_sink
+        self.accepted = accepted
+
+
+@dataclass
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class SinkContext:
+    """What the service tells a sink about where it runs."""
+
+    name: str  # unique forwarder name, e.g. "splunk_hec" or "splunk_hec.cluster2"
+    data_dir: Path  # base data directory (spool, dead letters, default outputs)
+    worker: int = 0  # worker process index (file names must not collide across workers)
+    vni_names: Any = None  # optional callable: vni -> str | None (pcapng interface names)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RecordSink(abc.ABC):
+    kind: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, context: SinkContext) -> None:
+        self.config = config
+        self.context = context
+
+    def health_check(self) -> Health:
+        return Health(True)
+
+    @abc.abstractmethod
+    def encode(self, records: list[FlowRecord]) -> bytes:
+        """One batch as the bytes ``send`` delivers (also what is spooled)."""
+
+    @abc.abstractmethod
+    def send(self, payload: bytes, count: int) -> None:
+        """Deliver one encoded batch of ``count`` records, or raise SendError."""
+
+    def reopen(self) -> None:  # noqa: B027 - optional hook (SIGHUP)
+        """Reopen output files (SIGHUP)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources after the runner has flushed."""
+
+
+@dataclass
+class FrameBlock:
+    """Frames to write, already copied out of the listener's ring.
+
+    ``data`` holds the frames back to back; frame ``i`` is
+    ``data[offset[i]:offset[i]+caplen[i]]`` with original length ``wirelen[i]``,
+    arrival time ``ts[i]`` (epoch seconds, float64) and VNI ``vni[i]`` (-1: none).
+    """
+
+    data: bytes
+    offset: Any  # numpy int64 [n]
+    caplen: Any  # numpy uint32 [n]
+    wirelen: Any  # numpy uint32 [n]
+    ts: Any  # numpy float64 [n]
+    vni: Any  # numpy int64 [n]
+
+    @property
+    def count(self) -> int:
+        return len(self.offset)
+
+
+class PacketSink(abc.ABC):
+    kind: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, context: SinkContext) -> None:
+        self.config = config
+        self.context = context
+
+    def health_check(self) -> Health:
+        return Health(True)
+
+    @abc.abstractmethod
+    def write(self, block: FrameBlock) -> None:
+        """Write frames (called from the sink's own thread)."""
+
+    def reopen(self) -> None:  # noqa: B027
+        """Start new files (SIGHUP)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and close; closed files get their final names."""

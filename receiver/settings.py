@@ -1,0 +1,24 @@
+"""Settings of the decode engine and the flow table (the ``[engine]`` config table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .configschema import opt
+
+
+@dataclass
+class EngineConfig:
+    vxlan_ports: list[int] = opt([4789], "UDP destination ports decapsulated as VXLAN")
+    geneve_ports: list[int] = opt([6081], "UDP destination ports decapsulated as GENEVE")
+    max_tunnel_depth: int = opt(4, "deepest tunnel nesting decapsulated; deeper is dropped", 1, 16)
+    excerpt_bytes: int = opt(128, "payload bytes kept per direction (0 disables excerpts)", 0, 4096)
+    app_metadata: bool = opt(True, "parse HTTP, DNS and TLS metadata from the first packets")
+    app_max_items: int = opt(8, "HTTP requests / DNS queries kept per flow record", 0, 1000)
+    tcp_idle_timeout: float = opt(300.0, "seconds without packets before a TCP flow ends", 0.1)
+    udp_idle_timeout: float = opt(60.0, "seconds without packets before a UDP flow ends", 0.1)
+    other_idle_timeout: float = opt(60.0, "idle timeout of ICMP and other IP protocols, seconds", 0.1)
+    active_timeout: float = opt(300.0, "long flows emit an interim record this often, seconds", 1.0)
+    tcp_close_linger: float = opt(2.0, "seconds a TCP flow stays after FIN both ways or RST", 0.0)
+    max_flows: int = opt(1_000_000, "flow table size cap; the oldest flows are evicted past it", 16)
+    expire_interval: float = opt(1.0, "how often (packet time) timeouts are checked, seconds", 0.01)
