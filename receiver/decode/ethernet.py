@@ -1,0 +1,13 @@
+"""Ethernet II, 802.1Q / 802.1ad (QinQ) tags, and Linux cooked capture (SLL) headers."""
+
+from .header import Header
+
+ETH = Header("ethernet", ("dst", "6s"), ("src", "6s"), ("type", "H"))
+VLAN = Header("vlan", ("tci", "H"), ("type", "H"))
+SLL = Header("sll", ("pkttype", "H"), ("hatype", "H"), ("halen", "H"), ("addr", "8s"), ("proto", "H"))
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+ETH_TEB = 0x6558  # transparent Ethernet bridging (GENEVE's Ethernet payload type)
+VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
+MAX_VLAN_TAGS = 2

@@ -1,0 +1,68 @@
+"""Declarative header definitions, read two ways: a whole batch at once (numpy) or one packet (struct).
+
+A protocol module declares its header once, dpkt-style::
+
+    UDP = Header("udp", ("sport", "H"), ("dport", "H"), ("ulen", "H"), ("sum", "H"))
+
+and reads it either for many packets at once, ``UDP.take(buf, pos)`` -> a ``[n, size]`` byte
+matrix whose fields come out with ``UDP.field(m, "dport")``, or for one packet with
+``UDP.unpack(data, off)`` -> a dict. Both read the same offsets, so the fast path and the
+slow path cannot disagree about where a field is.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from ..packets import I64, U8
+
+_SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8}
+
+
+class Header:
+    def __init__(self, name: str, *fields: tuple[str, str]) -> None:
+        self.name = name
+        self.offsets: dict[str, tuple[int, str]] = {}
+        fmt = ">"
+        off = 0
+        for fname, code in fields:
+            size = _SIZES[code] if code in _SIZES else int(code[:-1])
+            self.offsets[fname] = (off, code)
+            off += size
+            fmt += code
+        self.size = off
+        self._struct = struct.Struct(fmt)
+        self._names = [f for f, _ in fields]
+        self._cols = np.arange(off, dtype=np.int64)
+
+    # -- many packets -------------------------------------------------------------------------
+    def take(self, buf: U8, pos: I64) -> U8:
+        """The header bytes of every packet as an ``[n, size]`` matrix (reads past the buffer are clamped)."""
+        idx = pos[:, None] + self._cols[None, :]
+        np.minimum(idx, buf.shape[0] - 1, out=idx)
+        np.maximum(idx, 0, out=idx)
+        return buf[idx] if buf.shape[0] else np.zeros(idx.shape, np.uint8)
+
+    def field(self, m: U8, name: str) -> Any:
+        """One field of every row of a ``take`` matrix, as an unsigned integer column."""
+        off, code = self.offsets[name]
+        if code == "B":
+            return m[:, off].astype(np.uint64)
+        n = _SIZES.get(code) or int(code[:-1])
+        out = m[:, off].astype(np.uint64)
+        for k in range(1, n):
+            out = (out << np.uint64(8)) | m[:, off + k].astype(np.uint64)
+        return out
+
+    def raw(self, m: U8, name: str) -> U8:
+        """The bytes of one field of every row (addresses)."""
+        off, code = self.offsets[name]
+        n = _SIZES.get(code) or int(code[:-1])
+        return m[:, off : off + n]
+
+    # -- one packet ---------------------------------------------------------------------------
+    def unpack(self, data: bytes, off: int = 0) -> dict[str, Any]:
+        return dict(zip(self._names, self._struct.unpack_from(data, off)))
