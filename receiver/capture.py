@@ -1,0 +1,283 @@
+"""Reading capture files into PacketBatches.
+
+    with open_capture("trace.pcap.gz") as cap:
+        for batch in cap.batches(8192):
+            ...
+        cap.counters   # {"records": .., "truncated_records": .., "unsupported_linktype": .., ...}
+
+Formats are recognised by their magic number, never by the file name: classic
+pcap (microsecond 0xa1b2c3d4 and nanosecond 0xa1b23c4d, either byte order),
+pcapng, and either of them gzip-compressed.
+
+An uncompressed file is memory-mapped and every batch's ``buf`` is the whole
+mapping (``start`` points at record data): nothing is copied. A gzip file is
+decompressed into memory first (so its size is bounded by RAM).
+
+Link types: 1 Ethernet, 101/228/229 raw IP (also 12 and 14, the DLT_RAW values some
+systems write), 113 Linux cooked. Packets of any other link type are counted
+under ``unsupported_linktype`` and skipped, with one warning per capture and link type.
+
+Errors: a file that cannot be opened, is not a capture, or ends inside the file
+header raises :class:`CaptureError` (naming the file). A final record cut short
+is counted (``truncated_records``); a record header with an impossible length
+stops reading and is counted (``bad_records``); malformed pcapng blocks are
+counted (``bad_blocks``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import numpy as np
+
+from . import capture_pcap, capture_pcapng
+from .packets import U8, Layer, PacketBatch
+
+log = logging.getLogger(__name__)
+
+LINKTYPE_LAYERS: dict[int, Layer] = {
+    1: Layer.ETHERNET,
+    101: Layer.RAW_IP,
+    228: Layer.RAW_IP,
+    229: Layer.RAW_IP,
+    12: Layer.RAW_IP,
+    14: Layer.RAW_IP,
+    113: Layer.LINUX_SLL,
+}
+
+# first four bytes as written (big-endian reading) -> (format, big_endian, nanoseconds)
+_PCAP_MAGICS: dict[bytes, tuple[bool, bool]] = {
+    bytes.fromhex("a1b2c3d4"): (True, False),
+    bytes.fromhex("d4c3b2a1"): (False, False),
+    bytes.fromhex("a1b23c4d"): (True, True),
+    bytes.fromhex("4d3cb2a1"): (False, True),
+}
+_PCAPNG_MAGIC = bytes.fromhex("0a0d0d0a")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class CaptureError(Exception):
+    """The file cannot be read as a capture. The message names the file and the problem."""
+
+
+COUNTER_NAMES = (
+    "records",  # packets delivered in batches
+    "truncated_records",  # a record (or block) cut short at the end of the file
+    "bad_records",  # a record header with an impossible length (reading stopped there)
+    "bad_blocks",  # pcapng blocks that are malformed
+    "skipped_blocks",  # pcapng blocks of types that carry no packets (name resolution, stats, ...)
+    "unsupported_linktype",  # packets skipped because of their link type
+    "gzip_truncated",  # the compressed stream ended early (what came before is read)
+)
+
+
+class Capture:
+    """One open capture file. Use :func:`open_capture`."""
+
+    def __init__(
+        self,
+        path: str,
+        data: mmap.mmap | bytes | bytearray,
+        compressed: bool,
+        counters: dict[str, int],
+    ) -> None:
+        self.path = path
+        self.compressed = compressed
+        self.counters = counters
+        self._data: mmap.mmap | bytes | bytearray | None = data
+        self._arr: U8 = np.frombuffer(data, np.uint8)
+        head = bytes(self._arr[:4])
+        self.format: Literal["pcap", "pcapng"]
+        self.big_endian = False
+        self.nanoseconds = False
+        self.linktype: int | None = None  # classic pcap only (pcapng: per interface)
+        self.snaplen = 0
+        if head in _PCAP_MAGICS:
+            self.format = "pcap"
+            self.big_endian, self.nanoseconds = _PCAP_MAGICS[head]
+            if self._arr.shape[0] < capture_pcap.HEADER_LEN:
+                raise CaptureError(f"{path}: file ends inside the pcap file header")
+            e = ">" if self.big_endian else "<"
+            _maj, _min, _zone, _sig, self.snaplen, network = struct.unpack_from(e + "HHiIII", self._arr.data, 4)
+            self.linktype = network & 0xFFFF
+        elif head == _PCAPNG_MAGIC:
+            self.format = "pcapng"
+            if self._arr.shape[0] < 28:
+                raise CaptureError(f"{path}: file ends inside the pcapng section header")
+        else:
+            raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with {head.hex() or 'nothing'})")
+        self._warned: set[int] = set()
+
+    # -- API -------------------------------------------------------------------------------
+
+    def batches(self, batch_size: int = 8192) -> Iterator[PacketBatch]:
+        """Every packet of the file, in order, as batches of at most ``batch_size``."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.format == "pcap":
+            yield from self._pcap_batches(batch_size)
+        else:
+            yield from self._pcapng_batches(batch_size)
+
+    def close(self) -> None:
+        """Release the file. Batches already handed out keep the mapping alive until dropped."""
+        data, self._data = self._data, None
+        if isinstance(data, mmap.mmap):
+            # BufferError: numpy views still exist; the mapping closes when they are collected
+            with contextlib.suppress(BufferError):
+                data.close()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Capture({self.path!r}, format={self.format}, compressed={self.compressed})"
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _count(self, name: str, n: int) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def _unsupported(self, linktype: int, n: int) -> None:
+        self._count("unsupported_linktype", n)
+        if linktype not in self._warned:
+            self._warned.add(linktype)
+            log.warning("%s: link type %d is not supported; its packets are skipped", self.path, linktype)
+
+    def _pcap_batches(self, batch_size: int) -> Iterator[PacketBatch]:
+        arr = self._arr
+        end = arr.shape[0]
+        assert self.linktype is not None
+        layer = LINKTYPE_LAYERS.get(self.linktype)
+        frac_lim = 1_000_000_000 if self.nanoseconds else 1_000_000
+        pos = capture_pcap.HEADER_LEN
+        while pos < end:
+            res = capture_pcap.scan(arr, pos, end, self.big_endian, frac_lim)
+            offs = res.offsets
+            if layer is None:
+                self._unsupported(self.linktype, int(offs.shape[0]))
+            else:
+                for i in range(0, offs.shape[0], batch_size):
+                    part = offs[i : i + batch_size]
+                    start, cap, wire, ts = capture_pcap.record_columns(arr, part, self.big_endian, self.nanoseconds)
+                    self._count("records", int(part.shape[0]))
+                    yield PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
+            if res.truncated:
+                self._count("truncated_records", 1)
+                log.warning("%s: the last record is cut short at offset %d", self.path, res.next_pos)
+                break
+            if res.bad:
+                self._count("bad_records", 1)
+                log.warning(
+                    "%s: record header at offset %d has an impossible length; reading stopped",
+                    self.path,
+                    res.next_pos,
+                )
+                break
+            if res.next_pos <= pos and offs.shape[0] == 0:  # pragma: no cover - defensive
+                break
+            pos = res.next_pos
+
+    def _pcapng_batches(self, batch_size: int) -> Iterator[PacketBatch]:
+        arr = self._arr
+        pending: list[capture_pcapng.Packet] = []
+        cur: capture_pcapng.Interface | None = None
+
+        def flush() -> PacketBatch:
+            assert cur is not None
+            start, cap, wire, ts = capture_pcapng.packet_arrays(pending)
+            self._count("records", len(pending))
+            pending.clear()
+            return PacketBatch(
+                buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=LINKTYPE_LAYERS[cur.linktype]
+            )
+
+        try:
+            for pkt in capture_pcapng.walk(arr, arr.shape[0], self._count, self.path):
+                itf = pkt.iface
+                if itf.linktype not in LINKTYPE_LAYERS:
+                    self._unsupported(itf.linktype, 1)
+                    continue
+                if pending and (
+                    len(pending) >= batch_size or LINKTYPE_LAYERS[itf.linktype] != LINKTYPE_LAYERS[cur.linktype]  # type: ignore[union-attr]
+                ):
+                    yield flush()
+                cur = itf
+                pending.append(pkt)
+        except capture_pcapng.PcapngError as exc:
+            log.warning("%s; reading stopped", exc)
+        if pending:
+            yield flush()
+
+
+def _read_gzip(path: str, counters: dict[str, int]) -> bytearray:
+    """Decompress every gzip member; a stream cut short keeps what was decompressed."""
+    out = bytearray()
+    d = zlib.decompressobj(wbits=31)
+    fed = False  # the current member has received input
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                while chunk:
+                    out += d.decompress(chunk)
+                    fed = True
+                    chunk = b""
+                    if d.eof:  # another member may follow
+                        chunk = d.unused_data
+                        d = zlib.decompressobj(wbits=31)
+                        fed = False
+    except zlib.error as exc:
+        raise CaptureError(f"{path}: corrupt gzip data ({exc})") from None
+    if fed and not d.eof:
+        counters["gzip_truncated"] = counters.get("gzip_truncated", 0) + 1
+        log.warning("%s: compressed stream ends early; reading what was decompressed", path)
+    return out
+
+
+def open_capture(path: str | os.PathLike[str]) -> Capture:
+    """Open a pcap or pcapng file (maybe gzip-compressed). Raises :class:`CaptureError`."""
+    p = os.fspath(path)
+    counters = dict.fromkeys(COUNTER_NAMES, 0)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+            if not head:
+                raise CaptureError(f"{p}: empty file, not a capture")
+            if head[:2] == _GZIP_MAGIC:
+                data: mmap.mmap | bytes | bytearray = _read_gzip(p, counters)
+                if not data:
+                    raise CaptureError(f"{p}: gzip file holds no data")
+                return Capture(p, data, True, counters)
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except CaptureError:
+        raise
+    except OSError as exc:
+        raise CaptureError(f"{p}: cannot open ({exc.strerror or exc})") from None
+    try:
+        return Capture(p, data, False, counters)
+    except CaptureError:
+        with contextlib.suppress(BufferError):
+            data.close()
+        raise
+
+
+def iter_captures(paths: Iterable[str | os.PathLike[str] | Path]) -> Iterator[Capture]:
+    """Open each path in turn; each capture is closed when the consumer moves on to the next."""
+    for path in paths:
+        cap = open_capture(path)
+        try:
+            yield cap
+        finally:
+            cap.close()

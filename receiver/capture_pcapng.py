@@ -1,0 +1,155 @@
+"""pcapng: a block walk producing packet offsets into the file buffer (no copies).
+
+Blocks (https://www.ietf.org/archive/id/draft-ietf-opsawg-pcapng-02.html):
+SHB 0x0A0D0D0A (starts a section, sets the byte order, forgets interfaces),
+IDB 1 (link type, snap length, options ``if_tsresol`` 9 and ``if_tsoffset`` 14),
+EPB 6, SPB 3 (no timestamp: the previous packet's is used), OPB 2 (obsolete).
+Other blocks are skipped. Each packet gets its interface's link type, so a
+file mixing interfaces yields batches of one layer each.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .packets import U8
+
+SHB = 0x0A0D0D0A
+IDB = 1
+OPB = 2
+SPB = 3
+EPB = 6
+BOM = 0x1A2B3C4D
+
+
+@dataclass
+class Interface:
+    linktype: int
+    snaplen: int
+    scale: float  # seconds per timestamp unit
+    offset: float  # if_tsoffset, seconds
+
+
+@dataclass
+class Packet:
+    """One packet block (offsets into the file buffer)."""
+
+    iface: Interface
+    start: int
+    caplen: int
+    wirelen: int
+    ts: float
+
+
+class PcapngError(ValueError):
+    """The section header is unusable: reading cannot go on."""
+
+
+def _tsresol(v: int) -> float:
+    return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0**-v
+
+
+def _parse_idb(arr: U8, body: int, body_end: int, e: str) -> Interface:
+    mv = arr.data
+    linktype, _res, snaplen = struct.unpack_from(e + "HHI", mv, body)
+    scale, offset = 1e-6, 0.0
+    p = body + 8
+    while p + 4 <= body_end:
+        code, olen = struct.unpack_from(e + "HH", mv, p)
+        if code == 0:
+            break
+        v = p + 4
+        if v + olen > body_end:
+            break
+        if code == 9 and olen >= 1:
+            scale = _tsresol(int(arr[v]))
+        elif code == 14 and olen >= 8:
+            offset = float(struct.unpack_from(e + "q", mv, v)[0])
+        p = v + ((olen + 3) & ~3)
+    return Interface(linktype, snaplen, scale, offset)
+
+
+def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Iterator[Packet]:
+    """Yield every packet of the file; ``count(name, n)`` records truncation and bad blocks."""
+    pos = 0
+    e = "<"
+    ifaces: list[Interface] = []
+    last_ts = 0.0
+    unpack = struct.unpack_from
+    mv = arr.data
+    while pos < end:
+        if pos + 12 > end:
+            count("truncated_records", 1)
+            return
+        (btype,) = unpack(e + "I", mv, pos)
+        if btype == SHB:  # a byte palindrome: the same in either byte order
+            (bom,) = unpack("<I", mv, pos + 8)
+            if bom == BOM:
+                e = "<"
+            elif bom == 0x4D3C2B1A:
+                e = ">"
+            else:
+                raise PcapngError(f"{path}: section header at offset {pos} has a bad byte-order magic")
+            ifaces = []
+        (blen,) = unpack(e + "I", mv, pos + 4)
+        if blen < 12 or blen % 4:
+            count("bad_blocks", 1)
+            raise PcapngError(f"{path}: block at offset {pos} has an invalid length {blen}")
+        if pos + blen > end:
+            count("truncated_records", 1)
+            return
+        body, body_end = pos + 8, pos + blen - 4
+        if unpack(e + "I", mv, body_end)[0] != blen:
+            count("bad_blocks", 1)
+        try:
+            if btype == EPB:
+                iid, hi, lo, cap, orig = unpack(e + "IIIII", mv, body)
+                data = body + 20
+                if iid >= len(ifaces) or data + cap > body_end:
+                    count("bad_blocks", 1)
+                else:
+                    itf = ifaces[iid]
+                    last_ts = itf.offset + ((hi << 32) | lo) * itf.scale
+                    yield Packet(itf, data, cap, orig, last_ts)
+            elif btype == SPB:
+                (orig,) = unpack(e + "I", mv, body)
+                if not ifaces:
+                    count("bad_blocks", 1)
+                else:
+                    itf = ifaces[0]
+                    cap = min(orig, body_end - body - 4)
+                    if itf.snaplen:
+                        cap = min(cap, itf.snaplen)
+                    yield Packet(itf, body + 4, cap, orig, last_ts)
+            elif btype == OPB:
+                iid, _drops, hi, lo, cap, orig = unpack(e + "HHIIII", mv, body)
+                data = body + 20
+                if iid >= len(ifaces) or data + cap > body_end:
+                    count("bad_blocks", 1)
+                else:
+                    itf = ifaces[iid]
+                    last_ts = itf.offset + ((hi << 32) | lo) * itf.scale
+                    yield Packet(itf, data, cap, orig, last_ts)
+            elif btype == IDB:
+                if body + 8 > body_end:
+                    count("bad_blocks", 1)
+                else:
+                    ifaces.append(_parse_idb(arr, body, body_end, e))
+            elif btype != SHB:
+                count("skipped_blocks", 1)
+        except struct.error:
+            count("bad_blocks", 1)
+        pos += blen
+
+
+def packet_arrays(pkts: list[Packet]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    n = len(pkts)
+    start = np.fromiter((p.start for p in pkts), np.int64, n)
+    cap = np.fromiter((p.caplen for p in pkts), np.uint32, n)
+    wire = np.fromiter((p.wirelen for p in pkts), np.uint32, n)
+    ts = np.fromiter((p.ts for p in pkts), np.float64, n)
+    return start, cap, wire, ts

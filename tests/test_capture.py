@@ -1,0 +1,361 @@
+"""Capture reader: formats, byte orders, compression, truncation, errors, zero copy."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import dpkt
+import numpy as np
+import pytest
+
+from receiver import capture_pcap
+from receiver.capture import CaptureError, iter_captures, open_capture
+from receiver.packets import Layer, PacketBatch
+from tests.capture_fixtures import NgWriter, Rec, eth_frame, pcap_bytes, random_records
+
+ZEEK = Path(__file__).resolve().parents[2] / "shared" / "captures" / "zeek"
+TRACES = sorted(p for p in ZEEK.glob("*/*.pcap*")) if ZEEK.is_dir() else []
+
+
+def read_all(path: Path | str, batch_size: int = 8192) -> tuple[list[PacketBatch], dict[str, int]]:
+    with open_capture(path) as cap:
+        batches = list(cap.batches(batch_size))
+        return batches, dict(cap.counters)
+
+
+def frames(batches: list[PacketBatch]) -> list[bytes]:
+    return [b.frame(i) for b in batches for i in range(b.count)]
+
+
+def column(batches: list[PacketBatch], name: str) -> np.ndarray:
+    return np.concatenate([getattr(b, name) for b in batches]) if batches else np.zeros(0)
+
+
+@pytest.mark.skipif(not TRACES, reason="shared Zeek captures not present")
+@pytest.mark.parametrize("path", TRACES, ids=lambda p: p.name)
+def test_real_traces_match_dpkt(path: Path) -> None:
+    batches, counters = read_all(path, batch_size=7)
+    with open(path, "rb") as f:
+        reader = dpkt.pcapng.Reader(f) if path.suffix == ".pcapng" else dpkt.pcap.Reader(f)
+        expected = [(ts, bytes(buf)) for ts, buf in reader]
+    assert frames(batches) == [buf for _, buf in expected]
+    np.testing.assert_allclose(column(batches, "ts"), [float(ts) for ts, _ in expected], atol=1e-6)
+    assert counters["records"] == len(expected)
+    assert counters["truncated_records"] == counters["bad_records"] == counters["bad_blocks"] == 0
+    assert all(b.layer is Layer.ETHERNET for b in batches)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("nanos", [False, True])
+def test_pcap_magics_and_byte_orders(tmp_path: Path, big_endian: bool, nanos: bool) -> None:
+    recs = random_records(300, seed=int(big_endian) * 2 + int(nanos), nanos=nanos)
+    path = tmp_path / "t.pcap"
+    path.write_bytes(pcap_bytes(recs, big_endian=big_endian, nanos=nanos))
+    batches, counters = read_all(path, batch_size=64)
+    assert [b.count for b in batches] == [64, 64, 64, 64, 44]
+    assert frames(batches) == [r.data for r in recs]
+    assert column(batches, "caplen").tolist() == [len(r.data) for r in recs]
+    assert column(batches, "wirelen").tolist() == [r.orig for r in recs]
+    scale = 1e-9 if nanos else 1e-6
+    np.testing.assert_allclose(column(batches, "ts"), [r.ts_sec + r.ts_frac * scale for r in recs], rtol=0, atol=1e-6)
+    assert counters["records"] == 300
+
+
+def test_zero_copy_batches_view_the_mapped_file(tmp_path: Path) -> None:
+    recs = random_records(50, seed=3)
+    path = tmp_path / "z.pcap"
+    data = pcap_bytes(recs)
+    path.write_bytes(data)
+    with open_capture(path) as cap:
+        (batch,) = list(cap.batches())
+        assert batch.buf.shape[0] == len(data)  # the whole file, not a copy of records
+        assert not batch.buf.flags.writeable and not batch.buf.flags.owndata
+        assert batch.start[0] == 24 + 16
+        assert bytes(batch.buf[: len(data)]) == data
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_pcap_timestamps_agree_with_tshark(tmp_path: Path) -> None:
+    recs = [Rec(1_700_000_000 + i, 123_456_789 + i, eth_frame(40 + i, seed=i), None) for i in range(20)]
+    path = tmp_path / "ns.pcap"
+    path.write_bytes(pcap_bytes(recs, big_endian=True, nanos=True))
+    batches, _ = read_all(path)
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch", "-e", "frame.cap_len"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    np.testing.assert_allclose(column(batches, "ts"), [float(x) for x in out[0::2]], atol=1e-6)
+    assert column(batches, "caplen").tolist() == [int(x) for x in out[1::2]]
+
+
+def test_gzip_detected_by_magic_not_name(tmp_path: Path) -> None:
+    recs = random_records(100, seed=5)
+    path = tmp_path / "capture.bin"
+    path.write_bytes(gzip.compress(pcap_bytes(recs)))
+    with open_capture(path) as cap:
+        batches = list(cap.batches())
+        assert cap.compressed
+    assert frames(batches) == [r.data for r in recs]
+
+
+def test_gzip_pcapng(tmp_path: Path) -> None:
+    w = NgWriter().shb().idb(1)
+    for i in range(5):
+        w.epb(0, 1_000_000 * (1_700_000_000 + i), eth_frame(30, seed=i))
+    path = tmp_path / "x.pcapng.gz"
+    path.write_bytes(gzip.compress(w.bytes()))
+    batches, counters = read_all(path)
+    assert counters["records"] == 5
+    assert column(batches, "ts").tolist() == [1_700_000_000.0 + i for i in range(5)]
+
+
+def test_truncated_gzip_keeps_what_was_decompressed(tmp_path: Path) -> None:
+    recs = random_records(400, seed=6)
+    blob = gzip.compress(pcap_bytes(recs), compresslevel=1)
+    path = tmp_path / "cut.pcap.gz"
+    path.write_bytes(blob[: len(blob) * 3 // 4])
+    batches, counters = read_all(path)
+    assert counters["gzip_truncated"] == 1
+    n = counters["records"]
+    assert 0 < n < 400 and frames(batches) == [r.data for r in recs[:n]]
+    assert counters["truncated_records"] == 1  # the record the cut went through
+
+
+@pytest.mark.parametrize("cut", [1, 8, 15, 16, 17, 100])
+def test_truncated_final_record_is_counted(tmp_path: Path, cut: int) -> None:
+    recs = random_records(10, seed=7, lo=200, hi=300)
+    data = pcap_bytes(recs)
+    path = tmp_path / "cut.pcap"
+    last_start = len(data) - 16 - len(recs[-1].data)
+    path.write_bytes(data[: last_start + cut])
+    batches, counters = read_all(path)
+    assert frames(batches) == [r.data for r in recs[:9]]
+    assert counters["truncated_records"] == 1 and counters["records"] == 9
+
+
+def test_impossible_record_length_stops_and_counts(tmp_path: Path) -> None:
+    recs = random_records(5, seed=8)
+    data = bytearray(pcap_bytes(recs))
+    third = 24 + sum(16 + len(r.data) for r in recs[:2])
+    data[third + 8 : third + 12] = (0x7FFFFFF0).to_bytes(4, "little")
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(bytes(data))
+    batches, counters = read_all(path)
+    assert frames(batches) == [r.data for r in recs[:2]]
+    assert counters["bad_records"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "empty file"),
+        (b"hello world, this is not a capture at all", "not a pcap or pcapng capture"),
+        (bytes.fromhex("d4c3b2a1") + b"\x02\x00\x04", "ends inside the pcap file header"),
+        (bytes.fromhex("0a0d0d0a") + b"\x1c\0\0\0", "ends inside the pcapng section header"),
+        (b"\x1f\x8b\x08\x00garbage-not-deflate", "corrupt gzip data"),
+    ],
+)
+def test_not_a_capture_raises_clear_error(tmp_path: Path, content: bytes, problem: str) -> None:
+    path = tmp_path / "bogus.pcap"
+    path.write_bytes(content)
+    with pytest.raises(CaptureError) as ei:
+        open_capture(path)
+    assert str(path) in str(ei.value) and problem in str(ei.value)
+    assert ei.value.__cause__ is None  # one clear message, no chained traceback
+
+
+def test_missing_file_raises_capture_error(tmp_path: Path) -> None:
+    with pytest.raises(CaptureError, match=r"nope\.pcap: cannot open"):
+        open_capture(tmp_path / "nope.pcap")
+    with pytest.raises(CaptureError, match="cannot open"):
+        open_capture(tmp_path)
+
+
+def test_unsupported_linktype_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "wifi.pcap"
+    path.write_bytes(pcap_bytes(random_records(7, seed=9), linktype=105))
+    with caplog.at_level(logging.WARNING):
+        batches, counters = read_all(path)
+    assert batches == [] and counters["unsupported_linktype"] == 7 and counters["records"] == 0
+    assert "link type 105 is not supported" in caplog.text and str(path) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("linktype", "layer"), [(101, Layer.RAW_IP), (228, Layer.RAW_IP), (229, Layer.RAW_IP), (113, Layer.LINUX_SLL)]
+)
+def test_linktype_layers(tmp_path: Path, linktype: int, layer: Layer) -> None:
+    path = tmp_path / "l.pcap"
+    path.write_bytes(pcap_bytes(random_records(3, seed=10), linktype=linktype))
+    batches, _ = read_all(path)
+    assert [b.layer for b in batches] == [layer]
+
+
+# -- pcapng --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_pcapng_blocks_interfaces_and_resolutions(
+    tmp_path: Path, big_endian: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = [eth_frame(20 + i, seed=i) for i in range(8)]
+    w = (
+        NgWriter(big_endian)
+        .shb()
+        .idb(1, snaplen=0, tsresol=9)  # 0: Ethernet, nanoseconds
+        .idb(101, tsresol=0x80 | 20, tsoffset=100)  # 1: raw IP, 2^-20 s units, +100 s
+        .idb(105)  # 2: 802.11, unsupported
+    )
+    w.epb(0, 1_700_000_000_123_456_789, f[0])
+    w.raw_block(5, b"\0" * 16)  # interface statistics: skipped
+    w.epb(0, 1_700_000_001_000_000_000, f[1], wirelen=len(f[1]) + 500)
+    w.epb(1, 3 << 20, f[2][14:])  # 3 s + 100 s offset
+    w.epb(2, 5, f[3])  # unsupported
+    w.opb(0, 1_700_000_002_000_000_000, f[4])
+    w.spb(f[5])  # no timestamp: the previous packet's
+    w.raw_block(0x80000001, b"custom")
+    path = tmp_path / "t.pcapng"
+    path.write_bytes(w.bytes())
+    with caplog.at_level(logging.WARNING):
+        batches, counters = read_all(path)
+    assert [(b.layer, b.count) for b in batches] == [(Layer.ETHERNET, 2), (Layer.RAW_IP, 1), (Layer.ETHERNET, 2)]
+    assert frames(batches) == [f[0], f[1], f[2][14:], f[4], f[5]]
+    np.testing.assert_allclose(
+        column(batches, "ts"),
+        [1_700_000_000.123456789, 1_700_000_001.0, 103.0, 1_700_000_002.0, 1_700_000_002.0],
+        atol=1e-6,
+    )
+    assert column(batches, "wirelen").tolist()[1] == len(f[1]) + 500
+    assert counters["unsupported_linktype"] == 1 and counters["skipped_blocks"] == 2
+    assert counters["records"] == 5 and counters["bad_blocks"] == 0
+    assert "link type 105" in caplog.text
+
+
+def test_pcapng_new_section_resets_interfaces_and_byte_order(tmp_path: Path) -> None:
+    a = NgWriter(False).shb().idb(1).epb(0, 1_000_000, eth_frame(10, 1))
+    b = NgWriter(True).shb().idb(101).epb(0, 2_000_000, eth_frame(10, 2)[14:])
+    path = tmp_path / "two.pcapng"
+    path.write_bytes(a.bytes() + b.bytes())
+    batches, _ = read_all(path)
+    assert [(x.layer, x.count) for x in batches] == [(Layer.ETHERNET, 1), (Layer.RAW_IP, 1)]
+    assert column(batches, "ts").tolist() == [1.0, 2.0]
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_pcapng_agrees_with_tshark(tmp_path: Path) -> None:
+    w = NgWriter(True).shb().idb(1, tsresol=9)
+    for i in range(10):
+        w.epb(0, 1_700_000_000_000_000_000 + i * 1_234_567_891, eth_frame(50 + i, seed=i))
+    path = tmp_path / "be.pcapng"
+    path.write_bytes(w.bytes())
+    batches, _ = read_all(path, batch_size=3)
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch", "-e", "frame.len"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    np.testing.assert_allclose(column(batches, "ts"), [float(x) for x in out[0::2]], atol=1e-6)
+    assert column(batches, "wirelen").tolist() == [int(x) for x in out[1::2]]
+
+
+def test_pcapng_bad_and_truncated_blocks_counted(tmp_path: Path) -> None:
+    w = NgWriter().shb().idb(1)
+    w.epb(0, 1, eth_frame(10, 1))
+    w.epb(7, 2, eth_frame(10, 2))  # unknown interface: bad block
+    w.epb(0, 3, eth_frame(10, 3))
+    data = w.bytes()
+    path = tmp_path / "t.pcapng"
+    path.write_bytes(data[:-10])  # the last block cut short
+    _, counters = read_all(path)
+    assert counters["records"] == 1 and counters["bad_blocks"] == 1 and counters["truncated_records"] == 1
+
+
+def test_pcapng_invalid_block_length_stops_with_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    w = NgWriter().shb().idb(1).epb(0, 1, eth_frame(10, 1))
+    data = w.bytes() + b"\x06\0\0\0\x05\0\0\0" + b"\0" * 20
+    path = tmp_path / "t.pcapng"
+    path.write_bytes(data)
+    with caplog.at_level(logging.WARNING):
+        _, counters = read_all(path)
+    assert counters["records"] == 1 and counters["bad_blocks"] == 1
+    assert "invalid length 5" in caplog.text
+
+
+def test_iter_captures_opens_each_in_turn(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.pcap"
+        p.write_bytes(pcap_bytes(random_records(i + 1, seed=i)))
+        paths.append(p)
+    seen = []
+    for cap in iter_captures(paths):
+        seen.append((cap.path, sum(b.count for b in cap.batches())))
+    assert seen == [(str(p), i + 1) for i, p in enumerate(paths)]
+
+
+# -- the offset scanners agree -------------------------------------------------------------
+
+
+def _scan_all(arr: np.ndarray, end: int, fn: str) -> tuple[list[int], bool, bool]:
+    pos, out = 24, []
+    while True:
+        if fn == "loop":
+            r = capture_pcap.scan_loop(arr, pos, end, False)
+        else:
+            r = capture_pcap.scan_lanes(arr, pos, min(end, pos + capture_pcap.WINDOW_LEN), end, False, 10**6)
+        out += r.offsets.tolist()
+        if r.truncated or r.bad or r.next_pos >= end:
+            return out, r.truncated, r.bad
+        pos = r.next_pos
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_speculative_scan_equals_loop(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    monkeypatch.setattr(capture_pcap, "LANE_LEN", int(rng.integers(300, 3000)))
+    monkeypatch.setattr(capture_pcap, "SEARCH_LEN", int(rng.integers(16, 300)))
+    monkeypatch.setattr(capture_pcap, "WINDOW_LEN", int(rng.integers(5_000, 60_000)))
+    monkeypatch.setattr(capture_pcap, "TAIL_LANES", int(rng.integers(0, 5)))
+    recs = random_records(int(rng.integers(50, 400)), seed=seed, lo=1, hi=int(rng.integers(40, 2000)))
+    # Adversarial payloads: embed plausible-looking record headers inside packet data.
+    for r in recs[::3]:
+        fake = pcap_bytes([Rec(1, 2, b"x" * int(rng.integers(0, 64)))])[24:]
+        r.data = (fake * 4 + r.data)[: max(len(r.data), 20)]
+    data = pcap_bytes(recs)
+    variants = [data, data[: len(data) - int(rng.integers(1, 40))]]
+    bad = bytearray(data)
+    k = 24 + sum(16 + len(r.data) for r in recs[: len(recs) // 2])
+    bad[k + 8 : k + 12] = (0xFFFFFFFF).to_bytes(4, "little")
+    variants.append(bytes(bad))
+    for v in variants:
+        arr = np.frombuffer(v, np.uint8)
+        assert _scan_all(arr, len(v), "lanes") == _scan_all(arr, len(v), "loop")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_speculative_scan_with_records_spanning_lanes(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Records longer than a lane, filled with fake header chains: guesses land inside packets,
+    chains that never meet the true one, and lanes the true chain jumps over entirely."""
+    rng = np.random.default_rng(100 + seed)
+    monkeypatch.setattr(capture_pcap, "LANE_LEN", 512)
+    monkeypatch.setattr(capture_pcap, "SEARCH_LEN", 64)
+    monkeypatch.setattr(capture_pcap, "WINDOW_LEN", int(rng.integers(3_000, 20_000)))
+    monkeypatch.setattr(capture_pcap, "TAIL_LANES", 0)
+    recs = []
+    for i in range(60):
+        if rng.random() < 0.5:
+            inner = pcap_bytes([Rec(1, 2, b"y" * int(rng.integers(0, 40)))])[24:]
+            data = (inner * 200)[: int(rng.integers(600, 3000))]
+        else:
+            data = rng.integers(0, 256, int(rng.integers(1, 200)), dtype=np.uint8).tobytes()
+        recs.append(Rec(1_600_000_000 + i, i, data))
+    data = pcap_bytes(recs)
+    for v in (data, data[: len(data) - int(rng.integers(1, 500))]):
+        arr = np.frombuffer(v, np.uint8)
+        assert _scan_all(arr, len(v), "lanes") == _scan_all(arr, len(v), "loop")
