@@ -21,7 +21,9 @@ class SendError(Exception):
     """Raised by ``RecordSink.send``.
 
     ``retryable`` errors are retried with backoff, then spooled to disk;
-    the others go to the dead-letter file with ``reason``. ``fatal_for_sink``
+    the others go to the dead-letter file with ``reason``. ``accepted``: the
+    first ``accepted`` records of the batch were delivered (counted as sent;
+    only the rest is retried, spooled or dead-lettered). ``fatal_for_sink``
     means no later batch can succeed either (an invalid token): the runner
     logs it once, marks the sink unhealthy and stops hammering the server.
     """
@@ -71,7 +73,11 @@ class RecordSink(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, records: list[FlowRecord]) -> bytes:
-        """One batch as the bytes ``send`` delivers (also what is spooled)."""
+        """One batch as the bytes ``send`` delivers.
+
+        The runner spools and dead-letters the records themselves (JSON lines),
+        so a batch is re-encoded when it is replayed or partially accepted.
+        """
 
     @abc.abstractmethod
     def send(self, payload: bytes, count: int) -> None:
@@ -79,6 +85,9 @@ class RecordSink(abc.ABC):
 
     def reopen(self) -> None:  # noqa: B027 - optional hook (SIGHUP)
         """Reopen output files (SIGHUP)."""
+
+    def tick(self, now: float) -> None:  # noqa: B027 - optional hook
+        """Called about once a second from the runner's thread (time-based rotation)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources after the runner has flushed."""
@@ -99,6 +108,7 @@ class FrameBlock:
     wirelen: Any  # numpy uint32 [n]
     ts: Any  # numpy float64 [n]
     vni: Any  # numpy int64 [n]
+    skipped: int = 0  # packets of the source batch left out (not decapsulable, encapsulation not kept)
 
     @property
     def count(self) -> int:
@@ -122,6 +132,9 @@ class PacketSink(abc.ABC):
 
     def reopen(self) -> None:  # noqa: B027
         """Start new files (SIGHUP)."""
+
+    def tick(self, now: float) -> None:  # noqa: B027 - optional hook
+        """Called about once a second from the writer's thread (time-based rotation)."""
 
     @abc.abstractmethod
     def close(self) -> None:

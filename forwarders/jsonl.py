@@ -1,0 +1,117 @@
+"""JSON-lines record sink (kind ``jsonl``): the embedded default.
+
+One FlowRecord per line (orjson) in rolling files under ``<data_dir>/flows/``
+(forwarders.rolling: ``.part`` then fsync and rename, rotation by size and
+age, retention). With ``gzip = true`` each closed file is compressed to
+``.jsonl.gz`` (written as ``.part`` and renamed too) and the plain file removed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from receiver.configschema import opt
+from receiver.flows.record import FlowRecord
+
+from .api import Health, RecordSink, SendError, SinkContext
+from .rolling import RollingFile, RollPolicy
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class JsonlConfig:
+    directory: str = opt("", "output directory (default: <data_dir>/flows)")
+    rotate_bytes: int = opt(64 * MiB, "start a new file before this size is exceeded", min=1024)
+    rotate_seconds: float = opt(3600.0, "start a new file after this many seconds (0: never by age)", min=0)
+    retain_files: int = opt(0, "keep at most this many closed files (0: no limit)", min=0)
+    retain_bytes: int = opt(0, "keep at most this many bytes of closed files (0: no limit)", min=0)
+    retain_seconds: float = opt(0.0, "delete closed files older than this (0: never)", min=0)
+    gzip: bool = opt(False, "compress each closed file to .jsonl.gz")
+    prefix: str = opt("flows", "file name prefix")
+    fsync: bool = opt(True, "fsync each file before it gets its final name")
+
+
+def _gzip_file(path: Path) -> Path:
+    out = path.with_name(path.name + ".gz")
+    part = out.with_name(out.name + ".part")
+    with open(path, "rb") as src, open(part, "wb") as raw:
+        with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, compresslevel=6) as gz:
+            shutil.copyfileobj(src, gz, 1 << 20)
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(part, out)
+    path.unlink()
+    return out
+
+
+def _whole_lines(path: Path) -> int:
+    data = path.read_bytes()
+    return data.rfind(b"\n") + 1
+
+
+class JsonlSink(RecordSink):
+    kind = "jsonl"
+    config_class = JsonlConfig
+
+    def __init__(self, config: JsonlConfig, context: SinkContext) -> None:
+        super().__init__(config, context)
+        self.directory = Path(config.directory) if config.directory else Path(context.data_dir) / "flows"
+        policy = RollPolicy(
+            config.rotate_bytes,
+            config.rotate_seconds,
+            config.retain_files,
+            config.retain_bytes,
+            config.retain_seconds,
+        )
+        self.files = RollingFile(
+            self.directory,
+            config.prefix,
+            "jsonl",
+            context.worker,
+            policy,
+            on_closed=_gzip_file if config.gzip else None,
+            recover=_whole_lines,
+            fsync=config.fsync,
+        )
+
+    def encode(self, records: list[FlowRecord]) -> bytes:
+        return b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
+
+    def send(self, payload: bytes, count: int) -> None:
+        before = -1
+        try:
+            if self.files.due(len(payload)) and self.files.size > 0:
+                self.files.close()
+            if not self.files.is_open:
+                self.files.open()
+            before = self.files.size
+            self.files.write(payload)
+        except OSError as e:
+            if before >= 0:
+                try:
+                    self.files.truncate_to(before)
+                except OSError:
+                    pass
+            # Disk full or a vanished directory may clear: retry, then spool.
+            raise SendError(f"writing {self.directory}: {e.strerror or e}", retryable=True) from None
+
+    def tick(self, now: float) -> None:
+        if self.files.due():
+            self.files.close()
+
+    def reopen(self) -> None:
+        self.files.close()
+
+    def close(self) -> None:
+        self.files.close()
+
+    def health_check(self) -> Health:
+        ok = os.access(self.directory, os.W_OK)
+        return Health(ok, "" if ok else f"{self.directory} not writable")

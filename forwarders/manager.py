@@ -1,0 +1,111 @@
+"""ForwarderSet: every configured forwarder of one worker, fed from the data path.
+
+    fs = ForwarderSet.from_specs(specs, data_dir, worker=0, vni_names=None)
+    fs.submit(result, batch)   # records to every record forwarder, frames to every packet forwarder
+    fs.counters()              # {"pcap": {"received": .., "sent": .., ...}, "jsonl": {...}}
+    fs.close(timeout=10)
+
+``submit`` never blocks: each forwarder has its own bounded queue and thread,
+so a slow or dead forwarder only fills (and drops from) its own queue. Frames
+are copied out of the batch here (the listener reuses its buffers), once per
+distinct (keep_encapsulation, snaplen) pair among the packet forwarders.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from receiver.engine import BatchResult
+from receiver.packets import PacketBatch
+
+from .api import FrameBlock, Health, PacketSink, RecordSink, SinkContext
+from .frames import frame_block
+from .pcap import sink_options
+from .registry import ForwarderSpec
+from .runner import PacketForwarder, RecordForwarder
+
+Forwarder = RecordForwarder | PacketForwarder
+
+
+class ForwarderSet:
+    def __init__(self, forwarders: Sequence[Forwarder]) -> None:
+        self.forwarders = list(forwarders)
+        self.record = [f for f in self.forwarders if isinstance(f, RecordForwarder)]
+        self.packet = [f for f in self.forwarders if isinstance(f, PacketForwarder)]
+        self._options = {id(f): sink_options(f.sink.config) for f in self.packet}
+
+    @classmethod
+    def from_specs(
+        cls,
+        specs: Sequence[ForwarderSpec],
+        data_dir: str | Path,
+        worker: int = 0,
+        vni_names: Callable[[int], str | None] | None = None,
+    ) -> ForwarderSet:
+        built: list[Forwarder] = []
+        try:
+            for spec in specs:
+                ctx = SinkContext(name=spec.name, data_dir=Path(data_dir), worker=worker, vni_names=vni_names)
+                sink = spec.sink_class(spec.config, ctx)
+                if isinstance(sink, PacketSink):
+                    built.append(PacketForwarder(sink, spec.settings))
+                elif isinstance(sink, RecordSink):
+                    built.append(RecordForwarder(sink, spec.settings))
+                else:  # pragma: no cover - the registry checks the class
+                    raise TypeError(f"{spec.name}: not a sink")
+        except BaseException:
+            for f in built:
+                f.close(1.0)
+            raise
+        return cls(built)
+
+    def submit(self, result: BatchResult, batch: PacketBatch) -> None:
+        """Hand one processed batch to every forwarder (never blocks)."""
+        if result.records:
+            for rf in self.record:
+                rf.put(result.records)
+        if not self.packet or batch.count == 0:
+            return
+        blocks: dict[tuple[bool, int], FrameBlock] = {}
+        for pf in self.packet:
+            if not pf.has_room():
+                pf.drop("queue_full", batch.count)  # do not copy frames nobody can take
+                continue
+            opts = self._options[id(pf)]
+            block = blocks.get(opts)
+            if block is None:
+                block = frame_block(batch, result.decap, opts[0], opts[1])
+                blocks[opts] = block
+            pf.count_skipped(block.skipped)
+            pf.put(block)
+
+    def submit_records(self, records: list[Any]) -> None:
+        """Records without packets (engine.tick / engine.finish)."""
+        if records:
+            for rf in self.record:
+                rf.put(records)
+
+    def reopen(self) -> None:
+        for f in self.forwarders:
+            f.request_reopen()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush every forwarder within ``timeout`` overall (they flush in parallel)."""
+        deadline = time.monotonic() + timeout
+        threads = [
+            threading.Thread(target=f.close, args=(timeout,), name=f"close-{f.name}") for f in self.forwarders
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()) + 6.0)
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        return {f.name: f.counters() for f in self.forwarders}
+
+    def health(self) -> dict[str, Health]:
+        return {f.name: f.health() for f in self.forwarders}
