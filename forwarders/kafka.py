@@ -1,0 +1,269 @@
+"""Kafka record sink (confluent-kafka / librdkafka), e.g. for Amazon MSK.
+
+Each record is one message: key = the record's ``community_id`` (both directions
+and the interim records of one flow land in one partition), value = the record as
+JSON (orjson). The producer runs with ``acks=all``, ``enable.idempotence=true`` and
+zstd compression; TLS/SASL and any other librdkafka setting pass through from the
+``[forwarders.kafka.librdkafka]`` table, where a secret can be given as
+``{ file = "/path" }`` or ``{ env = "NAME" }`` instead of a literal (and is never
+logged).
+
+``send`` is synchronous per batch: it produces every message (on ``BufferError``,
+librdkafka's local queue being full, it serves delivery reports with ``poll`` and
+tries again: back-pressure stays in the sink's own thread), then waits until every
+message of the batch has its delivery report. The batch succeeds when all are
+delivered; otherwise it raises a retryable ``SendError`` and the runner retries or
+spools it. Messages of a failed batch that *were* delivered are remembered, so the
+resend of the same batch skips them (no duplicates from partial failures). After a
+failed batch the producer is recreated: an idempotent producer whose broker lost
+its state (a restarted broker) is otherwise stuck on UNKNOWN_PRODUCER_ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from receiver.configschema import ConfigError, opt
+from receiver.flows.record import FlowRecord
+
+from .api import Health, RecordSink, SendError, SinkContext
+from .hec_auth import read_secret_file
+
+log = logging.getLogger(__name__)
+
+FORCED = {"acks": "all", "enable.idempotence": True}
+SECRET_HINTS = ("password", "secret", "key.pem", "ssl.key", "token", "jaas")
+
+
+def is_secret_key(name: str) -> bool:
+    return any(h in name.lower() for h in SECRET_HINTS)
+
+
+@dataclass
+class KafkaConfig:
+    brokers: str = opt("", "bootstrap brokers, comma-separated host:port")
+    topic: str = opt("vxmirror-flows", "topic the records are written to")
+    key_field: str = opt("community_id", "record field used as the message key")
+    compression: Literal["zstd", "lz4", "snappy", "gzip", "none"] = opt("zstd", "compression codec")
+    linger_ms: int = opt(20, "librdkafka linger.ms", min=0, max=60000)
+    delivery_timeout: float = opt(
+        30.0, "seconds librdkafka keeps trying to deliver a message (message.timeout.ms)", min=0.5
+    )
+    queue_full_timeout: float = opt(
+        30.0, "seconds send waits on a full local producer queue before giving up", min=0.1
+    )
+    client_id: str = opt("vxmirror", "client.id")
+    librdkafka: dict[str, Any] = opt({}, "librdkafka settings passed through (TLS, SASL, ...)")  # noqa: RUF009
+
+    def validate(self) -> tuple[str, str] | None:
+        hosts = [h.strip() for h in self.brokers.split(",") if h.strip()]
+        if not hosts:
+            return "brokers", "required: comma-separated host:port"
+        for h in hosts:
+            host, _, port = h.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                return "brokers", f"expected host:port, got {h!r}"
+        if not self.topic:
+            return "topic", "must not be empty"
+        for k, v in self.librdkafka.items():
+            if k in FORCED or k in ("bootstrap.servers", "compression.type", "message.timeout.ms"):
+                return f"librdkafka.{k}", "set by vxmirror (use the forwarder's own key, or it is fixed)"
+            if isinstance(v, dict):
+                if set(v) not in ({"file"}, {"env"}) or not isinstance(next(iter(v.values())), str):
+                    return f"librdkafka.{k}", 'a table value must be { file = "..." } or { env = "..." }'
+            elif not isinstance(v, str | int | float | bool):
+                return f"librdkafka.{k}", f"expected a string, number, boolean or file/env table, got {v!r}"
+        return None
+
+
+def resolve_settings(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(settings for librdkafka, the same with secrets masked for logging)."""
+    real: dict[str, Any] = {}
+    shown: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict) and "file" in v:
+            real[k] = read_secret_file(v["file"]).reveal()
+            shown[k] = f"<from file {v['file']}>"
+        elif isinstance(v, dict) and "env" in v:
+            value = os.environ.get(v["env"])
+            if value is None:
+                raise ValueError(f"environment variable {v['env']} is not set")
+            real[k] = value
+            shown[k] = f"<from ${v['env']}>"
+        else:
+            real[k] = v
+            shown[k] = "***" if is_secret_key(k) else v
+    return real, shown
+
+
+class _Batch:
+    __slots__ = ("delivered", "errors", "failed", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.delivered: set[int] = set()
+        self.failed = 0
+        self.errors: dict[str, int] = {}
+
+    def callback(self, index: int) -> Any:
+        def done(err: KafkaError | None, msg: Any) -> None:
+            self.pending -= 1
+            if err is None:
+                self.delivered.add(index)
+            else:
+                self.failed += 1
+                name = err.name()
+                self.errors[name] = self.errors.get(name, 0) + 1
+
+        return done
+
+
+class KafkaSink(RecordSink):
+    kind = "kafka"
+    config_class = KafkaConfig
+
+    def __init__(self, config: KafkaConfig, context: SinkContext) -> None:
+        super().__init__(config, context)
+        self.config: KafkaConfig = config
+        try:
+            extra, shown = resolve_settings(config.librdkafka)
+        except ValueError as e:
+            raise ConfigError(
+                context.extra.get("config_file"), f"forwarders.{context.name}.librdkafka", str(e)
+            ) from None
+        self._settings: dict[str, Any] = {
+            "bootstrap.servers": config.brokers,
+            "client.id": config.client_id,
+            "compression.type": config.compression,
+            "linger.ms": config.linger_ms,
+            "message.timeout.ms": int(config.delivery_timeout * 1000),
+            **extra,
+            **FORCED,
+            "error_cb": self._on_error,
+            "logger": logging.getLogger(f"{__name__}.librdkafka"),
+        }
+        log.info(
+            "%s: producer to %s topic %s, settings %s", context.name, config.brokers, config.topic, shown
+        )
+        self._lock = threading.Lock()
+        self._counters: dict[str, int] = {
+            "delivered": 0,
+            "delivery_failed": 0,
+            "queue_full_waits": 0,
+            "producer_restarts": 0,
+            "broker_errors": 0,
+            "skipped_on_resend": 0,
+        }
+        self._need_restart = False
+        self._partial: tuple[bytes, set[int]] | None = None
+        self._producer = Producer(self._settings)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[key] += n
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counters)
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._count("broker_errors")
+        if err.fatal():
+            self._need_restart = True
+            log.error("%s: fatal producer error: %s", self.context.name, err.str())
+        else:
+            log.debug("%s: producer error: %s", self.context.name, err.str())
+
+    def _restart(self) -> None:
+        old = self._producer
+        old.flush(0)
+        self._producer = Producer(self._settings)
+        self._need_restart = False
+        self._count("producer_restarts")
+
+    # -- RecordSink ----------------------------------------------------------------
+    def encode(self, records: list[FlowRecord]) -> bytes:
+        dumps = orjson.dumps
+        return b"".join(dumps(r) + b"\n" for r in records)
+
+    def _key(self, line: bytes) -> bytes | None:
+        try:
+            v = orjson.loads(line).get(self.config.key_field)
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return None if v is None else str(v).encode()
+
+    def send(self, payload: bytes, count: int) -> None:
+        if self._need_restart:
+            self._restart()
+        lines = [ln for ln in payload.split(b"\n") if ln]
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
+        already: set[int] = set()
+        if self._partial is not None and self._partial[0] == digest:
+            already = self._partial[1]
+            self._count("skipped_on_resend", len(already))
+        batch = _Batch()
+        producer, topic = self._producer, self.config.topic
+        deadline = time.monotonic() + self.config.queue_full_timeout
+        gave_up = False
+        for i, line in enumerate(lines):
+            if i in already:
+                continue
+            key = self._key(line)
+            while True:
+                try:
+                    producer.produce(topic, line, key, on_delivery=batch.callback(i))
+                    batch.pending += 1
+                    break
+                except BufferError:
+                    self._count("queue_full_waits")
+                    producer.poll(0.05)
+                    if time.monotonic() > deadline:
+                        gave_up = True
+                        break
+                except KafkaException as e:
+                    gave_up = True
+                    batch.errors[e.args[0].name() if e.args else "produce"] = 1
+                    break
+            if gave_up:
+                break
+        # every produced message gets its report within message.timeout.ms
+        producer.flush(self.config.delivery_timeout + 5.0)
+        self._count("delivered", len(batch.delivered))
+        self._count("delivery_failed", batch.failed)
+        done = already | batch.delivered
+        if len(done) >= len(lines) and not gave_up:
+            self._partial = None
+            return
+        self._partial = (digest, done)
+        self._restart()
+        missing = len(lines) - len(done)
+        detail = ", ".join(f"{k} x{v}" for k, v in sorted(batch.errors.items())) or "local queue full"
+        raise SendError(
+            f"Kafka: {missing} of {len(lines)} records not delivered to {topic} ({detail})", retryable=True
+        )
+
+    def health_check(self) -> Health:
+        try:
+            md = self._producer.list_topics(self.config.topic, timeout=5)
+        except KafkaException as e:
+            return Health(False, f"Kafka metadata request to {self.config.brokers} failed: {e}")
+        t = md.topics.get(self.config.topic)
+        if t is not None and t.error is None:
+            return Health(True, f"{len(md.brokers)} broker(s); {self.config.topic}: {len(t.partitions)} partitions")
+        err = t.error.str() if t is not None and t.error is not None else "unknown topic"
+        return Health(True, f"{len(md.brokers)} broker(s); {self.config.topic}: {err}")
+
+    def close(self) -> None:
+        left = self._producer.flush(self.config.delivery_timeout)
+        if left:
+            log.error("%s: %d messages still undelivered at close", self.context.name, left)
