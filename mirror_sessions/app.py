@@ -93,20 +93,14 @@ class MirrorManager:
             self.metrics.add("EventsIgnored")
             return {"action": "ignored", "reason": "cluster_not_selected", **base}
         if evt.last_status in STOPPED_STATES:
-            n = self.delete_owner(
-                evt.task_arn, [e.eni_id for e in evt.enis], "task_" + evt.last_status.lower()
-            )
+            n = self.delete_owner(evt.task_arn, [e.eni_id for e in evt.enis], "task_" + evt.last_status.lower())
             return {"action": "deleted", "deleted": n, **base}
         if evt.last_status not in RUNNING_STATES:
             self.metrics.add("EventsIgnored")
             return {"action": "ignored", "reason": "status_" + evt.last_status.lower(), **base}
         # Events arrive late and out of order: ask ECS what the task is now.
         current = aws.describe_task(self.ecs, evt.cluster_arn, evt.task_arn)
-        if (
-            current is None
-            or current.get("lastStatus") != "RUNNING"
-            or current.get("desiredStatus") == "STOPPED"
-        ):
+        if current is None or current.get("lastStatus") != "RUNNING" or current.get("desiredStatus") == "STOPPED":
             now = current.get("lastStatus") if current else "MISSING"
             logs.info("task no longer running, nothing to create", task_arn=evt.task_arn, now=now)
             n = self.delete_owner(evt.task_arn, [e.eni_id for e in evt.enis], "task_not_running")

@@ -24,8 +24,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_TARGET_RE = re.compile(r"^tmt-[0-9a-f]{8,17}$")
-_FILTER_RE = re.compile(r"^tmf-[0-9a-f]{8,17}$")
+# AWS IDs look like tmt-0123456789abcdef0 / tmf-...; only the character set is checked.
+_TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{2,63}$")
+_FILTER_RE = _TARGET_RE
 
 
 class SettingsError(ValueError):

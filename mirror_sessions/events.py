@@ -108,9 +108,7 @@ def task_from_api(task: Mapping[str, Any]) -> TaskState:
         if "networkInterfaceId" in d:
             enis.append(TaskEni(d["networkInterfaceId"], d.get("privateIPv4Address"), d.get("subnetId")))
     tags = {
-        str(t["key"]): str(t.get("value", ""))
-        for t in task.get("tags") or []
-        if isinstance(t, Mapping) and "key" in t
+        str(t["key"]): str(t.get("value", "")) for t in task.get("tags") or [] if isinstance(t, Mapping) and "key" in t
     }
     return TaskState(
         task_arn=arn,

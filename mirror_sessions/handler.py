@@ -43,9 +43,7 @@ def _client(name: str) -> Any:
 
 def build(settings: Settings | None = None) -> tuple[MirrorManager, Metrics]:
     settings = settings or load_settings()
-    metrics = Metrics(
-        settings.metrics_namespace, os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "mirror-sessions")
-    )
+    metrics = Metrics(settings.metrics_namespace, os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "mirror-sessions"))
     return MirrorManager(_client("ec2"), _client("ecs"), settings, metrics, _memory), metrics
 
 

@@ -26,12 +26,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
+class StdoutHandler(logging.Handler):
+    """Writes to whatever ``sys.stdout`` is at the time (the Lambda runtime's, or a test's)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def get_logger() -> logging.Logger:
     log = logging.getLogger(LOGGER_NAME)
-    if not any(getattr(h, "_vxmirror", False) for h in log.handlers):
-        h = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, StdoutHandler) for h in log.handlers):
+        h = StdoutHandler()
         h.setFormatter(JsonFormatter())
-        h._vxmirror = True  # type: ignore[attr-defined]
         log.addHandler(h)
         log.propagate = False
         log.setLevel(logging.INFO)
