@@ -4,20 +4,45 @@
     result = engine.process(batch)      # -> BatchResult(records, decap)
     records = engine.tick(now)          # wall-clock expiry (live service)
     records = engine.finish("shutdown") # every open flow, end_reason as given
-    engine.counters()                   # {"packets": .., "decoded": .., "drop_<reason>": .., ...}
+    engine.counters()                   # {"packets": .., "decoded": .., "<drop reason>": .., ...}
 
-(Implementation in progress: the signatures are the contract.)
+Per batch: decode (numpy fast path, slow path for the rest) -> attribute IP fragments ->
+expire by packet time -> key and find flows (numpy hash table) -> count -> excerpts and
+application metadata for the few packets that need them (Python, per packet, only there).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from .appmeta.state import AppState
+from .decode import Decoded, Frag, Status, decode
+from .flows.excerpts import ExcerptPool
+from .flows.keys import make_keys
 from .flows.record import EndReason, FlowRecord
-from .packets import Decapsulated, PacketBatch
+from .flows.records import build_records
+from .flows.table import FlowTable
+from .packets import Decapsulated, I64, PacketBatch
 from .settings import EngineConfig
+
+log = logging.getLogger("vxmirror.engine")
+
+APP_FIRST_PACKETS = 4  # payload packets per direction always shown to the application parsers
+APP_DONE = 255
+DNS_PORTS = np.array([53, 5353, 5355])
+# first four payload bytes of an HTTP request or response
+HTTP_WORDS = np.array(
+    [int.from_bytes(w, "big") for w in (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN",
+                                        b"TRAC", b"HTTP")],
+    np.int64,
+)
+FRAGMENT_MAP_MAX = 65536
 
 
 @dataclass
@@ -33,16 +58,213 @@ class Engine:
         labeler: Callable[[int], dict[str, Any] | None] | None = None,
         sensor: str | None = None,
     ) -> None:
-        raise NotImplementedError
+        self.config = config or EngineConfig()
+        self.labeler = labeler
+        self.sensor = sensor
+        self.table = FlowTable(self.config.max_flows)
+        self.excerpts = ExcerptPool(self.config.excerpt_bytes) if self.config.excerpt_bytes else None
+        self.app: dict[int, AppState] = {}
+        self._counters: Counter[str] = Counter()
+        self._fragments: OrderedDict[tuple[int, ...], tuple[int, int]] = OrderedDict()
+        self._next_expire = -np.inf
+        self._pending: list[FlowRecord] = []
 
+    # -- public API ---------------------------------------------------------------------------
     def process(self, batch: PacketBatch) -> BatchResult:
-        raise NotImplementedError
+        cfg = self.config
+        d, slow = decode(batch, cfg)
+        c = self._counters
+        c["packets"] += batch.count
+        c["bytes"] += int(batch.wirelen.sum())
+        c["slow_path"] += slow
+        c["vxlan_reserved_bits"] += int(np.count_nonzero(d.vxlan_reserved))
+        for status, k in enumerate(np.bincount(d.status, minlength=len(Status)).tolist()):
+            if k and status != Status.OK:
+                c[Status(status).counter] += k
+        ok = d.status == Status.OK
+        if np.any(ok & (d.frag != Frag.NONE)):
+            ok = self._attribute_fragments(d, ok)
+        sel = np.flatnonzero(ok)
+        if sel.size:
+            now = float(batch.ts[sel].min())
+            if now >= self._next_expire:
+                self._expire(now)
+                self._next_expire = now + cfg.expire_interval
+            self._count(batch, d, sel)
+        records, self._pending = self._pending, []
+        return BatchResult(records, Decapsulated(d.inner_start, d.vni))
 
     def tick(self, now: float) -> list[FlowRecord]:
-        raise NotImplementedError
+        """Expire flows by the wall clock (the live service calls this when traffic is quiet)."""
+        self._expire(now)
+        self._next_expire = now + self.config.expire_interval
+        records, self._pending = self._pending, []
+        return records
 
     def finish(self, reason: EndReason) -> list[FlowRecord]:
-        raise NotImplementedError
+        """Emit every open flow with ``reason`` ("shutdown" or "end_of_input")."""
+        self._emit(self.table.active_indices(), reason, None)
+        records, self._pending = self._pending, []
+        return records
 
     def counters(self) -> dict[str, int]:
-        raise NotImplementedError
+        out = dict(self._counters)
+        out["flows_active"] = self.table.n_used
+        out["flow_table_capacity"] = self.table.capacity
+        return out
+
+    # -- steps --------------------------------------------------------------------------------
+    def _count(self, batch: PacketBatch, d: Decoded, sel: I64) -> None:
+        cfg = self.config
+        v6 = (d.ipver[sel] == 6).astype(np.int64)
+        keys = make_keys(
+            d.vni[sel], d.proto[sel] + 256 * v6, d.src_hi[sel], d.src_lo[sel], d.sport[sel],
+            d.dst_hi[sel], d.dst_lo[sel], d.dport[sel],
+        )
+        ts = batch.ts[sel]
+        flow, new, drops = self.table.find_or_add(keys, ts, d.tcpflags[sel], self._evict)
+        for k, v in drops.items():
+            if v:
+                self._counters[k] += v
+                log.warning("dropped %d packets: %s", v, k)
+        self._counters["flows_created"] += int(new.size)
+        good = np.flatnonzero(flow >= 0)
+        idx, flow, direction = sel[good], flow[good], keys.direction[good]
+        self._counters["decoded"] += int(idx.size)
+        self.table.account(
+            flow, direction, batch.ts[idx], d.iplen[idx], d.pay_len[idx], d.tcpflags[idx], d.proto[idx],
+            d.truncated[idx], d.frag[idx] != Frag.NONE,
+        )
+        has_payload = d.pay_cap[idx] > 0
+        if self.excerpts is not None and has_payload.any():
+            self._excerpts(batch, d, idx, flow, direction, has_payload)
+        if cfg.app_metadata and has_payload.any():
+            self._app(batch, d, idx, flow, direction, has_payload)
+
+    def _excerpts(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
+        assert self.excerpts is not None
+        size = self.config.excerpt_bytes
+        exc = self.table.cols["exc_len"]
+        need = np.flatnonzero(pay & (exc[flow, direction] < size))
+        for i in need.tolist():
+            f, dr = int(flow[i]), int(direction[i])
+            have = int(exc[f, dr])
+            if have >= size:
+                continue
+            p = int(idx[i])
+            off = int(d.pay_off[p])
+            n = min(int(d.pay_cap[p]), size - have)
+            exc[f, dr] = self.excerpts.add(f * 2 + dr, have, batch.buf[off : off + n])
+
+    def _app(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
+        seen = self.table.cols["app_pkts"]
+        count = seen[flow, direction].astype(np.int64)
+        first = count < APP_FIRST_PACKETS
+        later = count < APP_DONE
+        # later packets: only those that start like HTTP, or DNS
+        off = d.pay_off[idx]
+        word = np.zeros(idx.size, np.int64)
+        w4 = np.flatnonzero(pay & (d.pay_cap[idx] >= 4))
+        if w4.size:
+            b = batch.buf
+            o = off[w4]
+            word[w4] = (
+                (b[o].astype(np.int64) << 24) | (b[o + 1].astype(np.int64) << 16)
+                | (b[o + 2].astype(np.int64) << 8) | b[o + 3]
+            )
+        dns = np.isin(d.sport[idx], DNS_PORTS) | np.isin(d.dport[idx], DNS_PORTS)
+        want = pay & (first | (later & (np.isin(word, HTTP_WORDS) | dns)))
+        orig = self.table.cols["orig"]
+        for i in np.flatnonzero(want).tolist():
+            f, dr = int(flow[i]), int(direction[i])
+            if seen[f, dr] >= APP_DONE:
+                continue
+            p = int(idx[i])
+            state = self.app.get(f)
+            if state is None:
+                state = self.app[f] = AppState(self.config.app_max_items)
+            o = int(d.pay_off[p])
+            state.feed(
+                dr ^ int(orig[f]), batch.buf[o : o + int(d.pay_cap[p])].tobytes(), int(d.proto[p]),
+                int(d.sport[p]), int(d.dport[p]),
+            )
+            if state.wants_more:
+                seen[f, dr] = min(int(seen[f, dr]) + 1, APP_DONE - 1)
+            else:
+                seen[f] = APP_DONE
+
+    def _attribute_fragments(self, d: Decoded, ok: Any) -> Any:
+        """Give later IP fragments the ports of their first fragment (same VNI, addresses, protocol, ID)."""
+        frags = self._fragments
+        firsts = np.flatnonzero(ok & (d.frag == Frag.FIRST))
+        laters = np.flatnonzero(ok & (d.frag == Frag.LATER))
+        for i in firsts.tolist():
+            key = _fragment_key(d, i)
+            frags[key] = (int(d.sport[i]), int(d.dport[i]))
+            frags.move_to_end(key)
+            if len(frags) > FRAGMENT_MAP_MAX:
+                frags.popitem(last=False)
+        lost = 0
+        for i in laters.tolist():
+            ports = frags.get(_fragment_key(d, i))
+            if ports is None:
+                ok[i] = False
+                lost += 1
+            else:
+                d.sport[i], d.dport[i] = ports
+        if lost:
+            self._counters["fragment_without_first"] += lost
+            log.warning("dropped %d IP fragments whose first fragment was not seen", lost)
+        return ok
+
+    def _expire(self, now: float) -> None:
+        cfg = self.config
+        t = self.table
+        live = t.active_indices()
+        if not live.size:
+            return
+        c = t.cols
+        proto = c["kproto"][live] & 0xFF
+        idle_limit = np.where(proto == 6, cfg.tcp_idle_timeout,
+                              np.where(proto == 17, cfg.udp_idle_timeout, cfg.other_idle_timeout))
+        idle = now - c["t_last"][live] >= idle_limit
+        close_ts = c["close_ts"][live]
+        closed = ~idle & (close_ts > 0) & (now - close_ts >= cfg.tcp_close_linger)
+        active = ~idle & ~closed & (now - c["seg_start"][live] >= cfg.active_timeout)
+        self._emit(live[idle], "idle", now)
+        self._emit(live[closed], "tcp_close", now)
+        self._emit(live[active], "active", now)
+
+    def _evict(self, flows: I64) -> None:
+        self._counters["flows_evicted"] += int(flows.size)
+        self._emit(flows, "evicted", None)
+
+    def _emit(self, flows: I64, reason: EndReason, now: float | None) -> None:
+        if not flows.size:
+            return
+        flows = flows[np.argsort(self.table.cols["seg_start"][flows], kind="stable")]
+        self._pending.extend(
+            build_records(self.table, flows, reason, now, self.excerpts, self.app, self.labeler, self.sensor)
+        )
+        self._counters[f"flows_{reason}"] += int(flows.size)
+        self._counters["records"] += int(flows.size)
+        c = self.table.cols
+        if reason == "active":
+            for k in ("pkts", "ipbytes", "paybytes"):
+                c[k][flows] = 0
+            c["seg_start"][flows] = now
+            c["segments"][flows] += 1
+            return
+        for f in flows.tolist():
+            self.app.pop(f, None)
+            if self.excerpts is not None:
+                self.excerpts.release(f * 2)
+                self.excerpts.release(f * 2 + 1)
+        self.table.release(flows)
+
+
+def _fragment_key(d: Decoded, i: int) -> tuple[int, ...]:
+    return (
+        int(d.vni[i]), int(d.ipver[i]), int(d.proto[i]), int(d.ipid[i]),
+        int(d.src_hi[i]), int(d.src_lo[i]), int(d.dst_hi[i]), int(d.dst_lo[i]),
+    )

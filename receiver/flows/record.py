@@ -33,6 +33,7 @@ class FlowRecord(TypedDict):
     end_reason: EndReason
     truncated: bool
     fragments: int
+    segment: NotRequired[int]  # interim records: how many records of this flow came before
     excerpt_in: NotRequired[str]
     excerpt_out: NotRequired[str]
     app: NotRequired[dict[str, Any]]

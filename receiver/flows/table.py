@@ -1,0 +1,390 @@
+"""The flow table: columns of per-flow state in numpy arrays, found through an open-addressing hash.
+
+Nothing here loops over packets in Python. For each batch the packets' keys are reduced to the
+distinct flows in it (``np.unique`` on the 64-bit key hash), those are looked up in the hash
+index together (linear probing, one numpy step per probe round), new flows are inserted
+together, and the per-direction counters are added with ``bincount`` over (flow, direction).
+
+State is kept per *endpoint* direction (0: A->B, 1: B->A, see ``flows.keys``); ``orig`` says
+which endpoint is the originator, so a flip is one assignment.
+
+Memory per flow is the columns below plus 8 bytes of hash index (load factor <= 1/2): see
+``bytes_per_flow``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..decode import tcp
+from ..packets import F64, I64
+from .keys import Keys
+
+EMPTY = -1
+TOMBSTONE = -2
+
+# History letters (Zeek's conn.log `history`), each recorded once per direction, in order.
+LETTERS = "SHADFR"
+L_SYN, L_SYNACK, L_ACK, L_DATA, L_FIN, L_RST = range(6)
+
+# column name -> (dtype, per-direction?)
+COLUMNS: dict[str, tuple[str, bool]] = {
+    "khash": ("u8", False),
+    "kvni": ("i4", False),
+    "kproto": ("u2", False),
+    "a_hi": ("u8", False),
+    "a_lo": ("u8", False),
+    "b_hi": ("u8", False),
+    "b_lo": ("u8", False),
+    "a_port": ("u2", False),
+    "b_port": ("u2", False),
+    "used": ("?", False),
+    "slot": ("i4", False),
+    "orig": ("u1", False),  # 0: endpoint A is the originator
+    "flipped": ("?", False),
+    "pkts": ("u4", True),
+    "ipbytes": ("u8", True),
+    "paybytes": ("u8", True),
+    "tflags": ("u1", True),
+    "t_first": ("f8", False),
+    "t_last": ("f8", False),
+    "seg_start": ("f8", False),  # start of the current record (interim records restart it)
+    "close_ts": ("f8", False),  # when FIN both ways or RST was seen (0: open)
+    "hist": ("u8", False),  # up to 12 history codes, 4 bits each, in order
+    "hbits": ("u2", False),  # which (letter, direction) codes are in hist
+    "trunc": ("?", False),
+    "frags": ("u4", False),
+    "segments": ("u2", False),  # records emitted so far for this flow
+    "exc_len": ("u2", True),  # excerpt bytes kept so far
+    "app_pkts": ("u1", True),  # payload packets shown to the application parsers
+}
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(4, (n - 1).bit_length())
+
+
+class FlowTable:
+    def __init__(self, max_flows: int, initial: int = 4096) -> None:
+        self.max_flows = max_flows
+        self.capacity = 0
+        self.n_used = 0
+        self.tombstones = 0
+        self.cols: dict[str, np.ndarray] = {}
+        self.slots = np.zeros(0, np.int32)
+        self.free = np.zeros(0, np.int64)
+        self.n_free = 0
+        self._resize(min(initial, max_flows))
+
+    # -- storage ------------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> np.ndarray:
+        cols = self.__dict__.get("cols")
+        if cols is not None and name in cols:
+            return cols[name]
+        raise AttributeError(name)
+
+    def _resize(self, capacity: int) -> None:
+        old = self.capacity
+        for name, (dtype, per_dir) in COLUMNS.items():
+            shape = (capacity, 2) if per_dir else (capacity,)
+            a = np.zeros(shape, dtype)
+            if old:
+                a[:old] = self.cols[name]
+            self.cols[name] = a
+        free = np.zeros(capacity, np.int64)
+        free[: self.n_free] = self.free[: self.n_free]
+        new = np.arange(capacity - 1, old - 1, -1, dtype=np.int64)  # pop order: low indices first
+        free[self.n_free : self.n_free + new.size] = new
+        self.free = free
+        self.n_free += new.size
+        self.capacity = capacity
+        self._rehash(_next_pow2(2 * capacity))
+
+    def _rehash(self, size: int) -> None:
+        self.slots = np.full(size, EMPTY, np.int32)
+        self.tombstones = 0
+        live = np.flatnonzero(self.cols["used"])
+        if live.size:
+            self._insert(live, self.cols["khash"][live])
+
+    def bytes_per_flow(self) -> float:
+        """Bytes of table state per flow slot (columns, hash index, free list)."""
+        total = sum(a.nbytes for a in self.cols.values()) + self.slots.nbytes + self.free.nbytes
+        return total / self.capacity
+
+    def active_indices(self) -> I64:
+        return np.flatnonzero(self.cols["used"])
+
+    # -- hash index ---------------------------------------------------------------------------
+    def _lookup(self, h: np.ndarray) -> I64:
+        """Flow index of each hash, or -1."""
+        mask = np.uint64(self.slots.size - 1)
+        pos = (h & mask).astype(np.int64)
+        result = np.full(h.size, -1, np.int64)
+        active = np.arange(h.size)
+        khash = self.cols["khash"]
+        for _ in range(self.slots.size):
+            s = self.slots[pos[active]].astype(np.int64)
+            match = (s >= 0) & (khash[np.maximum(s, 0)] == h[active])
+            result[active[match]] = s[match]
+            active = active[~(match | (s == EMPTY))]
+            if not active.size:
+                break
+            pos[active] = (pos[active] + 1) & int(mask)
+        return result
+
+    def _insert(self, flows: I64, h: np.ndarray) -> None:
+        mask = self.slots.size - 1
+        pos = (h & np.uint64(mask)).astype(np.int64)
+        active = np.arange(flows.size)
+        slot_col = self.cols["slot"]
+        for _ in range(self.slots.size + flows.size):
+            if not active.size:
+                return
+            s = self.slots[pos[active]]
+            free = s < 0
+            cand = active[free]
+            self.slots[pos[cand]] = flows[cand]  # several may write one slot: one wins
+            won = self.slots[pos[cand]] == flows[cand]
+            winners = cand[won]
+            slot_col[flows[winners]] = pos[winners]
+            self.tombstones -= int(np.count_nonzero(s[free][won] == TOMBSTONE))
+            active = np.concatenate([active[~free], cand[~won]])
+            pos[active] = (pos[active] + 1) & mask
+        raise RuntimeError("flow hash index full")  # pragma: no cover - load factor <= 1/2
+
+    # -- allocation ---------------------------------------------------------------------------
+    def room_for(self, n: int) -> int:
+        """Grow so that ``n`` more flows fit if the cap allows; returns how many must be evicted."""
+        if n <= self.n_free:
+            return 0
+        want = self.n_used + n
+        if want > self.capacity and self.capacity < self.max_flows:
+            cap = self.capacity
+            while cap < want:
+                cap *= 2
+            self._resize(min(cap, self.max_flows))
+        return max(0, n - self.n_free)
+
+    def oldest(self, n: int, keep: I64) -> I64:
+        """The ``n`` least recently seen flows, never one of ``keep``."""
+        live = np.setdiff1d(self.active_indices(), keep, assume_unique=True)
+        if n >= live.size:
+            return live
+        last = self.cols["t_last"][live]
+        return live[np.argpartition(last, n)[:n]]
+
+    def release(self, flows: I64) -> None:
+        if not flows.size:
+            return
+        c = self.cols
+        self.slots[c["slot"][flows]] = TOMBSTONE
+        self.tombstones += flows.size
+        c["used"][flows] = False
+        self.free[self.n_free : self.n_free + flows.size] = flows
+        self.n_free += flows.size
+        self.n_used -= flows.size
+        if self.tombstones > self.slots.size // 4:
+            self._rehash(self.slots.size)
+
+    def _allocate(self, keys: Keys, first: I64, orig: I64, ts: F64) -> I64:
+        n = first.size
+        flows = self.free[self.n_free - n : self.n_free][::-1].copy()
+        self.n_free -= n
+        self.n_used += n
+        c = self.cols
+        for name, (_dtype, _per_dir) in COLUMNS.items():
+            c[name][flows] = 0
+        c["khash"][flows] = keys.hash[first]
+        c["kvni"][flows] = keys.vni[first]
+        c["kproto"][flows] = keys.proto[first]
+        for k in ("a_hi", "a_lo", "b_hi", "b_lo", "a_port", "b_port"):
+            c[k][flows] = getattr(keys, k)[first]
+        c["used"][flows] = True
+        c["orig"][flows] = orig
+        c["t_first"][flows] = ts
+        c["t_last"][flows] = ts
+        c["seg_start"][flows] = ts
+        self._insert(flows, keys.hash[first])
+        return flows
+
+    # -- the batch update ---------------------------------------------------------------------
+    def find_or_add(
+        self, keys: Keys, ts: F64, tcpflags: I64, evict: Callable[[I64], None]
+    ) -> tuple[I64, I64, dict[str, int]]:
+        """Flow index of every packet (-1: dropped and counted), the new flows, and drop counts.
+
+        The originator of a new flow is the sender of its first packet in the batch, unless a
+        SYN without ACK is in the batch: then its sender. When the table is at ``max_flows``,
+        the least recently seen flows are handed to ``evict`` (which emits and releases them).
+        A packet whose 64-bit key hash equals another flow's with a different key cannot be
+        placed and is counted as ``hash_collision``.
+        """
+        uh, first, inv = np.unique(keys.hash, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        same = _same_key(keys, np.arange(inv.size), keys, first[inv])
+        found = self._lookup(uh)
+        c = self.cols
+        f_found = np.maximum(found, 0)
+        exists = found >= 0
+        # verify stored keys of found flows (a 64-bit hash collision with another flow)
+        ok_u = ~exists | (
+            (c["kvni"][f_found] == keys.vni[first])
+            & (c["kproto"][f_found] == keys.proto[first])
+            & (c["a_hi"][f_found] == keys.a_hi[first])
+            & (c["a_lo"][f_found] == keys.a_lo[first])
+            & (c["b_hi"][f_found] == keys.b_hi[first])
+            & (c["b_lo"][f_found] == keys.b_lo[first])
+            & (c["a_port"][f_found] == keys.a_port[first])
+            & (c["b_port"][f_found] == keys.b_port[first])
+        )
+        new_u = np.flatnonzero(~exists & ok_u)
+        flow_u = np.where(exists & ok_u, found, -1)
+        full = 0
+        if new_u.size:
+            short = self.room_for(new_u.size)
+            if short:
+                evict(self.oldest(short, keep=flow_u[flow_u >= 0]))
+            if new_u.size > self.n_free:
+                full = new_u.size - self.n_free
+                new_u = new_u[: self.n_free]
+            pure_syn = (tcpflags & (tcp.SYN | tcp.ACK)) == tcp.SYN
+            # the first pure-SYN packet of each new flow decides its originator, else its first packet
+            syn_first = np.full(uh.size, inv.size, np.int64)
+            ps = np.flatnonzero(pure_syn & same)
+            np.minimum.at(syn_first, inv[ps], ps)
+            lead = np.where(syn_first[new_u] < inv.size, syn_first[new_u], first[new_u])
+            flow_u[new_u] = self._allocate(keys, first[new_u], keys.direction[lead], ts[first[new_u]])
+        flow = np.where(same, flow_u[inv], -1)
+        drops = {
+            "hash_collision": int(np.count_nonzero(~same) + np.count_nonzero(same & ~ok_u[inv])),
+            "flow_table_full": int(np.count_nonzero(same & ok_u[inv] & (flow < 0))) if full else 0,
+        }
+        return flow, flow_u[new_u], drops
+
+    def account(
+        self,
+        flow: I64,
+        direction: I64,
+        ts: F64,
+        iplen: I64,
+        paylen: I64,
+        tcpflags: I64,
+        proto: I64,
+        truncated: np.ndarray,
+        fragment: np.ndarray,
+    ) -> None:
+        """Add packets (all with flow >= 0) to their flows' counters, flags, history and times."""
+        if not flow.size:
+            return
+        c = self.cols
+        uf, inv = np.unique(flow, return_inverse=True)
+        inv = inv.reshape(-1)
+        g2 = inv * 2 + direction
+        n2 = uf.size * 2
+        c["pkts"][uf] += np.bincount(g2, minlength=n2).reshape(-1, 2).astype(np.uint32)
+        c["ipbytes"][uf] += np.bincount(g2, weights=iplen, minlength=n2).reshape(-1, 2).astype(np.uint64)
+        c["paybytes"][uf] += np.bincount(g2, weights=paylen, minlength=n2).reshape(-1, 2).astype(np.uint64)
+        fl = np.zeros(n2, np.uint8)
+        np.bitwise_or.at(fl, g2, tcpflags.astype(np.uint8))
+        c["tflags"][uf] |= fl.reshape(-1, 2)
+        last = np.full(uf.size, -np.inf)
+        np.maximum.at(last, inv, ts)
+        c["t_last"][uf] = np.maximum(c["t_last"][uf], last)
+        if truncated.any():
+            c["trunc"][uf[np.unique(inv[truncated])]] = True
+        if fragment.any():
+            c["frags"][uf] += np.bincount(inv, weights=fragment, minlength=uf.size).astype(np.uint32)
+
+        # history letters, in packet order, once per (letter, direction)
+        is_tcp = proto == tcp.PROTO
+        f = tcpflags
+        syn, ack, fin, rst = (f & tcp.SYN) > 0, (f & tcp.ACK) > 0, (f & tcp.FIN) > 0, (f & tcp.RST) > 0
+        letters = np.zeros(flow.size, np.int64)
+        letters |= (is_tcp & syn & ~ack).astype(np.int64) << L_SYN
+        letters |= (is_tcp & syn & ack).astype(np.int64) << L_SYNACK
+        letters |= (is_tcp & ack & ~syn & ~fin & ~rst & (paylen == 0)).astype(np.int64) << L_ACK
+        letters |= (paylen > 0).astype(np.int64) << L_DATA
+        letters |= (is_tcp & fin).astype(np.int64) << L_FIN
+        letters |= (is_tcp & rst).astype(np.int64) << L_RST
+        # spread letter bits to (letter, direction) codes: bit 2*letter + direction
+        codes = np.zeros(flow.size, np.int64)
+        for k in range(6):
+            codes |= ((letters >> k) & 1) << (2 * k + direction)
+        self._flip(uf, inv, codes, direction)
+        have = c["hbits"][uf].astype(np.int64)
+        group = np.zeros(uf.size, np.int64)
+        np.bitwise_or.at(group, inv, codes)
+        new = group & ~have
+        if new.any():
+            self._append_history(uf, inv, codes, new, have)
+        # TCP close: FIN from both endpoints, or any RST
+        hb = c["hbits"][uf].astype(np.int64)
+        fin_both = ((hb >> (2 * L_FIN)) & 3) == 3
+        rst_any = ((hb >> (2 * L_RST)) & 3) != 0
+        closing = (fin_both | rst_any) & (c["close_ts"][uf] == 0)
+        if closing.any():
+            c["close_ts"][uf[closing]] = c["t_last"][uf[closing]]
+
+    def _flip(self, uf: I64, inv: I64, codes: I64, direction: I64) -> None:
+        """A SYN without ACK from the responder, before any such SYN, makes it the originator."""
+        c = self.cols
+        syn_codes = codes & (3 << (2 * L_SYN))
+        if not syn_codes.any():
+            return
+        seen = np.zeros(uf.size, np.int64)
+        np.bitwise_or.at(seen, inv, syn_codes)
+        had_syn = (c["hbits"][uf].astype(np.int64) & (3 << (2 * L_SYN))) != 0
+        resp = 1 - c["orig"][uf].astype(np.int64)
+        # the first SYN of the flow in this batch decides
+        order = np.flatnonzero(syn_codes)
+        first_syn_dir = np.full(uf.size, -1, np.int64)
+        first_syn_dir[inv[order[::-1]]] = direction[order[::-1]]
+        flip = ~had_syn & (first_syn_dir == resp) & ~c["flipped"][uf] & (c["segments"][uf] == 0)
+        if flip.any():
+            f = uf[flip]
+            c["orig"][f] = resp[flip]
+            c["flipped"][f] = True
+
+    def _append_history(self, uf: I64, inv: I64, codes: I64, new: I64, have: I64) -> None:
+        c = self.cols
+        pk = np.flatnonzero(codes & new[inv])
+        bits = np.arange(12)
+        m = ((codes[pk, None] & new[inv[pk], None]) >> bits[None, :]) & 1
+        p_idx, bit = np.nonzero(m)
+        u = inv[pk[p_idx]]
+        # first packet of each (flow, code) pair; rows are already in packet order
+        _, first = np.unique(u * 16 + bit, return_index=True)
+        u, bit, when = u[first], bit[first], pk[p_idx[first]]
+        order = np.lexsort((bit, when, u))
+        u, bit = u[order], bit[order]
+        start = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
+        rank = np.arange(u.size) - np.repeat(start, np.diff(np.r_[start, u.size]))
+        nib = _popcount(have[u]) + rank
+        add = np.zeros(uf.size, np.uint64)
+        np.bitwise_or.at(add, u, (bit + 1).astype(np.uint64) << (4 * nib).astype(np.uint64))
+        c["hist"][uf] |= add
+        c["hbits"][uf] |= new.astype(np.uint16)
+
+
+def _popcount(x: I64) -> I64:
+    x = x.astype(np.int64)
+    n = np.zeros_like(x)
+    for k in range(16):
+        n += (x >> k) & 1
+    return n
+
+
+def _same_key(a: Keys, ia: I64, b: Keys, ib: I64) -> np.ndarray:
+    return (
+        (a.vni[ia] == b.vni[ib])
+        & (a.proto[ia] == b.proto[ib])
+        & (a.a_hi[ia] == b.a_hi[ib])
+        & (a.a_lo[ia] == b.a_lo[ib])
+        & (a.b_hi[ia] == b.b_hi[ib])
+        & (a.b_lo[ia] == b.b_lo[ib])
+        & (a.a_port[ia] == b.a_port[ib])
+        & (a.b_port[ia] == b.b_port[ib])
+    )
