@@ -104,6 +104,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.conns.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.conns.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
     # -- plumbing --------------------------------------------------------------
     def _reply(self, status: int, body: dict[str, Any] | bytes, ctype: str = "application/json") -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -123,6 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n else b""
         if (self.headers.get("Content-Encoding") or "").lower() == "gzip" and raw:
+            self.server.count("gzip_bodies")
             try:
                 return gzip.decompress(raw)
             except (OSError, EOFError, zlib.error):
@@ -402,6 +414,7 @@ class HecServer(ThreadingHTTPServer):
         self.mgmt_tokens: set[str] = set()
         self.sessions: set[str] = set()
         self.searches: list[str] = []
+        self.conns: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
 
     @property
@@ -411,6 +424,9 @@ class HecServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        self.count("handler_errors")  # e.g. the client gave up (read timeout) before the reply
 
     def count(self, key: str) -> None:
         with self.lock:
@@ -440,8 +456,14 @@ class HecServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut every open (keep-alive) connection."""
         self.shutdown()
         self.server_close()
+        with self.lock:
+            conns = list(self.conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
 
