@@ -21,8 +21,23 @@ import orjson
 
 log = logging.getLogger("vxmirror.metrics")
 
+def _engine_drop_reasons() -> tuple[str, ...]:
+    """Engine counters that count dropped packets (the decoder's non-OK statuses, the flow table's)."""
+    from .decode.columns import Status
+
+    skip = {Status.OK, Status.SLOW_PATH}
+    return (
+        *(s.counter for s in Status if s not in skip),
+        "fragment_without_first",
+        "hash_collision",
+        "flow_table_full",
+    )
+
+
+ENGINE_DROP_REASONS = _engine_drop_reasons()
+
 # forwarder counter keys rendered as gauges (everything else numeric is a counter)
-GAUGE_HINTS = ("queue", "depth", "pending", "inflight", "spool_bytes", "spool_files", "healthy")
+GAUGE_HINTS = ("queue", "depth", "pending", "in_flight", "spool_", "healthy")
 
 
 def _esc(v: str) -> str:
@@ -181,6 +196,8 @@ class Aggregator:
             place="listener",
             reason="source_not_allowed",
         )
+        for reason in sorted(set(ENGINE_DROP_REASONS) | {k for k in eng if k in ENGINE_DROP_REASONS}):
+            e.add("vxmirror_dropped_total", "counter", "", eng.get(reason, 0), place="engine", reason=reason)
         for k, v in sorted(eng.items()):
             if k.startswith("drop_"):
                 e.add("vxmirror_dropped_total", "counter", "", v, place="engine", reason=k[5:])
@@ -204,6 +221,9 @@ class Aggregator:
                 e.add("vxmirror_pipeline_total", "counter", "Worker pipeline events", v, event=k)
         for name, c in sorted(t["forwarders"].items()):
             for k, v in sorted(c.items()):
+                if k.startswith("dropped_"):
+                    e.add("vxmirror_dropped_total", "counter", "", v, place=f"forwarder:{name}", reason=k[8:])
+                    continue
                 metric = "vxmirror_forwarder_" + "".join(ch if ch.isalnum() else "_" for ch in k)
                 if any(h in k for h in GAUGE_HINTS):
                     e.add(metric, "gauge", f"Forwarder {k}", v, forwarder=name)

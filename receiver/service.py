@@ -34,9 +34,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-import orjson
-
 from . import logs
 from .config import Config
 from .engine import BatchResult, Engine
@@ -46,7 +43,7 @@ from .listen.drain import Drain
 from .listen.settings import parse_hostport
 from .listen.sockets import Endpoint, close_endpoints, kernel_drops, open_endpoints, socket_inode
 from .metrics import Aggregator, EndpointInfo, MetricsServer
-from .packets import Decapsulated, Layer, PacketBatch
+from .packets import Layer, PacketBatch
 
 log = logging.getLogger("vxmirror.service")
 
@@ -55,6 +52,7 @@ class Forwarders(Protocol):
     """What the service needs from forwarders.manager.ForwarderSet."""
 
     def submit(self, result: BatchResult, batch: PacketBatch) -> None: ...
+    def submit_records(self, records: list[Any]) -> None: ...
     def close(self, timeout: float) -> Any: ...
     def reopen(self) -> None: ...
     def counters(self) -> dict[str, Any]: ...
@@ -74,51 +72,13 @@ def worker_count(cfg: Config) -> int:
     return cfg.listen.workers or os.cpu_count() or 1
 
 
-def empty_result(records: list[FlowRecord]) -> tuple[BatchResult, PacketBatch]:
-    """A BatchResult carrying only records (timeouts, shutdown), with an empty batch."""
-    z = np.zeros(0, np.int64)
-    return BatchResult(records, Decapsulated(z, z.copy())), PacketBatch.from_frames([], layer=Layer.VXLAN)
-
-
-class JsonlFallback:
-    """Stands in for forwarders.manager until it exists: JSON lines under DATA_DIR/flows/."""
-
-    def __init__(self, data_dir: Path, worker: int) -> None:
-        self.dir = data_dir / "flows"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / f"flows-w{worker}.jsonl"
-        self.f = open(self.path, "ab")  # noqa: SIM115 - kept open for the life of the worker
-        self.sent = 0
-
-    def submit(self, result: BatchResult, batch: PacketBatch) -> None:
-        if result.records:
-            self.f.write(b"".join(orjson.dumps(r) + b"\n" for r in result.records))
-            self.sent += len(result.records)
-
-    def close(self, timeout: float) -> None:
-        self.f.close()
-
-    def reopen(self) -> None:
-        self.f.close()
-        self.f = open(self.path, "ab")  # noqa: SIM115
-
-    def counters(self) -> dict[str, Any]:
-        return {"jsonl": {"sent": self.sent, "retried": 0, "spooled": 0, "dropped": 0, "queue_depth": 0}}
-
-    def health(self) -> dict[str, Any]:
-        return {"jsonl": {"ok": True, "detail": ""}}
-
-
 def make_forwarders(cfg: Config, worker: int) -> Forwarders:
+    """The configured forwarders of one worker (the embedded default: JSON lines and pcap)."""
+    from forwarders import manager, registry
+
     data_dir = Path(cfg.data_dir)
-    try:
-        from forwarders import manager, registry  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        log.warning("forwarders.manager not available: writing JSON lines under DATA_DIR/flows/ only")
-        return JsonlFallback(data_dir, worker)
-    specs = cfg.forwarder_specs or registry.defaults(data_dir)  # type: ignore[attr-defined,unused-ignore]
-    fs: Forwarders = manager.ForwarderSet.from_specs(specs, data_dir, worker, None)
-    return fs
+    specs = cfg.forwarder_specs or registry.defaults(data_dir)
+    return manager.ForwarderSet.from_specs(specs, data_dir, worker, None)
 
 
 def _health_dict(h: Any) -> dict[str, Any]:
@@ -181,7 +141,11 @@ class Worker:
     def _records(self, records: list[FlowRecord]) -> None:
         if records:
             self.records_exported += len(records)
-            self._submit(*empty_result(records))
+            try:
+                self.forwarders.submit_records(records)
+            except Exception:
+                self.pipeline["dropped_forwarder_error"] += len(records)
+                self._log_error("forwarders refused records; they are dropped and counted")
 
     def _log_error(self, msg: str) -> None:
         now = time.monotonic()

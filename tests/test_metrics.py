@@ -15,7 +15,7 @@ def _snap(w: int, n: int) -> dict[str, Any]:
     return {
         "worker": w,
         "listen": {"127.0.0.1:4789": {"datagrams": n, "bytes": n * 100, "truncated": 1, "dropped_source": 2}},
-        "engine": {"packets": n, "decoded": n - 3, "drop_bad_vxlan_flags": 2, "drop_truncated": 1, "flows_active": 5},
+        "engine": {"packets": n, "decoded": n - 3, "vxlan_i_flag_unset": 2, "truncated_tunnel": 1, "flows_active": 5},
         "records_exported": 10 * (w + 1),
         "forwarders": {"jsonl": {"sent": 7, "retried": 1, "spooled": 0, "dropped": 3, "queue_depth": 4}},
         "health": {"jsonl": {"ok": True, "detail": ""}},
@@ -39,8 +39,9 @@ def test_render_sums_workers_and_names_reasons() -> None:
     assert metric(text, "vxmirror_kernel_drops_total", **lab) == 10
     assert metric(text, "vxmirror_rcvbuf_bytes", **lab) == 1 << 20
     assert metric(text, "vxmirror_dropped_total", place="listener", reason="source_not_allowed") == 4
-    assert metric(text, "vxmirror_dropped_total", place="engine", reason="bad_vxlan_flags") == 4
-    assert metric(text, "vxmirror_dropped_total", place="engine", reason="truncated") == 2
+    assert metric(text, "vxmirror_dropped_total", place="engine", reason="vxlan_i_flag_unset") == 4
+    assert metric(text, "vxmirror_dropped_total", place="engine", reason="truncated_tunnel") == 2
+    assert metric(text, "vxmirror_dropped_total", place="engine", reason="malformed_ip") == 0
     assert metric(text, "vxmirror_packets_decoded_total") == 144
     assert metric(text, "vxmirror_flows_active") == 10
     assert metric(text, "vxmirror_flows_exported_total") == 30

@@ -6,7 +6,7 @@ import ipaddress
 
 import numpy as np
 
-from ..packets import B, U32
+from ..packets import U32, B
 
 
 class SourceFilter:

@@ -1,0 +1,219 @@
+"""`vxmirror serve` end to end: replayed traffic in, flow records out, metrics, signals, workers."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from receiver.capture import iter_captures
+from receiver.engine import Engine
+from receiver.settings import EngineConfig
+from tests.listen_fixtures import (
+    Served,
+    ether,
+    geneve,
+    ipv4,
+    metric,
+    scrape,
+    send_all,
+    tcp,
+    udp,
+    udp_flow_datagrams,
+    vxlan,
+)
+
+ZEEK = Path("/work/shared/captures/zeek")
+SAMPLES = Path(__file__).resolve().parents[1] / "receiver" / "data" / "samples"
+VNI = 1  # what replay puts on plain frames
+
+
+def zeek_traces() -> list[Path]:
+    base = ZEEK if ZEEK.is_dir() else SAMPLES
+    return sorted(p for p in base.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+
+
+def served_records(data_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for f in sorted((data_dir / "flows").rglob("*")):
+        if not f.is_file() or ".json" not in f.name:
+            continue
+        raw = gzip.decompress(f.read_bytes()) if ".gz" in f.suffixes else f.read_bytes()
+        out += [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+    return out
+
+
+def offline_records(paths: list[Path], cfg: EngineConfig) -> list[dict[str, Any]]:
+    """What `vxmirror read` computes for the same files: the engine over the captures."""
+    engine = Engine(cfg)
+    records: list[dict[str, Any]] = []
+    for cap in iter_captures(paths):
+        with cap:
+            for batch in cap.batches():
+                records += engine.process(batch).records
+    records += engine.finish("end_of_input")
+    return [dict(r) for r in records]
+
+
+def by_flow(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
+    """Per flow (VNI of plain frames normalised to replay's), summed counts per direction."""
+    out: dict[tuple[Any, ...], list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
+    for r in records:
+        key = (r["vni"] if r["vni"] is not None else VNI, r["transport"], r["src_ip"], r["src_port"],
+               r["dest_ip"], r["dest_port"])
+        c = out[key]
+        c[0] += r["packets_out"]
+        c[1] += r["packets_in"]
+        c[2] += r["bytes_out"]
+        c[3] += r["bytes_in"]
+    return dict(out)
+
+
+def wait_received(srv: Served, n: int) -> str:
+    return srv.wait_metric("vxmirror_datagrams_received_total", n)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Any:
+    started: list[Served] = []
+
+    def start(**kw: Any) -> Served:
+        s = Served(tmp_path, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+def test_end_to_end_same_records_as_read(served: Any, tmp_path: Path) -> None:
+    from receiver.replay import replay
+    from receiver.traffic import write_pcap
+
+    mix = tmp_path / "mix.pcap"
+    write_pcap(mix, n_packets=20_000, n_flows=600, seed=3)
+    traces = [*zeek_traces(), mix]
+    srv = served(workers=1, extra_toml="[listen]\nslot_size = 16384\n")
+    stats = replay(traces, to=("127.0.0.1", srv.vx_port), geneve_to=("127.0.0.1", srv.gn_port), pps=40_000, vni=VNI)
+    assert stats.sent > 20_000
+    text = wait_received(srv, stats.sent)
+    assert metric(text, "vxmirror_kernel_drops_total") == 0
+    assert srv.stop() == 0, srv.logs()
+    live = served_records(srv.data_dir)
+    assert live and {r["end_reason"] for r in live} <= {"shutdown", "idle", "tcp_close", "active"}
+    assert any(r["end_reason"] == "shutdown" for r in live)
+    cfg = EngineConfig(vxlan_ports=[4789, srv.vx_port], geneve_ports=[6081, srv.gn_port])
+    offline = offline_records(traces, cfg)
+    got, want = by_flow(live), by_flow(offline)
+    assert set(got) == set(want)
+    assert got == want
+    assert len(live) == len(offline)
+
+
+def test_two_workers_keep_each_flow_whole(served: Any) -> None:
+    srv = served(workers=2)
+    flows = [(f"10.{k // 200}.{k % 200}.1", f"172.16.{k % 50}.{k // 50 + 1}", 20000 + k) for k in range(300)]
+    datagrams = []
+    for a, b, sport in flows:
+        datagrams += udp_flow_datagrams(a, b, sport, 53, 3)
+    # every datagram from its own outer source port: only inner-address steering keeps flows together
+    send_all(datagrams, srv.vx_port, spread_ports=True)
+    text = wait_received(srv, len(datagrams))
+    per_worker = [metric(text, "vxmirror_engine_counter", counter="packets")]
+    assert per_worker[0] == len(datagrams)
+    assert metric(text, "vxmirror_steering_active") == 2  # both listen addresses steered
+    assert srv.stop() == 0, srv.logs()
+    recs = served_records(srv.data_dir)
+    assert len(recs) == len(flows)  # each flow once: no half records from two workers
+    keys = collections.Counter((r["src_ip"], r["dest_ip"], r["src_port"]) for r in recs)
+    assert all(v == 1 for v in keys.values())
+    assert all(r["packets_out"] == 3 and r["packets_in"] == 3 for r in recs)
+    logs = srv.logs()
+    assert logs.count("worker stopped") == 2
+
+
+def test_bad_input_is_counted_by_reason_and_the_rest_kept(served: Any) -> None:
+    srv = served(workers=1, extra_toml='[listen]\nallow_sources = ["127.0.0.1/32"]\n')
+    good = udp_flow_datagrams("10.0.0.1", "10.0.0.2", 5555, 53, 5)
+    frame = ether(ipv4("10.0.0.3", "10.0.0.4", 6, tcp(1234, 80, 0x02)))
+    bad_vx = [
+        b"garbage!",  # shorter than a VXLAN header
+        b"\x00" * 3,
+        vxlan(frame, flags=0x00),  # I flag missing
+        vxlan(frame)[:8 + 10],  # truncated inner Ethernet
+        vxlan(ether(ipv4("10.0.0.3", "10.0.0.4", 6, tcp(1234, 80, 0x02)))[:8 + 14 + 9]),  # truncated IPv4
+    ]
+    bad_gn = [b"\x40" + geneve(frame)[1:], geneve(frame)[:5]]  # version 1; truncated header
+    send_all(bad_vx, srv.vx_port)
+    send_all(bad_gn, srv.gn_port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a sender outside allow_sources
+        s.bind(("127.0.0.2", 0))
+        for d in good[:4]:
+            s.sendto(d, ("127.0.0.1", srv.vx_port))
+    send_all(good, srv.vx_port)
+    total = len(bad_vx) + len(bad_gn) + 4 + len(good)
+    text = wait_received(srv, total)
+    assert metric(text, "vxmirror_dropped_total", place="listener", reason="source_not_allowed") == 4
+    engine_drops = {
+        line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('vxmirror_dropped_total{place="engine"')
+    }
+    assert sum(engine_drops.values()) == len(bad_vx) + len(bad_gn), engine_drops
+    assert len([r for r, v in engine_drops.items() if v]) >= 3  # counted by reason, not one bucket
+    assert metric(text, "vxmirror_packets_decoded_total") == len(good)
+    code, _ = scrape(srv.metrics_port, "/healthz")
+    assert code == 200 and srv.proc.poll() is None  # still running
+    assert srv.stop() == 0
+    (rec,) = served_records(srv.data_dir)
+    assert (rec["packets_out"], rec["packets_in"]) == (5, 5)
+
+
+def test_sighup_reopens_and_sigint_stops_cleanly(served: Any) -> None:
+    srv = served(workers=2, geneve=False)
+    send_all(udp_flow_datagrams("10.0.0.1", "10.0.0.2", 1, 2, 2), srv.vx_port)
+    wait_received(srv, 4)
+    srv.proc.send_signal(signal.SIGHUP)
+    srv.wait_metric("vxmirror_pipeline_total", 2, event="reopens")
+    assert srv.proc.poll() is None
+    assert srv.stop(signal.SIGINT) == 0, srv.logs()
+    recs = served_records(srv.data_dir)
+    assert len(recs) == 1 and recs[0]["end_reason"] == "shutdown"
+    assert not any(p.name.endswith(".part") for p in srv.data_dir.rglob("*"))
+
+
+def test_worker_death_stops_the_service_with_an_error(served: Any) -> None:
+    srv = served(workers=2, geneve=False)
+    text = srv.metrics()
+    assert metric(text, "vxmirror_worker_up") == 2
+    # find a worker pid (children of the supervisor) and kill it hard
+    kids = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+    assert len(kids) >= 2
+    os.kill(int(kids[0]), signal.SIGKILL)
+    assert srv.proc.wait(30) == 1
+    assert "worker exited unexpectedly" in srv.logs()
+
+
+def test_ipv6_listen_and_geneve(served: Any, tmp_path: Path) -> None:
+    from tests.listen_fixtures import free_port
+
+    port6 = free_port(host="::1")
+    srv = served(workers=1, args=["--listen", f"[::1]:{port6}"])
+    inner = ether(ipv4("10.5.0.1", "10.5.0.2", 17, udp(7, 9, b"hi")))
+    send_all([vxlan(inner)], port6, host="::1")
+    send_all([geneve(inner, options=b"\x01\x02\x03\x04")], srv.gn_port)
+    text = wait_received(srv, 2)
+    assert metric(text, "vxmirror_datagrams_received_total", listen=f"[::1]:{port6}") == 1
+    time.sleep(0.2)
+    assert srv.stop() == 0
+    recs = served_records(srv.data_dir)
+    assert sum(r["packets_out"] + r["packets_in"] for r in recs) == 2
