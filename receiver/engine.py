@@ -28,7 +28,7 @@ from .flows.keys import make_keys
 from .flows.record import EndReason, FlowRecord
 from .flows.records import build_records
 from .flows.table import FlowTable
-from .packets import Decapsulated, I64, PacketBatch
+from .packets import I64, Decapsulated, PacketBatch
 from .settings import EngineConfig
 
 log = logging.getLogger("vxmirror.engine")
@@ -43,6 +43,14 @@ HTTP_WORDS = np.array(
     np.int64,
 )
 FRAGMENT_MAP_MAX = 65536
+# counters naming packets that did not reach a flow (every packet is either decoded or one of these)
+DROP_REASONS = frozenset(
+    {s.counter for s in Status if s not in (Status.OK, Status.SLOW_PATH)}
+    | {"hash_collision", "flow_table_full", "fragment_without_first"}
+)
+# counters of things noticed on packets that were still decoded
+NOTES = frozenset({"vxlan_reserved_bits", "capture_truncated_records", "capture_bad_records", "capture_bad_blocks",
+                   "capture_unsupported_linktype", "capture_gzip_truncated"})
 
 
 @dataclass
@@ -77,7 +85,9 @@ class Engine:
         c["packets"] += batch.count
         c["bytes"] += int(batch.wirelen.sum())
         c["slow_path"] += slow
-        c["vxlan_reserved_bits"] += int(np.count_nonzero(d.vxlan_reserved))
+        reserved = int(np.count_nonzero(d.vxlan_reserved))
+        if reserved:
+            c["vxlan_reserved_bits"] += reserved
         for status, k in enumerate(np.bincount(d.status, minlength=len(Status)).tolist()):
             if k and status != Status.OK:
                 c[Status(status).counter] += k
@@ -145,12 +155,16 @@ class Engine:
         assert self.excerpts is not None
         size = self.config.excerpt_bytes
         exc = self.table.cols["exc_len"]
-        need = np.flatnonzero(pay & (exc[flow, direction] < size))
+        cand = np.flatnonzero(pay & (exc[flow, direction] < size))
+        if not cand.size:
+            return
+        # only packets that still add bytes: those before the excerpt fills, in arrival order
+        key = flow[cand] * 2 + direction[cand]
+        _, before = _rank_within(key, d.pay_cap[idx[cand]])
+        need = cand[exc[flow[cand], direction[cand]] + before < size]
         for i in need.tolist():
             f, dr = int(flow[i]), int(direction[i])
             have = int(exc[f, dr])
-            if have >= size:
-                continue
             p = int(idx[i])
             off = int(d.pay_off[p])
             n = min(int(d.pay_cap[p]), size - have)
@@ -159,7 +173,12 @@ class Engine:
     def _app(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
         seen = self.table.cols["app_pkts"]
         count = seen[flow, direction].astype(np.int64)
-        first = count < APP_FIRST_PACKETS
+        # the first payload packets of each direction, counting this batch's in arrival order
+        first = pay & (count < APP_FIRST_PACKETS)
+        young = np.flatnonzero(first)
+        if young.size:
+            rank, _ = _rank_within(flow[young] * 2 + direction[young], np.zeros(young.size, np.int64))
+            first[young] = count[young] + rank < APP_FIRST_PACKETS
         later = count < APP_DONE
         # later packets: only those that start like HTTP, or DNS
         off = d.pay_off[idx]
@@ -177,7 +196,7 @@ class Engine:
         orig = self.table.cols["orig"]
         for i in np.flatnonzero(want).tolist():
             f, dr = int(flow[i]), int(direction[i])
-            if seen[f, dr] >= APP_DONE:
+            if seen[f, dr] >= APP_DONE:  # the parsers said they were done earlier in this batch
                 continue
             p = int(idx[i])
             state = self.app.get(f)
@@ -261,6 +280,23 @@ class Engine:
                 self.excerpts.release(f * 2)
                 self.excerpts.release(f * 2 + 1)
         self.table.release(flows)
+
+
+def _rank_within(key: I64, values: I64) -> tuple[I64, I64]:
+    """For each element: its rank among equal keys (in order), and the sum of ``values`` before it."""
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    v = values[order].astype(np.int64)
+    start = np.r_[0, np.flatnonzero(k[1:] != k[:-1]) + 1]
+    size = np.diff(np.r_[start, k.size])
+    rank_sorted = np.arange(k.size) - np.repeat(start, size)
+    csum = np.cumsum(v) - v
+    before_sorted = csum - np.repeat(csum[start], size)
+    rank = np.empty(k.size, np.int64)
+    before = np.empty(k.size, np.int64)
+    rank[order] = rank_sorted
+    before[order] = before_sorted
+    return rank, before
 
 
 def _fragment_key(d: Decoded, i: int) -> tuple[int, ...]:

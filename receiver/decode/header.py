@@ -36,15 +36,20 @@ class Header:
         self.size = off
         self._struct = struct.Struct(fmt)
         self._names = [f for f, _ in fields]
-        self._cols = np.arange(off, dtype=np.int64)
 
     # -- many packets -------------------------------------------------------------------------
     def take(self, buf: U8, pos: I64) -> U8:
-        """The header bytes of every packet as an ``[n, size]`` matrix (reads past the buffer are clamped)."""
-        idx = pos[:, None] + self._cols[None, :]
-        np.minimum(idx, buf.shape[0] - 1, out=idx)
-        np.maximum(idx, 0, out=idx)
-        return buf[idx] if buf.shape[0] else np.zeros(idx.shape, np.uint8)
+        """The header bytes of every packet as an ``[n, size]`` matrix.
+
+        Rows are copied out of a sliding-window view of the buffer (one row gather, no
+        per-byte index arithmetic). A position too close to the end of the buffer reads the
+        last ``size`` bytes instead: callers check lengths against the capture, so such rows
+        are never used.
+        """
+        if buf.shape[0] < self.size:
+            buf = np.concatenate([buf, np.zeros(self.size - buf.shape[0], np.uint8)])
+        window = np.lib.stride_tricks.sliding_window_view(buf, self.size)
+        return window[np.clip(pos, 0, buf.shape[0] - self.size)]
 
     def field(self, m: U8, name: str) -> Any:
         """One field of every row of a ``take`` matrix, as an unsigned integer column."""

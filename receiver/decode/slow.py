@@ -162,7 +162,6 @@ def _ip(data: bytes, pos: int, stop: int, row: dict[str, int], config: EngineCon
         dst = struct.unpack(">QQ", h["dst"])
     else:
         raise _Stop(Status.MALFORMED_IP)
-    row["ipver"] = version
 
     sport = dport = flags = 0
     pay_off = l4
@@ -199,7 +198,7 @@ def _ip(data: bytes, pos: int, stop: int, row: dict[str, int], config: EngineCon
             pay_off = l4 + icmp.ICMP.size
     pay_len = max(ip_end - pay_off, 0)
     row.update(
-        status=int(Status.OK),
+        status=int(Status.OK), ipver=version,
         src_hi=src[0], src_lo=src[1], dst_hi=dst[0], dst_lo=dst[1],
         proto=proto, sport=sport, dport=dport, tcpflags=flags,
         iplen=ip_end - pos, pay_off=pay_off, pay_len=pay_len,

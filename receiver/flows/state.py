@@ -8,7 +8,7 @@ leading ``^`` when the originator was flipped (the first packet seen came from t
 
 from __future__ import annotations
 
-from .table import LETTERS, L_DATA, L_FIN, L_RST, L_SYN, L_SYNACK
+from .table import L_DATA, L_FIN, L_RST, L_SYN, L_SYNACK, LETTERS
 
 
 def history(hist: int, orig: int, flipped: bool) -> str:

@@ -1,0 +1,120 @@
+"""``vxmirror read FILE...``: flow records of capture files, one JSON object per line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+
+from ..capture import CaptureError
+from ..config import load_config
+from ..configschema import ConfigError
+from ..engine import DROP_REASONS, NOTES
+from ..read import Analysis
+
+SUMMARY_ORDER = ("packets", "bytes", "decoded", "slow_path", "flows_created", "records")
+END_REASONS = ("idle", "active", "tcp_close", "evicted", "shutdown", "end_of_input")
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "read",
+        help="analyse capture files (pcap, pcapng, gzip) into flow records",
+        description="Decode capture files (VXLAN/GENEVE-encapsulated or plain Ethernet) and write one "
+        "JSON flow record per line; a summary goes to stderr.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="FILE", help="write records here instead of stdout")
+    p.add_argument("-c", "--config", metavar="FILE", help="config file (its [engine] table is used)")
+    p.add_argument("--excerpt-bytes", type=int, metavar="N", help="payload excerpt per direction (0: off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"vxmirror read: {e}", file=sys.stderr)
+        return 2
+    engine_cfg = cfg.engine
+    if args.excerpt_bytes is not None:
+        if not 0 <= args.excerpt_bytes <= 4096:
+            print("vxmirror read: --excerpt-bytes must be between 0 and 4096", file=sys.stderr)
+            return 2
+        engine_cfg.excerpt_bytes = args.excerpt_bytes
+    show_progress = sys.stderr.isatty() and not args.no_progress
+    analysis = Analysis(
+        list(args.files), engine_cfg, sensor=cfg.sensor or None,
+        progress=_Progress(sys.stderr) if show_progress else None,
+    )
+    out: IO[bytes] = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+    started = time.monotonic()
+    try:
+        lines: list[bytes] = []
+        for record in analysis.records():
+            lines.append(orjson.dumps(record))
+            if len(lines) >= 4096:
+                out.write(b"\n".join(lines) + b"\n")
+                lines.clear()
+        if lines:
+            out.write(b"\n".join(lines) + b"\n")
+        out.flush()
+    except CaptureError as e:
+        print(f"\nvxmirror read: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"\nvxmirror read: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if args.output:
+            out.close()
+    if show_progress:
+        sys.stderr.write("\r\033[K")
+    if not args.quiet:
+        _print_summary(analysis.summary(), time.monotonic() - started)
+    return 0
+
+
+def _print_summary(s: dict[str, int], elapsed: float) -> None:
+    pkts = s.get("packets", 0)
+    rate = pkts / elapsed if elapsed > 0 else 0.0
+    lines = [f"packets read     {pkts:>12,}   ({rate:,.0f} packets/s)"]
+    for k in SUMMARY_ORDER[1:]:
+        lines.append(f"{k:<16} {s.get(k, 0):>12,}")
+    dropped = {k: v for k, v in s.items() if k in DROP_REASONS and v}
+    if dropped:
+        lines.append("not decoded, by reason:")
+        lines += [f"  {k:<30} {v:>10,}" for k, v in sorted(dropped.items())]
+    ended = {k[6:]: v for k, v in s.items() if k.startswith("flows_") and k[6:] in END_REASONS and v}
+    if ended:
+        lines.append("flows by end reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(ended.items())))
+    notes = {k: v for k, v in s.items() if k in NOTES and v}
+    if notes:
+        lines.append("noted: " + ", ".join(f"{k} {v:,}" for k, v in sorted(notes.items())))
+    print("\n".join(lines), file=sys.stderr)
+
+
+class _Progress:
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, path: str, done: int, total: int, packets: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        rate = packets / max(now - self.start, 1e-9)
+        if done >= 0 and total > 0:
+            frac = done / total
+            bar = "#" * int(frac * 30)
+            self.stream.write(f"\r{path[-40:]} [{bar:<30}] {frac:6.1%} {packets:,} packets {rate:,.0f}/s")
+        else:
+            self.stream.write(f"\r{path[-40:]} {packets:,} packets {rate:,.0f}/s")
+        self.stream.flush()
