@@ -17,9 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from receiver.engine import BatchResult
 from receiver.packets import PacketBatch
 
 from .api import FrameBlock, Health, PacketSink, RecordSink, SinkContext
@@ -27,6 +26,9 @@ from .frames import frame_block
 from .pcap import sink_options
 from .registry import ForwarderSpec
 from .runner import PacketForwarder, RecordForwarder
+
+if TYPE_CHECKING:  # the engine imports much; the data path only needs the two attributes
+    from receiver.engine import BatchResult
 
 Forwarder = RecordForwarder | PacketForwarder
 
