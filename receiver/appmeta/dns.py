@@ -1,0 +1,160 @@
+"""DNS (and mDNS, LLMNR, NetBIOS name service) messages, parsed leniently.
+
+The header, the questions and as many answer records as are intact are read directly:
+dpkt's ``dns.DNS`` raises on a message cut short and then yields nothing, while a mirrored
+packet truncated inside the answers still has a useful query name and rcode.
+Names are lowercased (DNS names are case-insensitive; Zeek logs them lowercased too).
+NetBIOS names (port 137) are decoded from their first-level encoding, as Zeek logs them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any
+
+QTYPES = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT", 28: "AAAA",
+    32: "NIMLOC", 33: "SRV", 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC",
+    48: "DNSKEY", 50: "NSEC3", 52: "TLSA", 64: "SVCB", 65: "HTTPS", 99: "SPF", 252: "AXFR", 255: "*",
+    257: "CAA",
+}  # fmt: skip
+RCODES = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 6: "YXDOMAIN",
+    7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE",
+}  # fmt: skip
+MAX_ANSWERS = 32
+
+
+class _Cut(Exception):
+    """The message ends here."""
+
+
+def qtype_name(t: int) -> str:
+    return QTYPES.get(t, str(t))
+
+
+def _name(msg: bytes, pos: int, depth: int = 0) -> tuple[str, int]:
+    """A (possibly compressed) domain name at ``pos``; returns (name, position after it)."""
+    labels: list[str] = []
+    end = -1
+    n = len(msg)
+    for _ in range(128):
+        if pos >= n:
+            raise _Cut
+        ln = msg[pos]
+        if ln == 0:
+            pos += 1
+            break
+        if ln & 0xC0 == 0xC0:
+            if pos + 1 >= n:
+                raise _Cut
+            ptr = ((ln & 0x3F) << 8) | msg[pos + 1]
+            if end < 0:
+                end = pos + 2
+            if ptr >= pos or depth > 16:
+                raise _Cut
+            rest, _ = _name(msg, ptr, depth + 1)
+            if rest:
+                labels.append(rest)
+            pos = -1
+            break
+        if ln & 0xC0:
+            raise _Cut
+        if pos + 1 + ln > n:
+            raise _Cut
+        labels.append(msg[pos + 1 : pos + 1 + ln].decode("ascii", "backslashreplace").lower())
+        pos += 1 + ln
+    return ".".join(labels), (end if end >= 0 else pos)
+
+
+def netbios_name(encoded: str) -> str:
+    """Decode a NetBIOS first-level encoded name (32 letters A-P) as Zeek does; else unchanged."""
+    label = encoded.split(".", 1)[0].upper()
+    if len(label) != 32 or not all("A" <= c <= "P" for c in label):
+        return encoded
+    raw = bytes(((ord(label[i]) - 65) << 4) | (ord(label[i + 1]) - 65) for i in range(0, 32, 2))
+    return raw[:15].decode("ascii", "backslashreplace").rstrip(" \x00")
+
+
+def _rdata(msg: bytes, rtype: int, pos: int, rdlen: int) -> str:
+    rd = msg[pos : pos + rdlen]
+    if rtype == 1 and rdlen == 4:
+        return str(ipaddress.IPv4Address(rd))
+    if rtype == 28 and rdlen == 16:
+        return str(ipaddress.IPv6Address(rd))
+    if rtype in (2, 5, 12, 39):
+        return _name(msg, pos)[0]
+    if rtype == 15 and rdlen > 2:
+        return _name(msg, pos + 2)[0]
+    if rtype == 33 and rdlen > 6:
+        return _name(msg, pos + 6)[0]
+    if rtype == 16:
+        out, i = [], 0
+        while i < len(rd):
+            ln = rd[i]
+            out.append(rd[i + 1 : i + 1 + ln].decode("utf-8", "backslashreplace"))
+            i += 1 + ln
+        return " ".join(out)
+    return qtype_name(rtype)
+
+
+def parse(payload: bytes, tcp: bool = False, netbios: bool = False) -> dict[str, Any] | None:
+    """``{id, qr, opcode, query, qtype, rcode, answers, ttls}`` or None if it is not DNS.
+
+    ``tcp``: the message carries the 2-byte length prefix of DNS over TCP.
+    ``netbios``: decode NetBIOS names (NBNS on port 137).
+    """
+    if tcp:
+        if len(payload) < 2:
+            return None
+        (ln,) = struct.unpack_from("!H", payload)
+        payload = payload[2 : 2 + ln]
+    if len(payload) < 12:
+        return None
+    tid, flags, qd, an, _ns, _ar = struct.unpack_from("!HHHHHH", payload)
+    qr = bool(flags & 0x8000)
+    opcode = (flags >> 11) & 0xF
+    if qd > 64 or an > 512:
+        return None
+    out: dict[str, Any] = {
+        "id": tid,
+        "qr": qr,
+        "opcode": opcode,
+        "query": None,
+        "qtype": None,
+        "rcode": RCODES.get(flags & 0xF, str(flags & 0xF)) if qr else None,
+        "answers": [],
+        "ttls": [],
+    }
+    pos = 12
+    try:
+        for i in range(qd):
+            name, pos = _name(payload, pos)
+            if pos + 4 > len(payload):
+                raise _Cut
+            (qt,) = struct.unpack_from("!H", payload, pos)
+            pos += 4
+            if i == 0:
+                out["query"] = name
+                out["qtype"] = qtype_name(qt)
+        for _ in range(min(an, MAX_ANSWERS)):
+            name, pos = _name(payload, pos)
+            if pos + 10 > len(payload):
+                raise _Cut
+            rtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", payload, pos)
+            pos += 10
+            if pos + rdlen > len(payload):
+                raise _Cut
+            if out["query"] is None:  # mDNS answers without a question section
+                out["query"] = name
+            if rtype != 41:
+                out["answers"].append(_rdata(payload, rtype, pos, rdlen))
+                out["ttls"].append(ttl)
+            pos += rdlen
+    except (_Cut, struct.error, ValueError):
+        if out["query"] is None and qd:
+            return None if not qr and not an else out
+    if netbios and out["query"]:
+        out["query"] = netbios_name(out["query"])
+    return out
