@@ -65,10 +65,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"vxmirror serve: config error: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log.level, cfg.log.format)
+    from .. import sdnotify
     from ..service import serve
 
+    notifier = sdnotify.Notifier()  # systemd Type=notify: READY/WATCHDOG/STATUS via $NOTIFY_SOCKET
     try:
-        return serve(cfg)
+        return serve(cfg, notifier if notifier.enabled else None)
     except OSError as e:
         log.error(f"cannot start: {e}", extra={"fields": {"error": str(e)}})
         return 1
