@@ -1,0 +1,341 @@
+"""The shared runner with a test-double sink: retry, spool, replay, dead letters, drops, close."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from forwarders.api import FrameBlock, Health, PacketSink, RecordSink, SendError, SinkContext
+from forwarders.runner import PacketForwarder, RecordForwarder, backoff_delay
+from forwarders.settings import RunnerSettings
+
+
+class FakeSink(RecordSink):
+    """Records what it delivered; ``fail`` decides per call whether (and how) a send fails."""
+
+    kind = "fake"
+    config_class = dict
+
+    def __init__(self, ctx: SinkContext, fail: Callable[[list[dict[str, Any]], int], SendError | None]) -> None:
+        super().__init__({}, ctx)
+        self.fail = fail
+        self.calls = 0
+        self.delivered: list[dict[str, Any]] = []
+        self.healthy = True
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def encode(self, records: list[Any]) -> bytes:
+        return b"\n".join(orjson.dumps(r) for r in records)
+
+    def send(self, payload: bytes, count: int) -> None:
+        recs = [orjson.loads(x) for x in payload.split(b"\n")]
+        assert len(recs) == count
+        with self.lock:
+            self.calls += 1
+            err = self.fail(recs, self.calls)
+            if err is not None:
+                if err.accepted:
+                    self.delivered += recs[: err.accepted]
+                raise err
+            self.delivered += recs
+
+    def health_check(self) -> Health:
+        return Health(self.healthy)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def recs(lo: int, hi: int) -> list[Any]:
+    return [{"id": i, "community_id": f"1:{i}"} for i in range(lo, hi)]
+
+
+def fast(**kw: Any) -> RunnerSettings:
+    base: dict[str, Any] = dict(
+        batch_max_records=10, batch_interval=0.02, retry_backoff_min=0.001, retry_backoff_max=0.01, max_retries=3
+    )
+    base.update(kw)
+    return RunnerSettings(**base)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def balanced(c: dict[str, int]) -> bool:
+    """received = sent + dead_lettered + dropped + still spooled/queued (one runner, empty spool at start)."""
+    return (
+        c["received"]
+        == c["sent"] + c["dead_lettered"] + c["dropped"] + c["spool_records"] + c["queue_depth"] + c["in_flight"]
+    )
+
+
+def ctx(tmp_path: Path, name: str = "fake") -> SinkContext:
+    return SinkContext(name=name, data_dir=tmp_path)
+
+
+def test_retry_then_success(tmp_path: Path) -> None:
+    sink = FakeSink(ctx(tmp_path), lambda r, n: SendError("503", retryable=True) if n <= 2 else None)
+    fwd = RecordForwarder(sink, fast())
+    fwd.put(recs(0, 10))
+    wait_for(lambda: fwd.counters()["sent"] == 10)
+    fwd.close(5)
+    c = fwd.counters()
+    assert sink.delivered == recs(0, 10)
+    assert c["retried"] == 20 and c["spooled"] == 0 and c["dropped"] == 0
+    assert balanced(c) and sink.closed
+
+
+def test_outage_spools_then_replays_oldest_first(tmp_path: Path) -> None:
+    down = threading.Event()
+    down.set()
+    sink = FakeSink(
+        ctx(tmp_path), lambda r, n: SendError("connection refused", retryable=True) if down.is_set() else None
+    )
+    fwd = RecordForwarder(sink, fast(max_retries=1))
+    for i in range(0, 100, 10):
+        fwd.put(recs(i, i + 10))
+    wait_for(lambda: fwd.counters()["spool_records"] == 100)
+    c = fwd.counters()
+    assert c["spooled"] == 100 and c["sent"] == 0 and not fwd.health().ok
+    calls_during_outage = sink.calls
+    time.sleep(0.2)
+    assert sink.calls - calls_during_outage < 60, "probing a down sink must back off"
+    down.clear()
+    wait_for(lambda: fwd.counters()["sent"] == 100)
+    fwd.close(5)
+    c = fwd.counters()
+    assert sink.delivered == recs(0, 100)  # oldest first
+    assert c["replayed"] == 100 and c["spool_records"] == 0 and fwd.health().ok
+    assert not list((tmp_path / "spool" / "fake").iterdir())
+    assert balanced(c)
+
+
+def test_dead_letters_carry_records_and_reason(tmp_path: Path) -> None:
+    def fail(r: list[dict[str, Any]], n: int) -> SendError | None:
+        if any(x["id"] == 13 for x in r):
+            return SendError("400 invalid event (code 6)", retryable=False)
+        return None
+
+    sink = FakeSink(ctx(tmp_path), fail)
+    fwd = RecordForwarder(sink, fast())
+    fwd.put(recs(0, 30))
+    fwd.close(5)
+    c = fwd.counters()
+    assert c["sent"] == 20 and c["dead_lettered"] == 10 and c["retried"] == 0
+    (line,) = (tmp_path / "deadletter" / "fake.jsonl").read_bytes().splitlines()
+    dl = orjson.loads(line)
+    assert dl["reason"] == "400 invalid event (code 6)" and dl["records"] == recs(10, 20) and dl["count"] == 10
+    assert balanced(c)
+
+
+def test_queue_overflow_is_dropped_and_counted(tmp_path: Path) -> None:
+    sink = FakeSink(ctx(tmp_path), lambda r, n: None)
+    fwd = RecordForwarder(sink, fast(queue_max=25), start=False)
+    assert fwd.put(recs(0, 20)) == 20
+    assert fwd.put(recs(20, 40)) == 5  # partly accepted
+    assert fwd.put(recs(40, 50)) == 0
+    c = fwd.counters()
+    assert c["dropped_queue_full"] == 25 and c["queue_depth"] == 25
+    fwd.start()
+    fwd.close(5)
+    c = fwd.counters()
+    assert sink.delivered == recs(0, 25) and c["received"] == 50 and balanced(c)
+
+
+def test_put_never_blocks_on_a_stuck_sink(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def stuck(r: list[dict[str, Any]], n: int) -> SendError | None:
+        release.wait(10)
+        return None
+
+    sink = FakeSink(ctx(tmp_path), stuck)
+    fwd = RecordForwarder(sink, fast(queue_max=100))
+    t0 = time.monotonic()
+    for i in range(0, 1000, 10):
+        fwd.put(recs(i, i + 10))
+    assert time.monotonic() - t0 < 2.0
+    assert fwd.counters()["dropped_queue_full"] > 0
+    release.set()
+    fwd.close(5)
+    assert balanced(fwd.counters())
+
+
+def test_spool_survives_restart(tmp_path: Path) -> None:
+    sink = FakeSink(ctx(tmp_path), lambda r, n: SendError("timeout", retryable=True))
+    fwd = RecordForwarder(sink, fast(max_retries=0))
+    fwd.put(recs(0, 35))
+    fwd.close(0.5)
+    c = fwd.counters()
+    assert c["sent"] == 0 and c["spool_records"] == 35 and balanced(c)
+
+    sink2 = FakeSink(ctx(tmp_path), lambda r, n: None)
+    fwd2 = RecordForwarder(sink2, fast())
+    assert fwd2.counters()["spool_records"] == 35
+    fwd2.put(recs(35, 40))
+    wait_for(lambda: fwd2.counters()["sent"] == 40)
+    fwd2.close(5)
+    c2 = fwd2.counters()
+    assert c2["replayed"] == 35 and c2["spool_records"] == 0
+    assert sorted(r["id"] for r in sink2.delivered) == list(range(40))
+    replayed = [r["id"] for r in sink2.delivered if r["id"] < 35]
+    assert replayed == list(range(35))  # oldest first
+
+
+def test_close_flushes_partial_batch(tmp_path: Path) -> None:
+    sink = FakeSink(ctx(tmp_path), lambda r, n: None)
+    fwd = RecordForwarder(sink, fast(batch_interval=60, batch_max_records=1000))
+    fwd.put(recs(0, 7))
+    time.sleep(0.1)
+    assert sink.delivered == []  # still waiting for the batch to fill
+    fwd.close(5)
+    assert sink.delivered == recs(0, 7) and fwd.counters()["sent"] == 7
+
+
+def test_close_with_dead_sink_spools_everything_within_timeout(tmp_path: Path) -> None:
+    sink = FakeSink(ctx(tmp_path), lambda r, n: SendError("503", retryable=True))
+    fwd = RecordForwarder(sink, fast(max_retries=100, retry_backoff_min=0.05, retry_backoff_max=0.2))
+    for i in range(0, 200, 20):
+        fwd.put(recs(i, i + 20))
+    t0 = time.monotonic()
+    fwd.close(0.5)
+    assert time.monotonic() - t0 < 3
+    c = fwd.counters()
+    assert c["spool_records"] == 200 and c["sent"] == 0 and balanced(c)
+
+
+def test_fatal_error_logs_once_and_stops_sending(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad_token = threading.Event()
+    bad_token.set()
+
+    def fail(r: list[dict[str, Any]], n: int) -> SendError | None:
+        if bad_token.is_set():
+            return SendError("403 invalid token (code 4)", retryable=False, fatal_for_sink=True)
+        return None
+
+    sink = FakeSink(ctx(tmp_path), fail)
+    sink.healthy = False
+    fwd = RecordForwarder(sink, fast(probe_interval=0.1))
+    for i in range(0, 100, 10):
+        fwd.put(recs(i, i + 10))
+        time.sleep(0.01)
+    wait_for(lambda: fwd.counters()["spool_records"] == 100)
+    time.sleep(0.3)
+    assert sink.calls == 1, "a fatal error must not turn into a retry storm"
+    h = fwd.health()
+    assert not h.ok and "invalid token" in h.detail
+    assert sum("invalid token" in r.getMessage() for r in caplog.records) == 1
+    bad_token.clear()
+    sink.healthy = True  # the probe's health check now passes
+    wait_for(lambda: fwd.counters()["sent"] == 100)
+    fwd.close(5)
+    assert sink.delivered == recs(0, 100) and fwd.counters()["dead_lettered"] == 0
+
+
+def test_partial_acceptance_resends_only_the_rest(tmp_path: Path) -> None:
+    def fail(r: list[dict[str, Any]], n: int) -> SendError | None:
+        return SendError("3 of 10 acked", retryable=True, accepted=3) if n == 1 else None
+
+    sink = FakeSink(ctx(tmp_path), fail)
+    fwd = RecordForwarder(sink, fast())
+    fwd.put(recs(0, 10))
+    fwd.close(5)
+    assert sink.delivered == recs(0, 10)  # no duplicates
+    assert fwd.counters()["sent"] == 10
+
+
+def test_batches_cut_by_bytes(tmp_path: Path) -> None:
+    sizes: list[int] = []
+
+    def fail(r: list[dict[str, Any]], n: int) -> SendError | None:
+        sizes.append(len(r))
+        return None
+
+    sink = FakeSink(ctx(tmp_path), fail)
+    fwd = RecordForwarder(sink, fast(batch_max_records=1000, batch_max_bytes=400, batch_interval=0.05))
+    fwd.put([{"id": i, "pad": "x" * 90} for i in range(20)])
+    fwd.close(5)
+    assert sum(sizes) == 20 and max(sizes) <= 4 and len(sink.delivered) == 20
+
+
+def test_spool_bound_drops_are_counted(tmp_path: Path) -> None:
+    sink = FakeSink(ctx(tmp_path), lambda r, n: SendError("down", retryable=True))
+    fwd = RecordForwarder(sink, fast(max_retries=0, spool_max_bytes=600))
+    fwd.put([{"id": i, "pad": "y" * 40} for i in range(50)])
+    fwd.close(0.5)
+    c = fwd.counters()
+    assert c["dropped_spool_full"] > 0 and c["spool_bytes"] <= 600 and balanced(c)
+
+
+def test_backoff_full_jitter_bounds() -> None:
+    import random
+
+    rng = random.Random(1)
+    for attempt in range(1, 12):
+        d = [backoff_delay(attempt, 0.1, 5.0, rng) for _ in range(200)]
+        ceiling = min(5.0, 0.1 * 2 ** (attempt - 1))
+        assert min(d) >= 0 and max(d) <= ceiling and max(d) > ceiling * 0.8
+
+
+class FakePacketSink(PacketSink):
+    kind = "fakepkt"
+    config_class = dict
+
+    def __init__(self, ctx: SinkContext) -> None:
+        super().__init__({}, ctx)
+        self.frames = 0
+        self.gate = threading.Event()
+        self.broken = False
+        self.closed = False
+
+    def write(self, block: FrameBlock) -> None:
+        self.gate.wait(10)
+        if self.broken:
+            raise OSError(28, "No space left on device")
+        self.frames += block.count
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def block(n: int) -> FrameBlock:
+    import numpy as np
+
+    return FrameBlock(
+        data=b"x" * n,
+        offset=np.arange(n),
+        caplen=np.ones(n, np.uint32),
+        wirelen=np.ones(n, np.uint32),
+        ts=np.zeros(n),
+        vni=np.zeros(n, np.int64),
+    )
+
+
+def test_packet_forwarder_overflow_and_write_errors(tmp_path: Path) -> None:
+    sink = FakePacketSink(ctx(tmp_path, "pkt"))
+    fwd = PacketForwarder(sink, fast(queue_max=100))
+    accepted = sum(fwd.put(block(30)) for _ in range(10))
+    assert accepted in (3, 4)  # one block may already be in the writer's hands
+    sink.gate.set()
+    wait_for(lambda: fwd.counters()["queue_depth"] == 0)
+    sink.broken = True
+    fwd.put(block(5))
+    wait_for(lambda: fwd.counters().get("dropped_write_error", 0) == 5)
+    assert not fwd.health().ok
+    fwd.close(5)
+    c = fwd.counters()
+    assert c["received"] == 305 and c["sent"] == accepted * 30
+    assert c["received"] == c["sent"] + c["dropped"] and sink.closed
