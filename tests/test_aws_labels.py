@@ -170,3 +170,43 @@ def test_transient_errors_keep_the_last_map_and_warn_once_per_outage(
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("cannot describe" in m for m in msgs) == 1
     assert sum("works again" in m for m in msgs) == 1
+
+
+def test_engine_records_carry_the_aws_fields_of_their_vni(world: World) -> None:
+    """Engine(config, labeler=...) over VXLAN datagrams (as the live listener receives them) with
+    two mapped VNIs and one unknown VNI."""
+    from packet_factory import tcp, udp, vxlan_header
+
+    from receiver.engine import Engine
+    from receiver.packets import Layer, PacketBatch
+    from receiver.settings import EngineConfig
+
+    web = mirror_tasks(world, 1, "service:web")
+    api = mirror_tasks(world, 1, "service:api")
+    (vni_web,), (vni_api,) = web, api
+    lab = make_labeler(AwsConfig(region=REGION), start=False)
+    assert lab is not None and lab.refresh()
+
+    frames, ts = [], []
+    for i, (vni, port) in enumerate(((vni_web, 80), (vni_api, 443), (4_000_000, 53))):
+        client, server = f"172.16.{i}.10", f"172.16.{i}.20"
+        if port == 53:
+            pkts = [udp(client, server, 5353, port, b"q"), udp(server, client, port, 5353, b"r")]
+        else:
+            pkts = [
+                tcp(client, server, 40000 + i, port, flags=0x02),
+                tcp(server, client, port, 40000 + i, flags=0x12),
+                tcp(client, server, 40000 + i, port, flags=0x10, payload=b"hello"),
+            ]
+        for p in pkts:
+            frames.append(vxlan_header(vni) + p)
+            ts.append(1_700_000_000.0 + len(ts) * 0.001)
+    engine = Engine(EngineConfig(), labeler=lab, sensor="test")
+    records = engine.process(PacketBatch.from_frames(frames, ts, layer=Layer.VXLAN)).records
+    records += engine.finish("shutdown")
+    by_vni = {r["vni"]: r for r in records}
+    assert set(by_vni) == {vni_web, vni_api, 4_000_000}
+    assert by_vni[vni_web]["aws"] == expected(web[vni_web], "web")
+    assert by_vni[vni_api]["aws"] == expected(api[vni_api], "api")
+    assert by_vni[vni_web]["dest_port"] == 80 and by_vni[vni_api]["dest_port"] == 443
+    assert "aws" not in by_vni[4_000_000]
