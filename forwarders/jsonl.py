@@ -8,6 +8,7 @@ age, retention). With ``gzip = true`` each closed file is compressed to
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -80,25 +81,63 @@ class JsonlSink(RecordSink):
             recover=_whole_lines,
             fsync=config.fsync,
         )
+        self._left = 0  # bytes of the payload being sent not yet written
 
     def encode(self, records: list[FlowRecord]) -> bytes:
         return b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
 
     def send(self, payload: bytes, count: int) -> None:
+        self._left = len(payload)
+        try:
+            self._send(payload)
+        except SendError as e:
+            # Lines already written (before a rotation) count as accepted: they are not resent.
+            written = len(payload) - self._left
+            e.accepted = payload.count(b"\n", 0, written)
+            raise
+
+    def _send(self, payload: bytes) -> None:
+        view = memoryview(payload)
+        self._left = len(view)
+        limit = self.config.rotate_bytes
+        while view:
+            if self.files.due() or (self.files.is_open and self.files.size >= limit):
+                self._rotate()
+            room = limit - self.files.size if self.files.is_open else limit
+            if len(view) <= room:
+                self._write(view)
+                return
+            cut = payload.rfind(b"\n", len(payload) - len(view), len(payload) - len(view) + room) + 1
+            cut -= len(payload) - len(view)
+            if cut <= 0:
+                if self.files.is_open and self.files.size > 0:
+                    self._rotate()
+                    continue
+                nl = payload.find(b"\n", len(payload) - len(view))  # one line longer than a file
+                cut = (nl + 1 - (len(payload) - len(view))) if nl >= 0 else len(view)
+            self._write(view[:cut])
+            view = view[cut:]
+            self._left = len(view)
+            if view:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        try:
+            self.files.close()
+        except OSError as e:
+            raise SendError(f"closing a file in {self.directory}: {e.strerror or e}", retryable=True) from None
+
+    def _write(self, data: memoryview) -> None:
         before = -1
         try:
-            if self.files.due(len(payload)) and self.files.size > 0:
-                self.files.close()
             if not self.files.is_open:
                 self.files.open()
             before = self.files.size
-            self.files.write(payload)
+            self.files.write(data)
         except OSError as e:
             if before >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     self.files.truncate_to(before)
-                except OSError:
-                    pass
             # Disk full or a vanished directory may clear: retry, then spool.
             raise SendError(f"writing {self.directory}: {e.strerror or e}", retryable=True) from None
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from forwarder_fixtures import OUTER, Result, live_batch, make_batch, markers, stderr_problems, tshark
 
 from forwarders import pcap_classic, pcapng, registry
 from forwarders.api import SinkContext
@@ -20,6 +19,7 @@ from forwarders.frames import frame_block
 from forwarders.manager import ForwarderSet
 from forwarders.pcap import PcapConfig, PcapSink
 from receiver.packets import Layer
+from tests.forwarder_fixtures import OUTER, Result, live_batch, make_batch, markers, stderr_problems, tshark
 
 ROOT = Path(__file__).resolve().parent.parent
 
