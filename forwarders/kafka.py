@@ -15,7 +15,7 @@ message of the batch has its delivery report. The batch succeeds when all are
 delivered; otherwise it raises a retryable ``SendError`` and the runner retries or
 spools it. Messages of a failed batch that *were* delivered are remembered, so the
 resend of the same batch skips them (no duplicates from partial failures). After a
-failed batch the producer is recreated: an idempotent producer whose broker lost
+failed batch the producer is recreated before the next send: an idempotent producer whose broker lost
 its state (a restarted broker) is otherwise stuck on UNKNOWN_PRODUCER_ID.
 """
 
@@ -146,6 +146,7 @@ class KafkaSink(RecordSink):
             "compression.type": config.compression,
             "linger.ms": config.linger_ms,
             "message.timeout.ms": int(config.delivery_timeout * 1000),
+            "reconnect.backoff.max.ms": 1000,
             **extra,
             **FORCED,
             "error_cb": self._on_error,
@@ -245,7 +246,7 @@ class KafkaSink(RecordSink):
             self._partial = None
             return
         self._partial = (digest, done)
-        self._restart()
+        self._need_restart = True  # a fresh producer (new producer id) for the resend
         missing = len(lines) - len(done)
         detail = ", ".join(f"{k} x{v}" for k, v in sorted(batch.errors.items())) or "local queue full"
         raise SendError(

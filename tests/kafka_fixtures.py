@@ -118,7 +118,7 @@ class Tansu:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(1.0)  # it waits for clients to go; memory storage has nothing to save
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
