@@ -51,19 +51,21 @@ def describe(r: dict) -> str:
 def main() -> int:
     port, data_dir = int(sys.argv[1]), Path(sys.argv[2])
     offsets: dict[Path, int] = {}
+    failures = 0
     last: tuple[float, float] | None = None
     n_records = 0
     print("live figures (Ctrl-C stops the service cleanly)", flush=True)
     while True:
         for f in sorted((data_dir / "flows").rglob("*.json*")):
+            key = f.with_name(f.name.removesuffix(".part"))  # a closed file loses its .part suffix
             try:
                 with f.open("rb") as fh:
-                    fh.seek(offsets.get(f, 0))
+                    fh.seek(offsets.get(key, 0))
                     data = fh.read()
             except OSError:
                 continue
             end = data.rfind(b"\n") + 1
-            offsets[f] = offsets.get(f, 0) + end
+            offsets[key] = offsets.get(key, 0) + end
             for line in data[:end].splitlines():
                 try:
                     print(describe(json.loads(line)), flush=True)
@@ -73,9 +75,13 @@ def main() -> int:
         try:
             m = scrape(port)
         except OSError as e:
+            failures += 1
             print(f"metrics unavailable: {e}", flush=True)
+            if failures >= 3:
+                return 1  # the service is gone
             time.sleep(1)
             continue
+        failures = 0
         now, rx = time.monotonic(), total(m, "vxmirror_datagrams_received_total")
         rate = (rx - last[1]) / (now - last[0]) if last else 0.0
         last = (now, rx)

@@ -232,6 +232,9 @@ class Aggregator:
         ok, detail = self.health()
         for w, d in detail["workers"].items():
             e.add("vxmirror_worker_up", "gauge", "1 while the worker reports", int(d["up"]), worker=w)
+        for w, snap in sorted(self.snapshots.items()):
+            n = sum(int(c.get("datagrams", 0)) for c in snap.get("listen", {}).values())
+            e.add("vxmirror_worker_datagrams_total", "counter", "Datagrams received per worker", n, worker=w)
         e.add("vxmirror_up", "gauge", "1 if every worker and forwarder is healthy", int(ok))
         e.add("vxmirror_start_time_seconds", "gauge", "Service start time", round(self.started, 3))
         return e.render()

@@ -251,10 +251,31 @@ class Worker:
         return code
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM (a clean stop) if the supervisor dies without stopping us (e.g. SIGKILL)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(
-    index: int, cfg: Config, sockets: list[tuple[socket.socket, Layer, str]], conn: Connection, log_fmt: str
+    index: int,
+    cfg: Config,
+    sockets: list[tuple[socket.socket, Layer, str]],
+    conn: Connection,
+    log_fmt: str,
+    parent_pid: int,
+    inherited: list[int],
 ) -> None:
     logs.setup(cfg.log.level, log_fmt, worker=index)
+    for fd in inherited:  # other workers' pipe ends: holding them would keep those pipes open
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _die_with_parent(parent_pid)
     import uvloop
 
     loop = uvloop.new_event_loop()
@@ -304,7 +325,9 @@ class Supervisor:
         for w in range(self.workers):
             receiver, sender = ctx.Pipe(duplex=False)  # the worker sends, the supervisor receives
             socks = [(ep.sockets[w], ep.layer, ep.label) for ep in self.endpoints]
-            p = ctx.Process(target=_worker_main, args=(w, self.cfg, socks, sender, fmt), name=f"vxmirror-w{w}")
+            inherited = [c.fileno() for c in self.conns]
+            args = (w, self.cfg, socks, sender, fmt, os.getpid(), inherited)
+            p = ctx.Process(target=_worker_main, args=args, name=f"vxmirror-w{w}")
             p.start()
             sender.close()
             self.procs.append(p)

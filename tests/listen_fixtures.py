@@ -195,7 +195,8 @@ class Served:
             self.log.close()
 
     def logs(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return (self.tmp / "serve.log").read_text(errors="replace")
 
     def kill(self) -> None:

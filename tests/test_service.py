@@ -128,8 +128,9 @@ def test_two_workers_keep_each_flow_whole(served: Any) -> None:
     # every datagram from its own outer source port: only inner-address steering keeps flows together
     send_all(datagrams, srv.vx_port, spread_ports=True)
     text = wait_received(srv, len(datagrams))
-    per_worker = [metric(text, "vxmirror_engine_counter", counter="packets")]
-    assert per_worker[0] == len(datagrams)
+    assert metric(text, "vxmirror_engine_counter", counter="packets") == len(datagrams)
+    per_worker = [metric(text, "vxmirror_worker_datagrams_total", worker=str(w)) for w in (0, 1)]
+    assert min(per_worker) > len(datagrams) / 5  # both workers had a share
     assert metric(text, "vxmirror_steering_active") == 2  # both listen addresses steered
     assert srv.stop() == 0, srv.logs()
     recs = served_records(srv.data_dir)
@@ -217,3 +218,21 @@ def test_ipv6_listen_and_geneve(served: Any, tmp_path: Path) -> None:
     assert srv.stop() == 0
     recs = served_records(srv.data_dir)
     assert sum(r["packets_out"] + r["packets_in"] for r in recs) == 2
+
+
+def test_workers_stop_when_the_supervisor_is_killed(served: Any) -> None:
+    srv = served(workers=2, geneve=False)
+    kids = [int(k) for k in Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()]
+    assert len(kids) == 2
+    srv.proc.kill()
+    srv.proc.wait()
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(running(k) for k in kids):
+        assert time.monotonic() < deadline, "orphaned workers kept running"
+        time.sleep(0.1)
