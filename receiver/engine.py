@@ -43,6 +43,7 @@ HTTP_WORDS = np.array(
     np.int64,
 )
 FRAGMENT_MAP_MAX = 65536
+BASE_COUNTERS = ("packets", "bytes", "decoded", "slow_path", "flows_created", "records")
 # counters naming packets that did not reach a flow (every packet is either decoded or one of these)
 DROP_REASONS = frozenset(
     {s.counter for s in Status if s not in (Status.OK, Status.SLOW_PATH)}
@@ -72,7 +73,7 @@ class Engine:
         self.table = FlowTable(self.config.max_flows)
         self.excerpts = ExcerptPool(self.config.excerpt_bytes) if self.config.excerpt_bytes else None
         self.app: dict[int, AppState] = {}
-        self._counters: Counter[str] = Counter()
+        self._counters: Counter[str] = Counter(dict.fromkeys(BASE_COUNTERS, 0))
         self._fragments: OrderedDict[tuple[int, ...], tuple[int, int]] = OrderedDict()
         self._next_expire = -np.inf
         self._pending: list[FlowRecord] = []
@@ -202,9 +203,9 @@ class Engine:
             state = self.app.get(f)
             if state is None:
                 state = self.app[f] = AppState(self.config.app_max_items)
-            o = int(d.pay_off[p])
+            start = int(d.pay_off[p])
             state.feed(
-                dr ^ int(orig[f]), batch.buf[o : o + int(d.pay_cap[p])].tobytes(), int(d.proto[p]),
+                dr ^ int(orig[f]), batch.buf[start : start + int(d.pay_cap[p])].tobytes(), int(d.proto[p]),
                 int(d.sport[p]), int(d.dport[p]),
             )
             if state.wants_more:
@@ -255,7 +256,6 @@ class Engine:
         self._emit(live[active], "active", now)
 
     def _evict(self, flows: I64) -> None:
-        self._counters["flows_evicted"] += int(flows.size)
         self._emit(flows, "evicted", None)
 
     def _emit(self, flows: I64, reason: EndReason, now: float | None) -> None:

@@ -256,7 +256,10 @@ class FlowTable:
             ps = np.flatnonzero(pure_syn & same)
             np.minimum.at(syn_first, inv[ps], ps)
             lead = np.where(syn_first[new_u] < inv.size, syn_first[new_u], first[new_u])
-            flow_u[new_u] = self._allocate(keys, first[new_u], keys.direction[lead], ts[first[new_u]])
+            flows = self._allocate(keys, first[new_u], keys.direction[lead], ts[first[new_u]])
+            # the first packet seen came from the responder: Zeek marks the flip with '^'
+            c["flipped"][flows] = keys.direction[lead] != keys.direction[first[new_u]]
+            flow_u[new_u] = flows
         flow = np.where(same, flow_u[inv], -1)
         drops = {
             "hash_collision": int(np.count_nonzero(~same) + np.count_nonzero(same & ~ok_u[inv])),

@@ -1,0 +1,223 @@
+"""Flow-table semantics: direction, originator, counters, history, conn_state, expiry, eviction,
+fragments, excerpts and application metadata, through the public Engine API."""
+
+from __future__ import annotations
+
+import base64
+
+import dpkt
+import numpy as np
+import pytest
+
+from receiver.engine import DROP_REASONS, Engine
+from receiver.packets import Layer, PacketBatch
+from receiver.settings import EngineConfig
+from tests import packet_factory as pf
+
+SYN, ACK, FIN, RST, PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST, dpkt.tcp.TH_PUSH
+C, S = "10.0.0.1", "10.0.0.2"
+
+
+def run(frames: list[bytes], ts: list[float] | None = None, cfg: EngineConfig | None = None,
+        batch: int = 1000) -> tuple[list[dict], Engine]:
+    e = Engine(cfg or EngineConfig())
+    ts = ts if ts is not None else [1000.0 + i * 0.01 for i in range(len(frames))]
+    recs: list[dict] = []
+    for i in range(0, len(frames), batch):
+        recs += e.process(PacketBatch.from_frames(frames[i : i + batch], ts[i : i + batch])).records
+    recs += e.finish("end_of_input")
+    return recs, e
+
+
+def handshake(payload_c: bytes = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n\r\n",
+              payload_s: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") -> list[bytes]:
+    return [
+        pf.tcp(C, S, 40000, 80, SYN),
+        pf.tcp(S, C, 80, 40000, SYN | ACK),
+        pf.tcp(C, S, 40000, 80, ACK),
+        pf.tcp(C, S, 40000, 80, ACK | PSH, payload_c),
+        pf.tcp(S, C, 80, 40000, ACK | PSH, payload_s),
+        pf.tcp(C, S, 40000, 80, FIN | ACK),
+        pf.tcp(S, C, 80, 40000, FIN | ACK),
+        pf.tcp(C, S, 40000, 80, ACK),
+    ]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+def test_tcp_connection_is_one_bidirectional_record(batch: int) -> None:
+    frames = [pf.vxlan(f, vni=42) for f in handshake()]
+    recs, e = run(frames, batch=batch)
+    assert len(recs) == 1
+    r = recs[0]
+    assert (r["src_ip"], r["src_port"], r["dest_ip"], r["dest_port"]) == (C, 40000, S, 80)
+    assert r["vni"] == 42 and r["transport"] == "tcp" and r["ip_proto"] == 6
+    assert (r["packets_in"], r["packets_out"]) == (5, 3)
+    ip_len = [len(f) - 14 for f in handshake()]
+    assert r["bytes_in"] == sum(ip_len[i] for i in (0, 2, 3, 5, 7))
+    assert r["bytes_out"] == sum(ip_len[i] for i in (1, 4, 6))
+    assert r["history"] == "ShADdFf"
+    assert r["conn_state"] == "SF"
+    assert r["tcp_flags_in"] == "FSPA" and r["tcp_flags_out"] == "FSPA"
+    assert r["app"]["http"][0]["host"] == "example.com" and r["app"]["http"][0]["status"] == 200
+    assert base64.b64decode(r["excerpt_in"]).startswith(b"GET / HTTP/1.1")
+    assert base64.b64decode(r["excerpt_out"]).startswith(b"HTTP/1.1 200")
+    assert r["community_id"].startswith("1:")
+    assert e.counters()["decoded"] == 8
+
+
+def test_syn_sender_is_the_originator_even_when_the_synack_comes_first() -> None:
+    f = handshake()
+    recs, _ = run([f[1], f[0], f[2]])
+    r = recs[0]
+    assert (r["src_ip"], r["src_port"]) == (C, 40000)
+    assert r["packets_in"] == 2 and r["packets_out"] == 1
+    assert r["history"].startswith("^")
+
+
+def test_flip_across_batches_when_responder_sends_first() -> None:
+    f = handshake()
+    recs, _ = run([f[1], f[0]], batch=1)
+    assert (recs[0]["src_ip"], recs[0]["src_port"]) == (C, 40000)
+
+
+def test_midstream_udp_first_packet_sender_is_originator() -> None:
+    recs, _ = run([pf.udp(S, C, 53, 5555, b"x"), pf.udp(C, S, 5555, 53, b"y")])
+    assert (recs[0]["src_ip"], recs[0]["src_port"]) == (S, 53)
+    assert recs[0]["conn_state"] == "SF"
+
+
+def test_rejected_connection_state() -> None:
+    recs, _ = run([pf.tcp(C, S, 1, 2, SYN), pf.tcp(S, C, 2, 1, RST | ACK)])
+    assert recs[0]["conn_state"] == "REJ" and recs[0]["end_reason"] == "end_of_input"
+
+
+def test_icmp_echo_pairs_into_one_flow_with_zeek_ports() -> None:
+    recs, _ = run([pf.icmp(C, S, 8), pf.icmp(S, C, 0), pf.icmp(C, S, 8), pf.icmp(S, C, 0)])
+    assert len(recs) == 1
+    r = recs[0]
+    assert (r["src_port"], r["dest_port"]) == (8, 0) and r["transport"] == "icmp"
+    assert r["packets_in"] == 2 and r["packets_out"] == 2
+    recs6, _ = run([pf.icmp("fd00::1", "fd00::2", 128), pf.icmp("fd00::2", "fd00::1", 129)])
+    assert len(recs6) == 1 and recs6[0]["transport"] == "ipv6-icmp" and recs6[0]["src_port"] == 128
+
+
+def test_vni_separates_flows() -> None:
+    f = pf.udp(C, S, 1, 2, b"a")
+    recs, _ = run([pf.vxlan(f, vni=1), pf.vxlan(f, vni=2), pf.geneve(f, vni=1), f])
+    assert sorted((r["vni"] is None, r["vni"], r["packets_in"]) for r in recs) == [
+        (False, 1, 2), (False, 2, 1), (True, None, 1)
+    ]
+
+
+def test_idle_timeout_by_packet_time() -> None:
+    cfg = EngineConfig(udp_idle_timeout=5.0)
+    f = pf.udp(C, S, 1, 2, b"a")
+    recs, _ = run([f, f, pf.udp(C, S, 3, 4), f], ts=[0.0, 1.0, 100.0, 101.0], cfg=cfg, batch=1)
+    idle = [r for r in recs if r["end_reason"] == "idle"]
+    assert len(idle) == 1 and idle[0]["packets_in"] == 2 and idle[0]["src_port"] == 1
+    # the same 5-tuple after the gap is a new flow
+    assert sum(1 for r in recs if r["src_port"] == 1) == 2
+
+
+def test_active_timeout_emits_interim_records_that_add_up() -> None:
+    cfg = EngineConfig(active_timeout=10.0, udp_idle_timeout=100.0)
+    f = pf.udp(C, S, 1, 2, b"abc")
+    ts = [float(t) for t in range(0, 35)]
+    recs, _ = run([f] * 35, ts=ts, cfg=cfg, batch=1)
+    reasons = [r["end_reason"] for r in recs]
+    assert reasons.count("active") == 3 and reasons[-1] == "end_of_input"
+    assert sum(r["packets_in"] for r in recs) == 35
+    assert recs[1]["segment"] == 1 and "excerpt_in" not in recs[1]
+
+
+def test_tcp_close_after_linger() -> None:
+    cfg = EngineConfig(tcp_close_linger=1.0)
+    frames = handshake() + [pf.udp(C, S, 9, 9)]
+    ts = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 5.0]
+    recs, _ = run(frames, ts=ts, cfg=cfg, batch=1)
+    assert [r["end_reason"] for r in recs if r["transport"] == "tcp"] == ["tcp_close"]
+
+
+def test_eviction_at_the_flow_cap_is_counted_and_emitted() -> None:
+    cfg = EngineConfig(max_flows=16)
+    frames = [pf.udp(C, S, 1000 + i, 53, b"q") for i in range(40)]
+    recs, e = run(frames, batch=8, cfg=cfg)
+    assert len(recs) == 40
+    assert sum(1 for r in recs if r["end_reason"] == "evicted") == 24
+    assert e.counters()["flows_evicted"] == 24
+
+
+def test_many_flows_grow_the_table_and_stay_exact() -> None:
+    rng = np.random.default_rng(3)
+    frames, expect = [], {}
+    for _ in range(3000):
+        sp = int(rng.integers(1024, 60000))
+        frames.append(pf.udp(C, S, sp, 443, b"z"))
+        expect[sp] = expect.get(sp, 0) + 1
+    recs, e = run(frames, batch=512)
+    got = {r["src_port"]: r["packets_in"] for r in recs}
+    assert got == expect and e.counters()["flow_table_capacity"] >= len(expect)
+
+
+def test_fragments_are_attributed_to_their_flow() -> None:
+    first = bytearray(pf.udp(C, S, 7000, 8000, b"A" * 40))
+    first[14 + 6 : 14 + 8] = (0x2000).to_bytes(2, "big")  # MF, offset 0
+    later = bytearray(pf.udp(C, S, 1, 1, b"B" * 40))
+    later[14 + 6 : 14 + 8] = (5).to_bytes(2, "big")  # offset 40 bytes, no MF
+    orphan = bytearray(later)
+    orphan[14 + 4 : 14 + 6] = (99).to_bytes(2, "big")  # another IP ID: no first fragment
+    recs, e = run([bytes(first), bytes(later), bytes(orphan)])
+    assert len(recs) == 1
+    assert recs[0]["packets_in"] == 2 and recs[0]["fragments"] == 2 and recs[0]["dest_port"] == 8000
+    assert e.counters()["fragment_without_first"] == 1
+
+
+def test_truncated_frames_count_their_full_ip_length() -> None:
+    full = pf.tcp(C, S, 5, 6, ACK, payload=b"p" * 1000)
+    cut = full[:200]
+    recs, _ = run([cut])
+    assert recs[0]["bytes_in"] == len(full) - 14 and recs[0]["truncated"] is True
+    assert recs[0]["payload_bytes_in"] == 1000
+
+
+def test_excerpts_follow_arrival_order_and_stop_at_the_limit() -> None:
+    cfg = EngineConfig(excerpt_bytes=10)
+    frames = [pf.udp(C, S, 1, 2, b"abcdef"), pf.udp(C, S, 1, 2, b"ghijkl"), pf.udp(C, S, 1, 2, b"mnop")]
+    recs, _ = run(frames, cfg=cfg)
+    assert base64.b64decode(recs[0]["excerpt_in"]) == b"abcdefghij"
+    recs, _ = run(frames, cfg=EngineConfig(excerpt_bytes=0))
+    assert "excerpt_in" not in recs[0]
+
+
+def test_every_packet_is_decoded_or_counted_under_a_reason() -> None:
+    good = pf.vxlan(pf.tcp(C, S, 1, 2))
+    bad_flag = pf.vxlan(pf.tcp(C, S, 1, 2), flags=0)
+    arp = pf.vxlan(pf.MAC_B + pf.MAC_A + b"\x08\x06" + b"\0" * 28)
+    frames = [good, bad_flag, arp, good[:30], good[:60], b"", b"\xff" * 20]
+    _, e = run(frames)
+    c = e.counters()
+    assert c["packets"] == 7
+    assert c["decoded"] + sum(v for k, v in c.items() if k in DROP_REASONS) == 7
+    assert c["vxlan_i_flag_unset"] == 1 and c["non_ip"] >= 1
+
+
+def test_live_vxlan_datagrams_decode_like_captured_frames() -> None:
+    frames = [pf.vxlan(f, vni=77) for f in handshake()]
+    datagrams = [f[42:] for f in frames]
+    e = Engine()
+    recs = e.process(PacketBatch.from_frames(datagrams, [1.0] * 8, layer=Layer.VXLAN)).records + e.finish("shutdown")
+    captured, _ = run(frames, ts=[1.0] * 8)
+    strip = ("end_reason",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in recs] == [
+        {k: v for k, v in r.items() if k not in strip} for r in captured
+    ]
+    assert recs[0]["end_reason"] == "shutdown"
+
+
+def test_decap_info_points_at_the_inner_frame() -> None:
+    inner = pf.tcp(C, S, 1, 2)
+    batch = PacketBatch.from_frames([pf.vxlan(inner, vni=3), inner])
+    res = Engine().process(batch)
+    s0 = int(res.decap.inner_start[0])
+    assert batch.buf[s0 : s0 + len(inner)].tobytes() == inner and res.decap.vni[0] == 3
+    assert res.decap.inner_start[1] == batch.start[1] and res.decap.vni[1] == -1
