@@ -203,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._ack(query)
         elif path == "/services/auth/login":
             self._mgmt_login()
-        elif re.fullmatch(r"/services(NS/[^/]+/[^/]+)?/search/(v2/)?jobs(/export)?", path):
+        elif re.fullmatch(r"/services(NS/[^/]+/[^/]+)?/search/(v2/)?jobs(/export)?/?", path):
             self._mgmt_search()
         else:
             self._body()
@@ -358,7 +358,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _mgmt_server_info(self) -> None:
         if not self._mgmt_authorized():
             return
-        self._reply(200, {"entry": [{"name": "server-info", "content": {"version": "9.2.0"}}]})
+        self._reply(
+            200,
+            b'<feed xmlns="http://www.w3.org/2005/Atom" xmlns:s="http://dev.splunk.com/ns/rest">'
+            b'<entry><title>server-info</title><content type="text/xml"><s:dict>'
+            b'<s:key name="version">9.2.0</s:key><s:key name="instance_type">download</s:key>'
+            b"</s:dict></content></entry></feed>",
+            "text/xml",
+        )
 
     def _mgmt_login(self) -> None:
         form = parse_qs((self._body() or b"").decode())
@@ -382,9 +389,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, {"messages": [{"type": "FATAL", "text": f"unsupported search: {q}"}]})
             return
         terms = {k: a or b for k, a, b in re.findall(r'(\w+)=(?:"([^"]*)"|(\S+))', m.group("terms"))}
-        earliest = float((form.get("earliest_time") or ["0"])[0] or 0)
-        latest_s = (form.get("latest_time") or [""])[0]
-        latest = float(latest_s) if latest_s else float("inf")
+        earliest = _splunk_time((form.get("earliest_time") or ["0"])[0], 0.0)
+        latest = _splunk_time((form.get("latest_time") or [""])[0], float("inf"))
         with self.server.lock:
             n = sum(
                 1
@@ -392,8 +398,20 @@ class _Handler(BaseHTTPRequestHandler):
                 if all(str(ev.get(k)) == v for k, v in terms.items())
                 and earliest <= float(ev["time"]) < latest
             )
-        self._reply(200, {"results": [{"count": str(n)}], "fields": [{"name": "count"}]})
+        self._reply(200, {"preview": False, "results": [{"count": str(n)}], "fields": [{"name": "count"}]})
         self.server.searches.append(q)
+
+
+def _splunk_time(value: str, default: float) -> float:
+    """Epoch seconds, "now", or a relative "-<n><s|m|h|d>" (no snapping)."""
+    if not value:
+        return default
+    if value == "now":
+        return time.time()
+    m = re.fullmatch(r"-(\d+)([smhd])", value)
+    if m:
+        return time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return float(value)
 
 
 class HecServer(ThreadingHTTPServer):

@@ -90,7 +90,8 @@ def packets(draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(0, 3))):
         wrap = draw(st.sampled_from(["vxlan", "geneve", "geneve-ip", "none"]))
         if wrap == "vxlan":
-            frame = pf.vxlan(frame, vni=draw(st.integers(0, 2**24 - 1)), flags=draw(st.sampled_from([0x08, 0x08, 0x0C, 0])))
+            flags = draw(st.sampled_from([0x08, 0x08, 0x0C, 0]))
+            frame = pf.vxlan(frame, vni=draw(st.integers(0, 2**24 - 1)), flags=flags)
         elif wrap == "geneve":
             frame = pf.geneve(frame, vni=draw(st.integers(0, 2**24 - 1)), options=b"\0" * 4 * draw(st.integers(0, 3)))
         elif wrap == "geneve-ip":

@@ -132,7 +132,7 @@ def test_active_timeout_emits_interim_records_that_add_up() -> None:
 
 def test_tcp_close_after_linger() -> None:
     cfg = EngineConfig(tcp_close_linger=1.0)
-    frames = handshake() + [pf.udp(C, S, 9, 9)]
+    frames = [*handshake(), pf.udp(C, S, 9, 9)]
     ts = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 5.0]
     recs, _ = run(frames, ts=ts, cfg=cfg, batch=1)
     assert [r["end_reason"] for r in recs if r["transport"] == "tcp"] == ["tcp_close"]

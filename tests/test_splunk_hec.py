@@ -249,3 +249,39 @@ def test_gzip_payload_round_trip(server: HecServer, tmp_path: Path) -> None:
     assert gzip.decompress(gzip.compress(payload)) == payload
     sink.send(payload, 50)
     assert len(server.indexed()) == 50
+
+
+def test_splunk_check_counts_what_the_sink_sent(
+    server: HecServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from receiver.cli import main
+
+    sink = make_sink(server, tmp_path, index="main")
+    recs = make_records(300, t0=1_700_000_000.0)  # event times 1_700_000_000.5 .. ~1_700_000_000.8
+    sink.send(sink.encode(recs), 300)
+    other = make_records(7, t0=1_800_000_000.0)
+    sink.send(sink.encode(other), 7)  # outside the range
+    server.mgmt_tokens.add("mgmt-token-xyz")
+    monkeypatch.setenv("VXMIRROR_SPLUNK_TOKEN", "mgmt-token-xyz")
+    argv = ["splunk", "check", "--url", server.url, "--index", "main",
+            "--earliest", "1699999999", "--latest", "1700000100"]
+    assert main([*argv, "--expect", "300"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("300 events") and "ok" in out
+    assert main([*argv, "--expect", "301"]) == 1
+    assert "MISMATCH (-1)" in capsys.readouterr().out
+    assert server.searches[-1] == 'search index="main" sourcetype="vxmirror:flow" | stats count'
+    # user and password login (a session key), and the whole index over the default range
+    server.users["admin"] = "changeme-pw"
+    pw = tmp_path / "pw"
+    pw.write_text("changeme-pw")
+    pw.chmod(0o600)
+    monkeypatch.delenv("VXMIRROR_SPLUNK_TOKEN")
+    assert main(["splunk", "check", "--url", server.url, "--username", "admin", "--password-file", str(pw),
+                 "--earliest", "0", "--latest", "1900000000", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["count"] == 307
+    # bad credentials: one line on stderr, status 2, no secret in it
+    pw.write_text("wrong-pw")
+    assert main(["splunk", "check", "--url", server.url, "--username", "admin", "--password-file", str(pw)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("splunk check:") and "wrong-pw" not in err
