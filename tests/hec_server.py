@@ -119,6 +119,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, body: dict[str, Any] | bytes, ctype: str = "application/json") -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
+        if not urlsplit(self.path).path.startswith("/services/collector"):
+            # splunkd's management port: the SDK's client expects one request per connection
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -395,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
             n = sum(
                 1
                 for ev in self.server.events
-                if all(str(ev.get(k)) == v for k, v in terms.items())
+                if all(v == "*" or str(ev.get(k)) == v for k, v in terms.items())
                 and earliest <= float(ev["time"]) < latest
             )
         self._reply(200, {"preview": False, "results": [{"count": str(n)}], "fields": [{"name": "count"}]})
