@@ -170,9 +170,11 @@ class ServeReceiver:
                 try:
                     m0 = scrape(mport)
                     break
-                except OSError:
+                except OSError as exc:
                     if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"vxmirror serve did not start: {proc.stderr.read() if proc.stderr else ''}")
+                        raise RuntimeError(
+                            f"vxmirror serve did not start: {proc.stderr.read() if proc.stderr else ''}"
+                        ) from exc
                     time.sleep(0.2)
             time.sleep(0.5)
             m0 = scrape(mport)

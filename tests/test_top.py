@@ -93,7 +93,7 @@ class Canned:
         canned = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path == "/metrics":
                     body = (TEXT_1 if canned.hits == 0 else TEXT_2).encode()
                     canned.hits += 1
