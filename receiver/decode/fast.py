@@ -14,6 +14,7 @@ checks that both give identical columns on random and mutated packets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def _addr128(m: np.ndarray, off: int) -> tuple[np.ndarray, np.ndarray]:
     return v[:, 0], v[:, 1]
 
 
-Sel = "np.ndarray | slice"
+Sel: TypeAlias = "np.ndarray | slice"
 ALL = slice(None)
 
 
@@ -114,15 +115,128 @@ def decode_fast(batch: PacketBatch, config: EngineConfig) -> Decoded:
         return out
     run = _Run(batch, out)
     buf = batch.buf
+    if buf.shape[0] < OUTER:  # every gather reads whole rows; a tiny buffer gets zero padding
+        buf = np.concatenate([buf, np.zeros(OUTER, np.uint8)])
     vxlan_ports = np.asarray(config.vxlan_ports, np.int64)
     geneve_ports = np.asarray(config.geneve_ports, np.int64)
     while run.keep_going():
+        _common_outer(run, buf, vxlan_ports, config.max_tunnel_depth)
+        _common_inner(run, buf, vxlan_ports, geneve_ports)
         _vxlan(run, buf, config.max_tunnel_depth)
         _geneve(run, buf, config.max_tunnel_depth)
         _ethernet(run, buf)
         _sll(run, buf)
         _ip(run, buf, vxlan_ports, geneve_ports)
     return out
+
+
+# -- shortcuts for the common shapes ------------------------------------------------------------
+# Most mirrored traffic has one shape: Ethernet / IPv4 without options / UDP to 4789 / VXLAN
+# outside, and Ethernet / IPv4 without options / TCP or UDP inside. For packets of exactly that
+# shape, where every check of the general stages would pass, these read the headers of several
+# layers with one gather. Everything else (VLAN tags, options, fragments, IPv6, anything odd)
+# is left to the general stages below, which apply the same rules one layer at a time.
+
+OUTER = 14 + 20 + 8 + 8  # Ethernet, IPv4, UDP, VXLAN
+INNER = 14 + 20 + 20  # Ethernet, IPv4, TCP (or UDP and more)
+
+
+def _common_outer(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, max_depth: int) -> None:
+    s = run.at(ETH)
+    if s is None or max_depth < 1:
+        return
+    p, e = run.pos[s], run.end[s]
+    h = _take(buf, p, OUTER)
+    total = _be16(h, 16)
+    m = (
+        (p + OUTER <= e)
+        & (h[:, 12] == 0x08) & (h[:, 13] == 0x00) & (h[:, 14] == 0x45)
+        & (h[:, 23] == udp.PROTO) & ((h[:, 20] & 0x3F) == 0) & (h[:, 21] == 0)  # no MF, offset 0
+        & (total >= 36) & (p + 14 + total >= p + OUTER)
+        & np.isin(_be16(h, 36), vxlan_ports)
+        & ((h[:, 42] & FLAG_I) != 0)
+        & (run.depth[s] + 1 <= max_depth)
+    )
+    if not m.any():
+        return
+    t = _pick(m)
+    r = _sub(s, t)
+    ht = h[t]
+    i = run.idx[r]
+    reserved = ((ht[:, 42] & (0xFF ^ FLAG_I)) | ht[:, 43] | ht[:, 44] | ht[:, 45] | ht[:, 49]) != 0
+    if reserved.any():
+        run.out.vxlan_reserved[i] |= reserved
+    run.depth[r] += 1
+    run.out.inner_start[i] = p[t]  # as the Ethernet stage would have recorded it
+    run.out.vni[i] = _be24(ht, 46)
+    run.out.depth[i] = run.depth[r]
+    run.end[r] = np.minimum(e[t], p[t] + 14 + total[t])
+    run.pos[r] = p[t] + OUTER
+
+
+def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_ports: np.ndarray) -> None:
+    s = run.at(ETH)
+    if s is None:
+        return
+    p, e = run.pos[s], run.end[s]
+    h = _take(buf, p, INNER)
+    total = _be16(h, 16)
+    ip_end = p + 14 + total
+    proto = h[:, 23]
+    is_tcp = proto == tcp.PROTO
+    hdr = np.where(is_tcp, tcp.TCP.size, udp.UDP.size)
+    dport = _be16(h, 36)
+    m = (
+        (p + 34 <= e)
+        & (h[:, 12] == 0x08) & (h[:, 13] == 0x00) & (h[:, 14] == 0x45)
+        & ((h[:, 20] & 0x3F) == 0) & (h[:, 21] == 0)
+        & (is_tcp | (proto == udp.PROTO))
+        & (p + 34 + hdr <= ip_end) & (p + 34 + hdr <= e)
+        & (~is_tcp | ((h[:, 46] >> 4) >= 5))
+        & (is_tcp | ~(np.isin(dport, vxlan_ports) | np.isin(dport, geneve_ports)))
+    )
+    if not m.any():
+        return
+    t = _pick(m)
+    r = _sub(s, t)
+    ht, pt, et = h[t], p[t], e[t]
+    tcp_t = is_tcp[t]
+    out = run.out
+    i = run.idx[r]
+    run.what[r] = DONE
+    l4 = pt + 34
+    pay_off = l4 + np.where(tcp_t, (ht[:, 46] >> 4).astype(np.int64) * 4, udp.UDP.size)
+    end_ip = ip_end[t]
+    pay_len = np.maximum(end_ip - pay_off, 0)
+    out.inner_start[i] = pt
+    out.status[i] = Status.OK
+    out.ipver[i] = 4
+    out.src_hi[i] = 0
+    out.dst_hi[i] = 0
+    out.src_lo[i] = V4_MAPPED | _be32(ht, 26).astype(np.uint64)
+    out.dst_lo[i] = V4_MAPPED | _be32(ht, 30).astype(np.uint64)
+    out.proto[i] = proto[t]
+    out.sport[i] = _be16(ht, 34)
+    out.dport[i] = dport[t]
+    out.tcpflags[i] = np.where(tcp_t, ht[:, 47], 0)
+    out.iplen[i] = total[t]
+    out.pay_off[i] = pay_off
+    out.pay_len[i] = pay_len
+    out.pay_cap[i] = np.clip(np.minimum(et, end_ip) - pay_off, 0, pay_len)
+    out.truncated[i] = et < end_ip
+    out.frag[i] = 0
+    out.ipid[i] = _be16(ht, 18)
+
+
+def _take(buf: np.ndarray, pos: I64, size: int) -> np.ndarray:
+    """``size`` bytes at each position as rows (see Header.take)."""
+    if buf.shape[0] < size:
+        buf = np.concatenate([buf, np.zeros(size - buf.shape[0], np.uint8)])
+    window = np.lib.stride_tricks.sliding_window_view(buf, size)
+    return window[np.clip(pos, 0, buf.shape[0] - size)]
+
+
+# -- the general stages, one layer at a time ------------------------------------------------------
 
 
 def _vxlan(run: _Run, buf: np.ndarray, max_depth: int) -> None:
