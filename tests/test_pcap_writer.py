@@ -71,9 +71,8 @@ def test_rotations_read_back_by_tshark_in_order(tmp_path: Path, fmt: str) -> Non
     if fmt == "pcapng":
         want = [names.get(e[2]) or f"vni-{e[2]}" for e in sent]
         assert [g[2] for g in got] == want
-        desc = subprocess.run(["capinfos", "-I", str(files[0])], capture_output=True, text=True)
-        if desc.returncode == 0:
-            assert "VNI 300" in desc.stdout
+        desc = subprocess.run(["capinfos", "-I", str(files[0])], capture_output=True, text=True, check=True)
+        assert "Description = VNI 300" in desc.stdout and "Name = mirror-a task-1" in desc.stdout
 
 
 def test_classic_pcap_header_is_nanosecond(tmp_path: Path) -> None:
