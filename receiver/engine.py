@@ -133,7 +133,7 @@ class Engine:
             d.dst_hi[sel], d.dst_lo[sel], d.dport[sel],
         )
         ts = batch.ts[sel]
-        flow, new, drops = self.table.find_or_add(keys, ts, d.tcpflags[sel], self._evict)
+        flow, new, drops, grouping = self.table.find_or_add(keys, ts, d.tcpflags[sel], self._evict)
         for k, v in drops.items():
             if v:
                 self._counters[k] += v
@@ -144,7 +144,7 @@ class Engine:
         self._counters["decoded"] += int(idx.size)
         self.table.account(
             flow, direction, batch.ts[idx], d.iplen[idx], d.pay_len[idx], d.tcpflags[idx], d.proto[idx],
-            d.truncated[idx], d.frag[idx] != Frag.NONE,
+            d.truncated[idx], d.frag[idx] != Frag.NONE, grouping,
         )
         has_payload = d.pay_cap[idx] > 0
         if self.excerpts is not None and has_payload.any():

@@ -213,8 +213,9 @@ class FlowTable:
     # -- the batch update ---------------------------------------------------------------------
     def find_or_add(
         self, keys: Keys, ts: F64, tcpflags: I64, evict: Callable[[I64], None]
-    ) -> tuple[I64, I64, dict[str, int]]:
-        """Flow index of every packet (-1: dropped and counted), the new flows, and drop counts.
+    ) -> tuple[I64, I64, dict[str, int], tuple[I64, I64] | None]:
+        """Flow index of every packet (-1: dropped and counted), the new flows, drop counts, and
+        the grouping (distinct flows, packet -> group) for ``account`` when no packet was dropped.
 
         The originator of a new flow is the sender of its first packet in the batch, unless a
         SYN without ACK is in the batch: then its sender. When the table is at ``max_flows``,
@@ -265,7 +266,8 @@ class FlowTable:
             "hash_collision": int(np.count_nonzero(~same) + np.count_nonzero(same & ~ok_u[inv])),
             "flow_table_full": int(np.count_nonzero(same & ok_u[inv] & (flow < 0))) if full else 0,
         }
-        return flow, flow_u[new_u], drops
+        grouping = (flow_u, inv) if not (drops["hash_collision"] or drops["flow_table_full"]) else None
+        return flow, flow_u[new_u], drops, grouping
 
     def account(
         self,
@@ -278,13 +280,20 @@ class FlowTable:
         proto: I64,
         truncated: np.ndarray,
         fragment: np.ndarray,
+        grouping: tuple[I64, I64] | None = None,
     ) -> None:
-        """Add packets (all with flow >= 0) to their flows' counters, flags, history and times."""
+        """Add packets (all with flow >= 0) to their flows' counters, flags, history and times.
+
+        ``grouping`` (distinct flows, packet -> index into them), when the caller has it, saves
+        grouping the packets again."""
         if not flow.size:
             return
         c = self.cols
-        uf, inv = np.unique(flow, return_inverse=True)
-        inv = inv.reshape(-1)
+        if grouping is None:
+            uf, inv = np.unique(flow, return_inverse=True)
+            inv = inv.reshape(-1)
+        else:
+            uf, inv = grouping
         g2 = inv * 2 + direction
         n2 = uf.size * 2
         c["pkts"][uf] += np.bincount(g2, minlength=n2).reshape(-1, 2).astype(np.uint32)
