@@ -14,6 +14,7 @@ adds range checks and documentation.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -135,18 +136,34 @@ def from_table(cls: type[T], table: dict[str, Any], file: str | Path | None = No
 
 
 def doc_table(cls: type) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) rows for documentation."""
+    """(key, type, default as TOML, help) rows for documentation."""
     hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
+            default = _toml(f.default)
         elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
+            default = _toml(f.default_factory())
         else:
             default = "(required)"
         rows.append((f.name, _type_name(hints[f.name]), default, str(f.metadata.get("help", ""))))
     return rows
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if value is None:
+        return "(unset)"
+    if dataclasses.is_dataclass(value):
+        return "(table)"
+    return repr(value)
 
 
 def opt(default: Any, help: str = "", min: float | None = None, max: float | None = None) -> Any:
