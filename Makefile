@@ -30,6 +30,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check . || true
 	$(VENV)/bin/mypy
 
+test: export AWS_EC2_METADATA_DISABLED = true
 test: setup system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

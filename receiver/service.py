@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import logs
+from .aws.labels import make_labeler
 from .config import Config
 from .engine import BatchResult, Engine
 from .flows.record import FlowRecord
@@ -72,13 +73,17 @@ def worker_count(cfg: Config) -> int:
     return cfg.listen.workers or os.cpu_count() or 1
 
 
-def make_forwarders(cfg: Config, worker: int) -> Forwarders:
-    """The configured forwarders of one worker (the embedded default: JSON lines and pcap)."""
+def make_forwarders(
+    cfg: Config, worker: int, vni_names: Callable[[int], str | None] | None = None
+) -> Forwarders:
+    """The configured forwarders of one worker (the embedded default: JSON lines and pcap).
+
+    ``vni_names`` names a VNI's mirror session (pcapng interface names), when known."""
     from forwarders import manager, registry
 
     data_dir = Path(cfg.data_dir)
     specs = cfg.forwarder_specs or registry.defaults(data_dir)
-    return manager.ForwarderSet.from_specs(specs, data_dir, worker, None)
+    return manager.ForwarderSet.from_specs(specs, data_dir, worker, vni_names)
 
 
 def _health_dict(h: Any) -> dict[str, Any]:
@@ -100,7 +105,7 @@ class Worker:
         cfg: Config,
         sockets: list[tuple[socket.socket, Layer, str]],
         conn: Connection | None,
-        forwarders_factory: Callable[[Config, int], Forwarders] = make_forwarders,
+        forwarders_factory: Callable[..., Forwarders] = make_forwarders,
     ) -> None:
         self.index = index
         self.cfg = cfg
@@ -116,6 +121,7 @@ class Worker:
             "reopens": 0,
         }
         self.state = "starting"
+        self.labeler: Any = None
         self._stop: asyncio.Event | None = None
         self._last_error_log = 0.0
 
@@ -201,8 +207,12 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reopen)
-        self.engine = Engine(self.cfg.engine, sensor=self.cfg.sensor_name())
-        self.forwarders = self.forwarders_factory(self.cfg, self.index)
+        # task-aware flows: VNI -> the mirror session's task/service tags (off without AWS credentials)
+        self.labeler = make_labeler(self.cfg.aws)
+        self.engine = Engine(self.cfg.engine, labeler=self.labeler, sensor=self.cfg.sensor_name())
+        self.forwarders = self.forwarders_factory(
+            self.cfg, self.index, self.labeler.name if self.labeler is not None else None
+        )
         self.drain = Drain(self.cfg.listen, self.sockets, self.on_batch, SourceFilter(self.cfg.listen.allow_sources))
         self.drain.start(loop)
         self.state = "running"
@@ -239,6 +249,8 @@ class Worker:
         left = max(1.0, self.cfg.listen.shutdown_timeout - 1.0 - (time.monotonic() - t0))
         try:
             self.forwarders.close(left)
+            if self.labeler is not None:
+                self.labeler.close()
         except Exception:
             log.exception("closing forwarders failed")
             code = 1

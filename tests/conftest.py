@@ -5,8 +5,13 @@ Test helpers are importable both as ``tests.<module>`` and as ``<module>``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Never let botocore look for instance credentials at the EC2 metadata address (169.254.169.254):
+# tests talk to loopback only. Subprocesses (vxmirror serve) inherit this.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 HERE = Path(__file__).resolve().parent
 for p in (str(HERE.parent), str(HERE)):
