@@ -174,26 +174,29 @@ class Engine:
     def _app(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
         seen = self.table.cols["app_pkts"]
         count = seen[flow, direction].astype(np.int64)
+        live = np.flatnonzero(pay & (count < APP_DONE))  # flows whose parsers may still learn something
+        if not live.size:
+            return
+        want = np.zeros(idx.size, np.bool_)
         # the first payload packets of each direction, counting this batch's in arrival order
-        first = pay & (count < APP_FIRST_PACKETS)
-        young = np.flatnonzero(first)
+        young = live[count[live] < APP_FIRST_PACKETS]
         if young.size:
             rank, _ = _rank_within(flow[young] * 2 + direction[young], np.zeros(young.size, np.int64))
-            first[young] = count[young] + rank < APP_FIRST_PACKETS
-        later = count < APP_DONE
-        # later packets: only those that start like HTTP, or DNS
-        off = d.pay_off[idx]
-        word = np.zeros(idx.size, np.int64)
-        w4 = np.flatnonzero(pay & (d.pay_cap[idx] >= 4))
-        if w4.size:
+            want[young] = count[young] + rank < APP_FIRST_PACKETS
+        # later packets: only those that start like an HTTP message, or DNS
+        rest = live[~want[live]]
+        if rest.size:
+            p = idx[rest]
+            dns = np.isin(d.sport[p], DNS_PORTS) | np.isin(d.dport[p], DNS_PORTS)
+            o = d.pay_off[p]
             b = batch.buf
-            o = off[w4]
-            word[w4] = (
-                (b[o].astype(np.int64) << 24) | (b[o + 1].astype(np.int64) << 16)
-                | (b[o + 2].astype(np.int64) << 8) | b[o + 3]
+            last = b.shape[0] - 1
+            word = (
+                (b[o].astype(np.int64) << 24) | (b[np.minimum(o + 1, last)].astype(np.int64) << 16)
+                | (b[np.minimum(o + 2, last)].astype(np.int64) << 8) | b[np.minimum(o + 3, last)]
             )
-        dns = np.isin(d.sport[idx], DNS_PORTS) | np.isin(d.dport[idx], DNS_PORTS)
-        want = pay & (first | (later & (np.isin(word, HTTP_WORDS) | dns)))
+            http = (d.pay_cap[p] >= 4) & np.isin(word, HTTP_WORDS)
+            want[rest] = dns | http
         orig = self.table.cols["orig"]
         for i in np.flatnonzero(want).tolist():
             f, dr = int(flow[i]), int(direction[i])
