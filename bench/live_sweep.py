@@ -321,9 +321,16 @@ def main() -> int:
     }
     results = []
     t0 = time.time()
+    errors = []
     for size in (int(s) for s in args.sizes.split(",")):
         for name in args.receivers.split(","):
-            results.append(search(makers[name](bins), size, args.seconds, args.max_trials, args.start))
+            try:
+                results.append(search(makers[name](bins), size, args.seconds, args.max_trials, args.start))
+            except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
+                print(f"  {name} {size} B: failed: {exc}", flush=True)
+                errors.append({"receiver": name, "size": size, "error": str(exc)})
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.with_suffix(".partial.json").write_text(json.dumps(results, indent=1))
     summary = {}
     for size in sorted({r["size"] for r in results}):
         by = {r["receiver"]: r for r in results if r["size"] == size}
@@ -341,6 +348,7 @@ def main() -> int:
         "loss_limit": LOSS_LIMIT,
         "summary": summary,
         "results": results,
+        "errors": errors,
         "wall_seconds": round(time.time() - t0, 1),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }

@@ -1,6 +1,6 @@
 /* send_ref: the load generator of the live benchmark.
  * Sends VXLAN datagrams over UDP with sendmmsg and UDP GSO (UDP_SEGMENT: one send carries up to
- * 64 datagrams of one size), paced to a target rate by a token bucket.
+ * 64 datagrams of one size, fewer when 64 of them exceed the 64 KiB a send can carry), paced to a target rate by a token bucket.
  *
  *   send_ref --to HOST:PORT --rate PPS --seconds T [--size BYTES] [--flows N] [--gso 64]
  *            [--file PAYLOADS] [--vni N]
@@ -84,7 +84,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--file") && i + 1 < argc) file = argv[++i];
         else { fprintf(stderr, "send_ref: unknown argument %s\n", argv[i]); return 2; }
     }
-    if (size < 50 || size > 9000 || gso < 1 || gso > 64 || flows < 1) {
+    if (!file && gso > 1 && gso * size > 65000) gso = 65000 / size; /* a GSO send carries at most 64 KiB */
+    if (gso < 1) gso = 1;
+    if (size < 50 || size > 9000 || gso > 64 || flows < 1) {
         fprintf(stderr, "send_ref: need 50 <= size <= 9000, 1 <= gso <= 64, flows >= 1\n");
         return 2;
     }
