@@ -23,7 +23,11 @@ class SendError(Exception):
     ``retryable`` errors are retried with backoff, then spooled to disk;
     the others go to the dead-letter file with ``reason``. ``accepted``: the
     first ``accepted`` records of the batch were delivered (counted as sent;
-    only the rest is retried, spooled or dead-lettered). ``fatal_for_sink``
+    only the rest is retried, spooled or dead-lettered). ``rejected`` (with a
+    non-retryable error): the ``rejected`` records after the accepted ones are
+    refused for good and dead-lettered, and the rest of the batch is sent again
+    (Splunk's ``invalid-event-number``: one bad event must not take its
+    neighbours to the dead-letter file). ``fatal_for_sink``
     means no later batch can succeed either (an invalid token): the runner
     logs it once, marks the sink unhealthy and stops hammering the server.
     """
@@ -35,12 +39,14 @@ class SendError(Exception):
         retryable: bool,
         fatal_for_sink: bool = False,
         accepted: int = 0,
+        rejected: int = 0,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.fatal_for_sink = fatal_for_sink
         self.accepted = accepted
+        self.rejected = rejected
 
 
 @dataclass

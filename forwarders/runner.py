@@ -321,6 +321,13 @@ class RecordForwarder:
                 recs, lines, payload = recs[acc:], lines[acc:], None
             if err.fatal_for_sink:
                 return "fatal", recs, lines, err.reason
+            rej = max(0, min(err.rejected, len(recs)))
+            if rej and not err.retryable:
+                self._dead_letter(recs[:rej], err.reason)
+                recs, lines, payload = recs[rej:], lines[rej:], None
+                if not recs:
+                    return "sent", [], [], ""
+                continue  # the rest of the batch goes again (the refused records are out of it)
             if not err.retryable:
                 return "dead", recs, lines, err.reason
             attempt += 1

@@ -178,14 +178,14 @@ class SplunkHecSink(RecordSink):
             ) from None
         return HecReply.parse(resp.status, resp.data)
 
-    def _fail(self, reply: HecReply, what: str, accepted: int = 0) -> SendError:
+    def _fail(self, reply: HecReply, what: str, accepted: int = 0, rejected: int = 0) -> SendError:
         reason = f"Splunk HEC {what} failed: {reply.describe()}"
         if reply.auth_failure:
             self._count("auth_failures")
             return SendError(
                 reason + " (check the HEC token; not retrying)", retryable=True, fatal_for_sink=True
             )
-        return SendError(reason, retryable=reply.retryable, accepted=accepted)
+        return SendError(reason, retryable=reply.retryable, accepted=accepted, rejected=rejected)
 
     def _startup_check(self) -> None:
         """The health check at start, run once on the runner's thread (first tick or send)."""
@@ -210,11 +210,13 @@ class SplunkHecSink(RecordSink):
         reply = self._post(self._event_url, body, gzipped=self.config.gzip)
         self._count("bytes_sent", len(body))
         if not reply.ok:
-            accepted = 0
+            accepted = rejected = 0
             if reply.invalid_event_number is not None and not reply.retryable:
-                # Splunk indexed the events before the first invalid one.
+                # Splunk indexed the events before the first invalid one; that one is refused for
+                # good, the ones after it were not looked at and are sent again.
                 accepted = max(0, min(count, reply.invalid_event_number))
-            raise self._fail(reply, "send", accepted)
+                rejected = 1 if accepted < count else 0
+            raise self._fail(reply, "send", accepted, rejected)
         if self.config.ack:
             if reply.ack_id is None:
                 if not self._warned_no_ack:

@@ -257,6 +257,25 @@ def test_partial_acceptance_resends_only_the_rest(tmp_path: Path) -> None:
     assert fwd.counters()["sent"] == 10
 
 
+def test_one_refused_record_is_dead_lettered_and_its_neighbours_are_sent(tmp_path: Path) -> None:
+    # Splunk's invalid-event-number: events before it indexed, it refused, the rest not looked at
+    def fail(r: list[dict[str, Any]], n: int) -> SendError | None:
+        bad = [i for i, x in enumerate(r) if x["id"] == 4]
+        if bad:
+            return SendError("code 6 invalid data format", retryable=False, accepted=bad[0], rejected=1)
+        return None
+
+    sink = FakeSink(ctx(tmp_path), fail)
+    fwd = RecordForwarder(sink, fast())
+    fwd.put(recs(0, 10))
+    fwd.close(5)
+    assert sink.delivered == [x for x in recs(0, 10) if x["id"] != 4]
+    c = fwd.counters()
+    assert c["sent"] == 9 and c["dead_lettered"] == 1 and c["retried"] == 0
+    dead = (tmp_path / "deadletter" / "fake.jsonl").read_bytes().splitlines()
+    assert len(dead) == 1 and b'"id":4' in dead[0] and b"invalid data format" in dead[0]
+
+
 def test_batches_cut_by_bytes(tmp_path: Path) -> None:
     sizes: list[int] = []
 

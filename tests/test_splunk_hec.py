@@ -129,7 +129,7 @@ def test_invalid_event_number_reports_the_accepted_prefix(server: HecServer, tmp
     payload = b"\n".join([good[0], good[1], b'{"time": 1, "host": "x"}', good[2], good[3]])
     with pytest.raises(SendError) as ei:
         sink.send(payload, 5)
-    assert ei.value.accepted == 2 and not ei.value.retryable
+    assert ei.value.accepted == 2 and ei.value.rejected == 1 and not ei.value.retryable
     assert "code 12" in ei.value.reason and "invalid-event-number 2" in ei.value.reason
     assert len(server.indexed()) == 2
 
