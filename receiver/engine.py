@@ -186,16 +186,16 @@ class Engine:
         # later packets: only those that start like an HTTP message, or DNS
         rest = live[~want[live]]
         if rest.size:
-            p = idx[rest]
-            dns = np.isin(d.sport[p], DNS_PORTS) | np.isin(d.dport[p], DNS_PORTS)
-            o = d.pay_off[p]
+            rp = idx[rest]
+            dns = np.isin(d.sport[rp], DNS_PORTS) | np.isin(d.dport[rp], DNS_PORTS)
+            o = d.pay_off[rp]
             b = batch.buf
             last = b.shape[0] - 1
             word = (
                 (b[o].astype(np.int64) << 24) | (b[np.minimum(o + 1, last)].astype(np.int64) << 16)
                 | (b[np.minimum(o + 2, last)].astype(np.int64) << 8) | b[np.minimum(o + 3, last)]
             )
-            http = (d.pay_cap[p] >= 4) & np.isin(word, HTTP_WORDS)
+            http = (d.pay_cap[rp] >= 4) & np.isin(word, HTTP_WORDS)
             want[rest] = dns | http
         orig = self.table.cols["orig"]
         for i in np.flatnonzero(want).tolist():
