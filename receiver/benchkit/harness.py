@@ -1,0 +1,191 @@
+"""Run every benchmark of a profile in one go and write the results.
+
+    doc = run("quick", out=Path("bench/results"), bench_dir=Path("bench"), readme=Path("bench/README.md"))
+    code = check(out=..., bench_dir=..., stored=Path("bench/results/latest.json"), margin=0.25)
+
+Sections (each timed; a section that cannot run here is recorded as skipped with the
+reason, one that fails as failed with the error, and the others still run):
+
+- ``micro``: pytest-benchmark micro-benchmarks (bench/test_micro.py)
+- ``offline``: ``vxmirror read`` against tshark and a dpkt loop on one generated capture
+- ``core``: packets/s of ``Engine.process`` over batches in memory
+- ``memory``: bytes per active flow at the profile's flow counts
+- ``jsonl``: records/s of the JSON-lines forwarder through the runner
+- ``forwarders``: Splunk HEC and Kafka records/s (bench/bench_forwarders.py)
+- ``pcap_writer``: pcap and pcapng frames/s (bench/bench_pcap_writer.py)
+- ``live``: the loss-free sweep of ``vxmirror serve`` against the C receiver (bench/live_sweep.py)
+
+Output: ``<out>/<UTC timestamp>-<profile>.json`` and ``<out>/latest.json`` (the run, the
+machine, and ``stored_checks``: the latest figures of the regression guard per profile),
+PNG plots in ``<out>``, and the table in the README between its markers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import core, jsonl_sink, machine, memory, offline, plots, report, scripts
+from .profiles import PROFILES, Profile
+
+SECTIONS = ("micro", "offline", "core", "memory", "jsonl", "forwarders", "pcap_writer", "live")
+DEFAULT_WORK = Path(tempfile.gettempdir()) / "vxmirror-bench"
+
+Log = Callable[[str], None]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _section(name: str, profile: Profile, out: Path, work: Path, bench_dir: Path | None, log: Log) -> dict[str, Any]:
+    if name == "micro":
+        return scripts.micro(profile, bench_dir, out, log)
+    if name == "offline":
+        return offline.run(profile, work, log)
+    if name == "core":
+        return core.run(profile, log)
+    if name == "memory":
+        return memory.run(profile, log)
+    if name == "jsonl":
+        return jsonl_sink.run(profile, work, log)
+    if name == "forwarders":
+        return scripts.forwarders(profile, bench_dir, out, log)
+    if name == "pcap_writer":
+        return scripts.pcap_writer(profile, bench_dir, out, log)
+    if name == "live":
+        return scripts.live(profile, bench_dir, out, log)
+    raise ValueError(f"unknown section {name!r}; known: {', '.join(SECTIONS)}")
+
+
+def measure(
+    profile: Profile,
+    out: Path,
+    *,
+    bench_dir: Path | None,
+    sections: Sequence[str] = SECTIONS,
+    work: Path = DEFAULT_WORK,
+    command: str | None = None,
+    log: Log = _log,
+) -> dict[str, Any]:
+    """Run the sections; returns the run's document (nothing written but the sections' own files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    doc: dict[str, Any] = {
+        "started_utc": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "profile": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(profile).items()},
+        "command": command or " ".join(sys.argv),
+        "machine": machine.describe(),
+        "sections": {},
+    }
+    for name in sections:
+        log(f"[{name}] ...")
+        t = time.perf_counter()
+        entry: dict[str, Any]
+        try:
+            entry = {"status": "ok", "data": _section(name, profile, out, work, bench_dir, log)}
+        except scripts.Unavailable as e:
+            entry = {"status": "skipped", "reason": str(e)}
+        except Exception as e:  # one broken benchmark must not lose the others' figures
+            entry = {"status": "failed", "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        entry["seconds"] = round(time.perf_counter() - t, 1)
+        doc["sections"][name] = entry
+        log(f"[{name}] {entry['status']} in {entry['seconds']:.0f} s" +
+            (f": {entry['reason'].splitlines()[0]}" if "reason" in entry else ""))
+    doc["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    doc["checks"] = {k: v for k, (v, _higher) in report.checks(doc).items()}
+    doc["stamp"] = started.strftime("%Y%m%dT%H%M%SZ")
+    return doc
+
+
+def run(
+    profile_name: str,
+    out: Path,
+    *,
+    bench_dir: Path | None,
+    readme: Path | None = None,
+    sections: Sequence[str] = SECTIONS,
+    work: Path = DEFAULT_WORK,
+    command: str | None = None,
+    log: Log = _log,
+) -> dict[str, Any]:
+    """Measure and write: the timestamped JSON, latest.json, the plots and the README table."""
+    profile = PROFILES[profile_name]
+    doc = measure(profile, out, bench_dir=bench_dir, sections=sections, work=work, command=command, log=log)
+    doc["file"] = f"{doc['stamp']}-{profile.name}.json"
+    doc["plots"] = plots.draw(doc, out)
+    latest = out / "latest.json"
+    stored: dict[str, dict[str, float]] = {}
+    if latest.exists():
+        try:
+            stored = dict(json.loads(latest.read_text()).get("stored_checks", {}))
+        except (OSError, ValueError):
+            stored = {}
+    stored[profile.name] = {**stored.get(profile.name, {}), **doc["checks"]}
+    doc["stored_checks"] = stored
+    text = json.dumps(doc, indent=1, default=str)
+    (out / doc["file"]).write_text(text)
+    tmp = latest.with_suffix(".part")
+    tmp.write_text(text)
+    tmp.replace(latest)
+    if readme is not None:
+        existing = readme.read_text() if readme.exists() else None
+        readme.write_text(report.merge_readme(existing, report.readme_block(doc)))
+    log(f"wrote {out / doc['file']}, {latest}" + (f" and {readme}" if readme else ""))
+    return doc
+
+
+def check(
+    stored_path: Path,
+    *,
+    bench_dir: Path | None,
+    margin: float,
+    profile_name: str = "quick",
+    sections: Sequence[str] = SECTIONS,
+    work: Path = DEFAULT_WORK,
+    log: Log = _log,
+) -> int:
+    """Regression guard: a fresh run against the stored figures; 1 if a figure got worse by more than margin."""
+    if not stored_path.exists():
+        log(f"no stored figures at {stored_path}: run `make bench-quick` (or `make bench`) first")
+        return 2
+    stored_doc = json.loads(stored_path.read_text())
+    stored = stored_doc.get("stored_checks", {}).get(profile_name)
+    if not stored:
+        log(f"{stored_path} has no figures of the {profile_name} profile to compare with")
+        return 2
+    out = Path(tempfile.mkdtemp(prefix="vxmirror-bench-check-"))
+    try:
+        doc = measure(PROFILES[profile_name], out, bench_dir=bench_dir, sections=sections, work=work,
+                      command="bench-check", log=log)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    rows = report.compare(report.checks(doc), stored, margin)
+    if not rows:
+        log("nothing to compare: no figure of this run is in the stored results")
+        return 2
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'figure':{width}}  {'stored':>10}  {'now':>10}  change   (margin {margin:.0%})")
+    for r in rows:
+        flag = "REGRESSED" if r["regressed"] else "ok"
+        better = "higher" if r["higher_is_better"] else "lower"
+        print(f"{r['name']:{width}}  {r['stored']:>10.3g}  {r['current']:>10.3g}  {r['change']:+7.1%}  {flag}"
+              f" ({better} is better)")
+    failed = [r["name"] for r in rows if r["regressed"]]
+    broken = [n for n, s in doc["sections"].items() if s["status"] == "failed"]
+    if broken:
+        print(f"sections that failed: {', '.join(broken)}")
+    if failed:
+        print(f"regression beyond {margin:.0%}: {', '.join(failed)}")
+        return 1
+    return 1 if broken else 0

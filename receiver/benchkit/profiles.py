@@ -1,0 +1,68 @@
+"""The quick and full profiles: how big each benchmark is and how often it is repeated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    repeats: int  # repetitions of each timed comparison
+    # offline comparison: one generated VXLAN capture read by vxmirror, tshark and a dpkt loop
+    offline_packets: int
+    offline_flows: int
+    dpkt_packets: int  # the dpkt loop runs on the first this-many packets (rate scaled to packets/s)
+    # decode+aggregate core over batches in memory
+    core_packets: int
+    core_batch: int
+    # memory per active flow
+    memory_flows: tuple[int, ...]
+    # micro-benchmarks (pytest-benchmark)
+    micro_max_time: float
+    micro_min_rounds: int
+    # live sweep (bench/live_sweep.py arguments)
+    live_args: tuple[str, ...]
+    # forwarders
+    forwarder_records: int
+    forwarder_repeats: int
+    pcap_frames: int
+    seed: int = 1
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+QUICK = Profile(
+    name="quick",
+    repeats=3,
+    offline_packets=100_000,
+    offline_flows=2_000,
+    dpkt_packets=20_000,
+    core_packets=100_000,
+    core_batch=8192,
+    memory_flows=(10_000, 100_000),
+    micro_max_time=0.2,
+    micro_min_rounds=3,
+    live_args=("--quick",),
+    forwarder_records=20_000,
+    forwarder_repeats=1,
+    pcap_frames=200_000,
+)
+
+FULL = Profile(
+    name="full",
+    repeats=3,
+    offline_packets=1_000_000,
+    offline_flows=4_000,
+    dpkt_packets=100_000,
+    core_packets=400_000,
+    core_batch=8192,
+    memory_flows=(10_000, 100_000, 1_000_000),
+    micro_max_time=1.0,
+    micro_min_rounds=5,
+    live_args=("--sizes", "128,512,1400", "--receivers", "c,serve,serve1", "--seconds", "2", "--max-trials", "6"),
+    forwarder_records=100_000,
+    forwarder_repeats=3,
+    pcap_frames=1_000_000,
+)
+
+PROFILES = {p.name: p for p in (QUICK, FULL)}
