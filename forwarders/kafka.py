@@ -62,7 +62,7 @@ class KafkaConfig:
         30.0, "seconds send waits on a full local producer queue before giving up", min=0.1
     )
     client_id: str = opt("vxmirror", "client.id")
-    librdkafka: dict[str, Any] = opt({}, "librdkafka settings passed through (TLS, SASL, ...)")  # noqa: RUF009
+    librdkafka: dict[str, Any] = opt({}, "librdkafka settings passed through (TLS, SASL, ...)")
 
     def validate(self) -> tuple[str, str] | None:
         hosts = [h.strip() for h in self.brokers.split(",") if h.strip()]

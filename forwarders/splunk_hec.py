@@ -50,7 +50,7 @@ class SplunkHecConfig:
     source: str = opt("vxmirror", "source of the events")
     host: str | None = opt(None, "host field (default: this machine's hostname)")
     time_field: Literal["ts_start", "ts_end"] = opt("ts_end", "record field used as the event time")
-    indexed_fields: list[str] = opt(["vni"], "record fields also sent as indexed fields")  # noqa: RUF009
+    indexed_fields: list[str] = opt(["vni"], "record fields also sent as indexed fields")
     verify_tls: bool = opt(True, "verify the server certificate (https)")
     ca_file: str | None = opt(None, "CA bundle for verifying the server certificate")
     ack: bool = opt(False, "wait for indexer acknowledgement of each batch")

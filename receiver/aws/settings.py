@@ -18,7 +18,7 @@ class AwsConfig:
     enabled: bool = opt(True, "label flows with their mirror session's task (needs AWS credentials)")
     region: str = opt("", "AWS region of the sessions (default: from the environment or profile)")
     profile: str = opt("", "named AWS profile (default: the default credential chain)")
-    target_ids: list[str] = opt(  # noqa: RUF009 (opt builds a default_factory field)
+    target_ids: list[str] = opt(
         [], "mirror targets whose sessions to map (empty: every session tagged vxmirror:managed-by=vxmirror)"
     )
     refresh_seconds: float = opt(60.0, "how often to re-read the sessions", min=5, max=86400)

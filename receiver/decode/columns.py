@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class Decoded:
 
     @classmethod
     def empty(cls, n: int) -> Decoded:
-        cols = {}
+        cols: dict[str, Any] = {}
         for f in fields(cls):
             t = str(f.type)
             if t == "U8":

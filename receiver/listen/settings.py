@@ -47,7 +47,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 @dataclass
 class ListenConfig:
-    addresses: list[str] = opt(  # noqa: RUF009 - opt() builds a default_factory field
+    addresses: list[str] = opt(
         ["0.0.0.0:4789", "0.0.0.0:6081"],
         "HOST:PORT to receive on ([ADDR]:PORT for IPv6); ports in engine.geneve_ports are GENEVE, "
         "others VXLAN",
@@ -65,7 +65,7 @@ class ListenConfig:
     flush_interval: float = opt(0.01, "a partly filled ring goes to the engine after this many seconds", 0.0001)
     workers: int = opt(0, "worker processes (0: one per CPU core)", 0, 256)
     steering: bool = opt(True, "steer both directions of a flow to one worker with a reuseport BPF program")
-    allow_sources: list[str] = opt(DEFAULT_ALLOW, "networks datagrams are accepted from (CIDR)")  # noqa: RUF009
+    allow_sources: list[str] = opt(DEFAULT_ALLOW, "networks datagrams are accepted from (CIDR)")
     tick_interval: float = opt(1.0, "how often open flows are checked for timeouts, seconds", 0.05)
     shutdown_timeout: float = opt(20.0, "seconds allowed to export flows and flush on shutdown", 1.0)
 
