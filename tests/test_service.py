@@ -14,8 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver.capture import iter_captures
-from receiver.engine import Engine
+from receiver.read import read_records
 from receiver.settings import EngineConfig
 from tests.listen_fixtures import (
     Served,
@@ -52,15 +51,8 @@ def served_records(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def offline_records(paths: list[Path], cfg: EngineConfig) -> list[dict[str, Any]]:
-    """What `vxmirror read` computes for the same files: the engine over the captures."""
-    engine = Engine(cfg)
-    records: list[dict[str, Any]] = []
-    for cap in iter_captures(paths):
-        with cap:
-            for batch in cap.batches():
-                records += engine.process(batch).records
-    records += engine.finish("end_of_input")
-    return [dict(r) for r in records]
+    """What `vxmirror read` gives for the same files (its library call)."""
+    return [dict(r) for r in read_records(paths, cfg)]
 
 
 def by_flow(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
