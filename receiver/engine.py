@@ -72,7 +72,7 @@ class Engine:
         self.sensor = sensor
         self.table = FlowTable(self.config.max_flows)
         self.excerpts = ExcerptPool(self.config.excerpt_bytes) if self.config.excerpt_bytes else None
-        self.app: dict[int, AppState] = {}
+        self.app: dict[int, AppState | dict[str, Any]] = {}  # per flow: a parser, or its final result
         self._counters: Counter[str] = Counter(dict.fromkeys(BASE_COUNTERS, 0))
         self._fragments: OrderedDict[tuple[int, ...], tuple[int, int]] = OrderedDict()
         self._next_expire = -np.inf
@@ -204,7 +204,7 @@ class Engine:
                 continue
             p = int(idx[i])
             state = self.app.get(f)
-            if state is None:
+            if not isinstance(state, AppState):
                 state = self.app[f] = AppState(self.config.app_max_items)
             start = int(d.pay_off[p])
             state.feed(
@@ -214,7 +214,13 @@ class Engine:
             if state.wants_more:
                 seen[f, dr] = min(int(seen[f, dr]) + 1, APP_DONE - 1)
             else:
+                # nothing more to learn: keep only the result (or nothing), not the parser's buffers
                 seen[f] = APP_DONE
+                meta = state.to_record()
+                if meta:
+                    self.app[f] = meta
+                else:
+                    del self.app[f]
 
     def _attribute_fragments(self, d: Decoded, ok: Any) -> Any:
         """Give later IP fragments the ports of their first fragment (same VNI, addresses, protocol, ID)."""

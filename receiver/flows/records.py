@@ -106,7 +106,7 @@ def build_records(
                 rec["excerpt_out"] = base64.b64encode(excerpts.get(f * 2 + d_out, exl[j][d_out])).decode()
         state = app.get(f)
         if state is not None:
-            meta = state.to_record()
+            meta = state if isinstance(state, dict) else state.to_record()
             if meta:
                 rec["app"] = meta
         if labeler is not None and vni >= 0:
