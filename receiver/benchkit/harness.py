@@ -23,6 +23,7 @@ PNG plots in ``<out>``, and the table in the README between its markers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -109,7 +110,7 @@ def measure(
 
 
 def run(
-    profile_name: str,
+    profile_name: str | Profile,
     out: Path,
     *,
     bench_dir: Path | None,
@@ -120,7 +121,7 @@ def run(
     log: Log = _log,
 ) -> dict[str, Any]:
     """Measure and write: the timestamped JSON, latest.json, the plots and the README table."""
-    profile = PROFILES[profile_name]
+    profile = PROFILES[profile_name] if isinstance(profile_name, str) else profile_name
     doc = measure(profile, out, bench_dir=bench_dir, sections=sections, work=work, command=command, log=log)
     doc["file"] = f"{doc['stamp']}-{profile.name}.json"
     doc["plots"] = plots.draw(doc, out)
@@ -140,7 +141,8 @@ def run(
     tmp.replace(latest)
     if readme is not None:
         existing = readme.read_text() if readme.exists() else None
-        readme.write_text(report.merge_readme(existing, report.readme_block(doc)))
+        rel = os.path.relpath(out.resolve(), readme.resolve().parent)
+        readme.write_text(report.merge_readme(existing, report.readme_block(doc, rel)))
     log(f"wrote {out / doc['file']}, {latest}" + (f" and {readme}" if readme else ""))
     return doc
 
@@ -150,7 +152,7 @@ def check(
     *,
     bench_dir: Path | None,
     margin: float,
-    profile_name: str = "quick",
+    profile_name: str | Profile = "quick",
     sections: Sequence[str] = SECTIONS,
     work: Path = DEFAULT_WORK,
     log: Log = _log,
@@ -159,14 +161,15 @@ def check(
     if not stored_path.exists():
         log(f"no stored figures at {stored_path}: run `make bench-quick` (or `make bench`) first")
         return 2
+    profile = PROFILES[profile_name] if isinstance(profile_name, str) else profile_name
     stored_doc = json.loads(stored_path.read_text())
-    stored = stored_doc.get("stored_checks", {}).get(profile_name)
+    stored = stored_doc.get("stored_checks", {}).get(profile.name)
     if not stored:
-        log(f"{stored_path} has no figures of the {profile_name} profile to compare with")
+        log(f"{stored_path} has no figures of the {profile.name} profile to compare with")
         return 2
     out = Path(tempfile.mkdtemp(prefix="vxmirror-bench-check-"))
     try:
-        doc = measure(PROFILES[profile_name], out, bench_dir=bench_dir, sections=sections, work=work,
+        doc = measure(profile, out, bench_dir=bench_dir, sections=sections, work=work,
                       command="bench-check", log=log)
     finally:
         shutil.rmtree(out, ignore_errors=True)

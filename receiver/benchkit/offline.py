@@ -6,7 +6,8 @@ noise hits them alike; each repetition gives one ratio per reference. ``vxmirror
 tshark are timed end to end as commands (process start included, page cache warm, records
 written to a file / conversations printed). The dpkt loop runs in this process on the first
 ``dpkt_packets`` packets (it is about 50x slower than the others) and its rate is packets/s
-over that subset.
+over that subset. The library call behind ``vxmirror read`` (``read_records``, records
+serialised with orjson, no process start-up) is timed in this process too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..read import read_records
 from ..traffic import write_pcap
 from . import dpktloop
 from .profiles import Profile
@@ -61,6 +63,16 @@ def _tcp_records(path: Path) -> int:
     return n
 
 
+def _read_in_process(cap: Path) -> float:
+    """Seconds for the library call behind ``vxmirror read`` (records serialised, no process start)."""
+    import orjson
+
+    t = time.perf_counter()
+    for rec in read_records(cap):
+        orjson.dumps(rec)
+    return time.perf_counter() - t
+
+
 def _tshark_conversations(text: str) -> int:
     return sum(1 for line in text.splitlines() if "<->" in line)
 
@@ -77,6 +89,7 @@ def run(profile: Profile, work: Path, log: Any = print) -> dict[str, Any]:
         read_s: list[float] = []
         tshark_s: list[float] = []
         dpkt_rates: list[float] = []
+        inproc_s: list[float] = []
         conv_out = out_dir / "conv.txt"
         for rep in range(profile.repeats):
             read_s.append(_timed([*vxmirror_command(), "read", str(cap), "-o", str(records), "--no-progress",
@@ -84,6 +97,7 @@ def run(profile: Profile, work: Path, log: Any = print) -> dict[str, Any]:
             if tshark:
                 with open(conv_out, "w") as f:
                     tshark_s.append(_timed([tshark, "-n", "-r", str(cap), "-q", "-z", "conv,tcp"], f))
+            inproc_s.append(_read_in_process(cap))
             t = time.perf_counter()
             k, _flows = dpktloop.aggregate(cap, profile.dpkt_packets)
             dpkt_rates.append(k / (time.perf_counter() - t))
@@ -96,6 +110,7 @@ def run(profile: Profile, work: Path, log: Any = print) -> dict[str, Any]:
             "dpkt_packets": profile.dpkt_packets,
             "read_pps": summary(read_rates),
             "read_seconds": summary(read_s),
+            "read_in_process_pps": summary(rates(n, inproc_s)),
             "dpkt_pps": summary(dpkt_rates),
             "ratio_dpkt": paired_ratio(read_rates, dpkt_rates),
             "tcp_flows_vxmirror": _tcp_records(records),

@@ -39,6 +39,9 @@ def draw(doc: dict[str, Any], out: Path) -> list[str]:
         if off:
             labels += ["vxmirror read (end to end)"]
             figs += [off["read_pps"]]
+            if "read_in_process_pps" in off:
+                labels.append("read_records (in process)")
+                figs.append(off["read_in_process_pps"])
             if "tshark_pps" in off:
                 labels.append("tshark -q -z conv,tcp")
                 figs.append(off["tshark_pps"])

@@ -110,6 +110,9 @@ def headline_rows(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
         cap = off["capture"]
         rows.append((f"`vxmirror read`, packets/s ({cap['packets']:,} packets, {cap['flows']:,} flows)",
                      fmt_summary(off["read_pps"]), "-"))
+        if "read_in_process_pps" in off:
+            rows.append(("... the same as a library call in one process (`read_records`, no start-up)",
+                         fmt_summary(off["read_in_process_pps"]), "-"))
         if "ratio_tshark" in off:
             r = off["ratio_tshark"]
             rows.append((f"`vxmirror read` / `tshark -q -z conv,tcp` (tshark {fmt_rate(off['tshark_pps']['median'])})",
@@ -205,7 +208,8 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
     return out
 
 
-def readme_block(doc: dict[str, Any]) -> str:
+def readme_block(doc: dict[str, Any], results: str = "results") -> str:
+    """The Markdown block; ``results`` is the results directory relative to the README."""
     m = doc.get("machine", {})
     prof = doc.get("profile", {})
     s = doc.get("sections", {})
@@ -215,10 +219,10 @@ def readme_block(doc: dict[str, Any]) -> str:
         f"## Latest figures ({prof.get('name')} profile, {doc.get('started_utc')})",
         "",
         f"Produced by `{doc.get('command')}` in {doc.get('wall_seconds', 0):.0f} s "
-        f"(results: `bench/results/{doc.get('file')}`, also `bench/results/latest.json`).",
+        f"(results: `{results}/{doc.get('file')}`, also `{results}/latest.json`).",
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {(m.get('memory_bytes') or 0) / 2**30:.0f} GiB, "
         f"Linux {m.get('kernel')}, Python {m.get('python')}, numpy {m.get('libraries', {}).get('numpy')}, "
-        f"dpkt {m.get('libraries', {}).get('dpkt')}, {m.get('tshark') or 'no tshark'}; "
+        f"dpkt {m.get('libraries', {}).get('dpkt')}, {(m.get('tshark') or 'no tshark').rstrip('.')}; "
         f"load average at start {', '.join(f'{x:.1f}' for x in (m.get('loadavg_at_start') or []))}.",
         "",
         f"Figures are the median of {prof.get('repeats')} repetitions with (min - max); every ratio is "
@@ -283,7 +287,7 @@ def readme_block(doc: dict[str, Any]) -> str:
         ]
     plots = [p for p in doc.get("plots", [])]
     if plots:
-        lines += ["### Plots", ""] + [f"![{p}](results/{p})" for p in plots] + [""]
+        lines += ["### Plots", ""] + [f"![{p}]({results}/{p})" for p in plots] + [""]
     problems = [(name, sec) for name, sec in s.items() if sec.get("status") != "ok"]
     if problems:
         lines += ["### Not measured in this run", ""]
