@@ -62,8 +62,9 @@ def _doc(ratio_tshark: float, core_pps: float, rss: float) -> dict[str, Any]:
                 "read_pps": s(1e6), "tshark_pps": s(1e6 / ratio_tshark), "ratio_tshark": s(ratio_tshark),
                 "dpkt_pps": s(2e4), "ratio_dpkt": s(50.0), "dpkt_packets": 1000}},
             "core": {"status": "ok", "data": {"batch": 8192, "pps": s(core_pps), "pps_no_excerpts_no_app": s(3e6)}},
-            "live": {"status": "ok", "data": {"summary": {"512": {"c": 800_000, "serve": 700_000, "serve_ratio": 0.875},
-                                                          "128": {"c": 800_000, "serve": 400_000, "serve_ratio": 0.5}}}},
+            "live": {"status": "ok", "data": {"summary": {
+                "512": {"c": 800_000, "serve": 700_000, "serve_ratio": 0.875},
+                "128": {"c": 800_000, "serve": 400_000, "serve_ratio": 0.5}}}},
             "memory": {"status": "ok", "data": {"payload_bytes_each_way": 64, "rows": [
                 {"flows": 1_000_000, "excerpt_bytes": 128, "app_metadata": True, "rss_bytes_per_flow": rss,
                  "table_bytes_per_flow": 170.0, "table_bytes_per_slot": 170.0, "traced_bytes_per_flow": rss,
@@ -90,7 +91,8 @@ def test_readme_table_says_which_goals_are_met() -> None:
     assert "![rates.png](results/rates.png)" in block
     assert "forwarders: skipped: no checkout" in block
     worse = report.readme_block(_doc(ratio_tshark=10.0, core_pps=3e6, rss=900.0))
-    assert ">= 50x: **NOT MET**" in worse and ">= 2 M/s: met" in worse and "<= 300 B (process growth): **NOT MET**" in worse
+    assert ">= 50x: **NOT MET**" in worse and ">= 2 M/s: met" in worse
+    assert "<= 300 B (process growth): **NOT MET**" in worse
 
 
 def test_merge_readme_keeps_other_sections() -> None:
