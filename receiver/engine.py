@@ -163,13 +163,14 @@ class Engine:
         key = flow[cand] * 2 + direction[cand]
         _, before = _rank_within(key, d.pay_cap[idx[cand]])
         need = cand[exc[flow[cand], direction[cand]] + before < size]
-        for i in need.tolist():
-            f, dr = int(flow[i]), int(direction[i])
+        mv = batch.buf.data  # a memoryview: slices without numpy objects
+        p = idx[need]
+        pool = self.excerpts
+        for f, dr, off, cap in zip(flow[need].tolist(), direction[need].tolist(), d.pay_off[p].tolist(),
+                                   d.pay_cap[p].tolist()):
             have = int(exc[f, dr])
-            p = int(idx[i])
-            off = int(d.pay_off[p])
-            n = min(int(d.pay_cap[p]), size - have)
-            exc[f, dr] = self.excerpts.add(f * 2 + dr, have, batch.buf[off : off + n])
+            n = min(cap, size - have)
+            exc[f, dr] = pool.add(f * 2 + dr, have, np.frombuffer(mv[off : off + n], np.uint8))
 
     def _app(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
         seen = self.table.cols["app_pkts"]
@@ -197,30 +198,33 @@ class Engine:
             )
             http = (d.pay_cap[rp] >= 4) & np.isin(word, HTTP_WORDS)
             want[rest] = dns | http
-        orig = self.table.cols["orig"]
-        for i in np.flatnonzero(want).tolist():
-            f, dr = int(flow[i]), int(direction[i])
-            if seen[f, dr] >= APP_DONE:  # the parsers said they were done earlier in this batch
+        sel = np.flatnonzero(want)
+        p = idx[sel]
+        orig = self.table.cols["orig"][flow[sel]].tolist()
+        mv = batch.buf.data  # a memoryview: slices without numpy objects
+        done: set[int] = set()
+        app, max_items = self.app, self.config.app_max_items
+        for f, dr, o, off, cap, proto, sport, dport in zip(
+            flow[sel].tolist(), direction[sel].tolist(), orig, d.pay_off[p].tolist(), d.pay_cap[p].tolist(),
+            d.proto[p].tolist(), d.sport[p].tolist(), d.dport[p].tolist(),
+        ):
+            if f in done:  # the parsers said they were done earlier in this batch
                 continue
-            p = int(idx[i])
-            state = self.app.get(f)
+            state = app.get(f)
             if not isinstance(state, AppState):
-                state = self.app[f] = AppState(self.config.app_max_items)
-            start = int(d.pay_off[p])
-            state.feed(
-                dr ^ int(orig[f]), batch.buf[start : start + int(d.pay_cap[p])].tobytes(), int(d.proto[p]),
-                int(d.sport[p]), int(d.dport[p]),
-            )
+                state = app[f] = AppState(max_items)
+            state.feed(dr ^ o, mv[off : off + cap].tobytes(), proto, sport, dport)
             if state.wants_more:
                 seen[f, dr] = min(int(seen[f, dr]) + 1, APP_DONE - 1)
             else:
                 # nothing more to learn: keep only the result (or nothing), not the parser's buffers
+                done.add(f)
                 seen[f] = APP_DONE
                 meta = state.to_record()
                 if meta:
-                    self.app[f] = meta
+                    app[f] = meta
                 else:
-                    del self.app[f]
+                    del app[f]
 
     def _attribute_fragments(self, d: Decoded, ok: Any) -> Any:
         """Give later IP fragments the ports of their first fragment (same VNI, addresses, protocol, ID)."""
