@@ -29,8 +29,9 @@ from tests.listen_fixtures import (
     udp_flow_datagrams,
     vxlan,
 )
+from tests.zeeklogs import ZEEK_DIR
 
-ZEEK = Path("/work/shared/captures/zeek")
+ZEEK = ZEEK_DIR  # ../shared/captures/zeek beside the checkout
 SAMPLES = Path(__file__).resolve().parents[1] / "receiver" / "data" / "samples"
 VNI = 1  # what replay puts on plain frames
 
