@@ -26,7 +26,7 @@ from .decode import Decoded, Frag, Status, decode
 from .flows.excerpts import ExcerptPool
 from .flows.keys import make_keys
 from .flows.record import EndReason, FlowRecord
-from .flows.records import build_records
+from .flows.records import build_records, talkers
 from .flows.table import FlowTable
 from .packets import I64, Decapsulated, PacketBatch
 from .settings import EngineConfig
@@ -117,6 +117,19 @@ class Engine:
         self._emit(self.table.active_indices(), reason, None)
         records, self._pending = self._pending, []
         return records
+
+    def top_talkers(self, n: int = 20) -> list[dict[str, Any]]:
+        """The ``n`` open flows that moved the most IP bytes since they started (or since their
+        last interim record), largest first: what ``vxmirror top`` shows."""
+        live = self.table.active_indices()
+        if not live.size or n <= 0:
+            return []
+        c = self.table.cols
+        total = c["ipbytes"][live].sum(axis=1)
+        k = min(n, live.size)
+        pick = np.argpartition(-total, k - 1)[:k]
+        pick = pick[np.argsort(-total[pick], kind="stable")]
+        return talkers(self.table, live[pick])
 
     def counters(self) -> dict[str, int]:
         out = dict(self._counters)

@@ -140,6 +140,16 @@ class Aggregator:
             "kernel_drops": dict(self.kernel_drops),
         }
 
+    def talkers(self, n: int = 10) -> dict[str, Any]:
+        """The /top document: the largest open flows across workers, by bytes."""
+        merged = [t for snap in self.snapshots.values() for t in snap.get("talkers", [])]
+        merged.sort(key=lambda t: t.get("bytes", 0), reverse=True)
+        return {
+            "window_seconds": None,
+            "scope": "open flows; bytes and packets since each flow started or last emitted an interim record",
+            "talkers": merged[: max(0, n)],
+        }
+
     def health(self, stale_after: float = 5.0) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         detail: dict[str, Any] = {"workers": {}}
@@ -240,12 +250,29 @@ class Aggregator:
         return e.render()
 
 
+def _query_int(query: str, key: str, default: int, lo: int, hi: int) -> int:
+    for part in query.split("&"):
+        k, _, v = part.partition("=")
+        if k == key:
+            try:
+                return max(lo, min(hi, int(v)))
+            except ValueError:
+                return default
+    return default
+
+
 class MetricsServer:
     """A small HTTP/1.1 server: GET /metrics (Prometheus text) and GET /healthz (JSON)."""
 
-    def __init__(self, render: Callable[[], str], health: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        render: Callable[[], str],
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+        talkers: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
         self.render = render
         self.health = health
+        self.talkers = talkers
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -264,7 +291,7 @@ class MetricsServer:
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = line.split()
             method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            path = path.split("?", 1)[0]
+            path, _, query = path.partition("?")
             if method not in ("GET", "HEAD"):
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"method not allowed\n"
             elif path == "/metrics":
@@ -274,8 +301,11 @@ class MetricsServer:
                 ok, detail = self.health()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = "application/json", orjson.dumps(detail) + b"\n"
+            elif path == "/top" and self.talkers is not None:
+                n = _query_int(query, "n", 10, 1, 1000)
+                status, ctype, body = "200 OK", "application/json", orjson.dumps(self.talkers(n)) + b"\n"
             else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found (try /metrics or /healthz)\n"
+                status, ctype, body = "404 Not Found", "text/plain", b"not found (try /metrics, /healthz or /top)\n"
             hdr = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n"

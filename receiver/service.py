@@ -69,6 +69,10 @@ class Notifier(Protocol):
     def stopping(self) -> None: ...
 
 
+TALKERS_EVERY = 2.0  # seconds between top-talker computations in a worker
+TALKERS_KEPT = 50  # talkers each worker reports
+
+
 def worker_count(cfg: Config) -> int:
     return cfg.listen.workers or os.cpu_count() or 1
 
@@ -122,6 +126,8 @@ class Worker:
         }
         self.state = "starting"
         self.labeler: Any = None
+        self._talkers_at = -1e9
+        self._talkers_cache: list[dict[str, Any]] = []
         self._stop: asyncio.Event | None = None
         self._last_error_log = 0.0
 
@@ -180,7 +186,19 @@ class Worker:
             "forwarders": fwd,
             "health": health,
             "pipeline": dict(self.pipeline),
+            "talkers": self._talkers(),
         }
+
+    def _talkers(self) -> list[dict[str, Any]]:
+        """Top talkers for /top, recomputed at most every TALKERS_EVERY seconds."""
+        now = time.monotonic()
+        if now - self._talkers_at >= TALKERS_EVERY:
+            self._talkers_at = now
+            try:
+                self._talkers_cache = self.engine.top_talkers(TALKERS_KEPT)
+            except Exception:
+                self._talkers_cache = []
+        return self._talkers_cache
 
     def _report(self) -> None:
         if self.conn is None:
@@ -379,7 +397,7 @@ class Supervisor:
             loop.add_reader(conn.fileno(), self._on_snapshot, conn)
         server: MetricsServer | None = None
         if self.cfg.metrics.enabled:
-            server = MetricsServer(self.agg.render, self.agg.health)
+            server = MetricsServer(self.agg.render, self.agg.health, self.agg.talkers)
             host, port = parse_hostport(self.cfg.metrics.listen)
             self.metrics_address = await server.start(host, port)
         log.info(

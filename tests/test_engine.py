@@ -221,3 +221,15 @@ def test_decap_info_points_at_the_inner_frame() -> None:
     s0 = int(res.decap.inner_start[0])
     assert batch.buf[s0 : s0 + len(inner)].tobytes() == inner and res.decap.vni[0] == 3
     assert res.decap.inner_start[1] == batch.start[1] and res.decap.vni[1] == -1
+
+
+def test_top_talkers_are_the_largest_open_flows() -> None:
+    e = Engine()
+    frames = [pf.udp(C, S, 1, 2, b"x" * 500)] * 3 + [pf.udp(S, C, 2, 1, b"y" * 10)] + [pf.udp(C, S, 7, 8, b"z")] * 5
+    e.process(PacketBatch.from_frames(frames, [1.0] * len(frames)))
+    top = e.top_talkers(1)
+    assert len(top) == 1
+    t = top[0]
+    assert (t["src_ip"], t["src_port"], t["dest_ip"], t["dest_port"], t["packets"]) == (C, 1, S, 2, 4)
+    assert t["bytes"] == 3 * (500 + 28) + (10 + 28) and t["transport"] == "udp"
+    assert [x["src_port"] for x in e.top_talkers(10)] == [1, 7]

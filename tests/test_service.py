@@ -229,3 +229,29 @@ def test_workers_stop_when_the_supervisor_is_killed(served: Any) -> None:
     while any(running(k) for k in kids):
         assert time.monotonic() < deadline, "orphaned workers kept running"
         time.sleep(0.1)
+
+
+def test_top_talkers_endpoint_and_vxmirror_top(served: Any) -> None:
+    from receiver.top import fetch, render
+
+    srv = served(workers=2, geneve=False)
+    big = udp_flow_datagrams("10.0.0.1", "10.0.0.2", 1111, 2222, 30)
+    small = udp_flow_datagrams("10.0.0.3", "10.0.0.4", 3333, 4444, 2)
+    send_all(big + small, srv.vx_port)
+    wait_received(srv, len(big) + len(small))
+    deadline = time.monotonic() + 15
+    doc: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # workers report talkers every few seconds
+        code, body = scrape(srv.metrics_port, "/top?n=5")
+        assert code == 200
+        doc = orjson.loads(body)
+        if len(doc["talkers"]) == 2:
+            break
+        time.sleep(0.3)
+    first, second = doc["talkers"]
+    assert (first["src_ip"], first["src_port"], first["dest_port"], first["packets"]) == ("10.0.0.1", 1111, 2222, 60)
+    assert first["bytes"] > second["bytes"] and second["src_port"] == 3333 and first["vni"] == 7
+    a = fetch("127.0.0.1", srv.metrics_port)
+    view = render(a, fetch("127.0.0.1", srv.metrics_port), width=120)
+    assert "10.0.0.1" in view and "not served" not in view
+    assert srv.stop() == 0

@@ -117,3 +117,25 @@ def build_records(
             rec["sensor"] = sensor
         out.append(rec)
     return out
+
+
+def talkers(table: FlowTable, flows: np.ndarray) -> list[dict[str, Any]]:
+    """A short summary of each flow (who talks to whom, how much) for live views."""
+    c = table.cols
+    out = []
+    for f in flows.tolist():
+        kp = int(c["kproto"][f])
+        v6 = kp >= 256
+        a, _ = address(int(c["a_hi"][f]), int(c["a_lo"][f]), v6)
+        b, _ = address(int(c["b_hi"][f]), int(c["b_lo"][f]), v6)
+        ends = [(a, int(c["a_port"][f])), (b, int(c["b_port"][f]))]
+        o = int(c["orig"][f])
+        (src, sport), (dst, dport) = ends[o], ends[1 - o]
+        vni = int(c["kvni"][f])
+        out.append({
+            "src_ip": src, "src_port": sport, "dest_ip": dst, "dest_port": dport,
+            "transport": TRANSPORTS.get(kp & 0xFF, str(kp & 0xFF)), "vni": None if vni < 0 else vni,
+            "packets": int(c["pkts"][f].sum()), "bytes": int(c["ipbytes"][f].sum()),
+            "since": float(c["seg_start"][f]),
+        })
+    return out
