@@ -176,14 +176,20 @@ class Engine:
         key = flow[cand] * 2 + direction[cand]
         _, before = _rank_within(key, d.pay_cap[idx[cand]])
         need = cand[exc[flow[cand], direction[cand]] + before < size]
-        mv = batch.buf.data  # a memoryview: slices without numpy objects
         p = idx[need]
         pool = self.excerpts
+        row_of = self.table.cols["exc_row"]
+        buf = batch.buf
         for f, dr, off, cap in zip(flow[need].tolist(), direction[need].tolist(), d.pay_off[p].tolist(),
                                    d.pay_cap[p].tolist()):
             have = int(exc[f, dr])
             n = min(cap, size - have)
-            exc[f, dr] = pool.add(f * 2 + dr, have, np.frombuffer(mv[off : off + n], np.uint8))
+            row = int(row_of[f, dr]) - 1
+            if row < 0:
+                row = pool.acquire()
+                row_of[f, dr] = row + 1
+            pool.rows[row, have : have + n] = buf[off : off + n]
+            exc[f, dr] = have + n
 
     def _app(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
         seen = self.table.cols["app_pkts"]
@@ -300,11 +306,12 @@ class Engine:
             c["seg_start"][flows] = now
             c["segments"][flows] += 1
             return
-        for f in flows.tolist():
-            self.app.pop(f, None)
-            if self.excerpts is not None:
-                self.excerpts.release(f * 2)
-                self.excerpts.release(f * 2 + 1)
+        if self.app:
+            for f in flows.tolist():
+                self.app.pop(f, None)
+        if self.excerpts is not None:
+            rows = c["exc_row"][flows].reshape(-1).astype(np.int64)
+            self.excerpts.release(rows[rows > 0] - 1)
         self.table.release(flows)
 
 

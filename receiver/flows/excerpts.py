@@ -1,51 +1,52 @@
 """Payload excerpts: the first N payload bytes of each direction of a flow, in arrival order.
 
 Rows of a shared numpy pool are handed out only to flow directions that carry payload, so a
-flow without payload costs nothing here. Only packets of directions whose excerpt is not yet
-full reach ``add`` (the engine selects them with one vectorized test), which is typically one
-packet per flow direction.
+flow without payload costs nothing here. The flow table keeps, per flow and direction, the row
+(``exc_row``, 1-based, 0: none) and the bytes kept (``exc_len``); the pool itself is just rows and
+a free stack, with no Python object per flow. Only packets of directions whose excerpt is not
+yet full reach the pool (the engine selects them with one vectorized test), which is typically
+one packet per flow direction.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..packets import I64
+
 
 class ExcerptPool:
     def __init__(self, size: int, initial_rows: int = 1024) -> None:
         self.size = size
-        self.rows = np.zeros((initial_rows if size else 0, size), np.uint8)
-        self.row_of: dict[int, int] = {}  # flow * 2 + endpoint direction -> pool row
-        self.free: list[int] = list(range(self.rows.shape[0] - 1, -1, -1))
+        self.rows = np.zeros((initial_rows, size), np.uint8)
+        self.free = np.arange(initial_rows - 1, -1, -1, dtype=np.int64)  # a stack: pop from the end
+        self.n_free = initial_rows
 
-    def add(self, key: int, have: int, data: np.ndarray) -> int:
-        """Append ``data`` after ``have`` bytes of excerpt ``key``; returns the new length."""
-        row = self.row_of.get(key)
-        if row is None:
-            if not self.free:
-                self._grow()
-            row = self.free.pop()
-            self.row_of[key] = row
-        n = min(self.size - have, data.shape[0])
-        self.rows[row, have : have + n] = data[:n]
-        return have + n
+    def acquire(self) -> int:
+        """A free row (0-based)."""
+        if not self.n_free:
+            self._grow()
+        self.n_free -= 1
+        return int(self.free[self.n_free])
 
-    def get(self, key: int, length: int) -> bytes:
-        row = self.row_of.get(key)
-        return b"" if row is None else self.rows[row, :length].tobytes()
-
-    def release(self, key: int) -> None:
-        row = self.row_of.pop(key, None)
-        if row is not None:
-            self.free.append(row)
+    def release(self, rows: I64) -> None:
+        """Give rows (0-based) back."""
+        if rows.size:
+            self.free[self.n_free : self.n_free + rows.size] = rows
+            self.n_free += rows.size
 
     def _grow(self) -> None:
         old = self.rows.shape[0]
-        new = max(old * 2, 1024)
+        new = old * 2
         rows = np.zeros((new, self.size), np.uint8)
         rows[:old] = self.rows
         self.rows = rows
-        self.free.extend(range(new - 1, old - 1, -1))
+        free = np.zeros(new, np.int64)
+        free[: self.n_free] = self.free[: self.n_free]
+        added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
+        free[self.n_free : self.n_free + added.size] = added
+        self.free = free
+        self.n_free += added.size
 
     def nbytes(self) -> int:
-        return int(self.rows.nbytes)
+        return int(self.rows.nbytes + self.free.nbytes)

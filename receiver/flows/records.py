@@ -49,7 +49,7 @@ def build_records(
         )
     }
     pkts, ipb, payb = c["pkts"][flows].tolist(), c["ipbytes"][flows].tolist(), c["paybytes"][flows].tolist()
-    tfl, exl = c["tflags"][flows].tolist(), c["exc_len"][flows].tolist()
+    tfl, exl, exr = c["tflags"][flows].tolist(), c["exc_len"][flows].tolist(), c["exc_row"][flows].tolist()
     out: list[FlowRecord] = []
     for j, f in enumerate(flows.tolist()):
         kp = cols["kproto"][j]
@@ -101,9 +101,9 @@ def build_records(
             rec["segment"] = cols["segments"][j]
         elif excerpts is not None:
             if exl[j][d_in]:
-                rec["excerpt_in"] = base64.b64encode(excerpts.get(f * 2 + d_in, exl[j][d_in])).decode()
+                rec["excerpt_in"] = base64.b64encode(excerpts.rows[exr[j][d_in] - 1, : exl[j][d_in]].tobytes()).decode()
             if exl[j][d_out]:
-                rec["excerpt_out"] = base64.b64encode(excerpts.get(f * 2 + d_out, exl[j][d_out])).decode()
+                rec["excerpt_out"] = base64.b64encode(excerpts.rows[exr[j][d_out] - 1, : exl[j][d_out]].tobytes()).decode()
         state = app.get(f)
         if state is not None:
             meta = state if isinstance(state, dict) else state.to_record()

@@ -58,6 +58,7 @@ COLUMNS: dict[str, tuple[str, bool]] = {
     "frags": ("u4", False),
     "segments": ("u2", False),  # records emitted so far for this flow
     "exc_len": ("u2", True),  # excerpt bytes kept so far
+    "exc_row": ("u4", True),  # excerpt pool row + 1 (0: none yet)
     "app_pkts": ("u1", True),  # payload packets shown to the application parsers
 }
 
