@@ -100,10 +100,11 @@ def build_records(
         if cols["segments"][j]:
             rec["segment"] = cols["segments"][j]
         elif excerpts is not None:
+            rows = excerpts.rows
             if exl[j][d_in]:
-                rec["excerpt_in"] = base64.b64encode(excerpts.rows[exr[j][d_in] - 1, : exl[j][d_in]].tobytes()).decode()
+                rec["excerpt_in"] = base64.b64encode(rows[exr[j][d_in] - 1, : exl[j][d_in]].tobytes()).decode()
             if exl[j][d_out]:
-                rec["excerpt_out"] = base64.b64encode(excerpts.rows[exr[j][d_out] - 1, : exl[j][d_out]].tobytes()).decode()
+                rec["excerpt_out"] = base64.b64encode(rows[exr[j][d_out] - 1, : exl[j][d_out]].tobytes()).decode()
         state = app.get(f)
         if state is not None:
             meta = state if isinstance(state, dict) else state.to_record()
