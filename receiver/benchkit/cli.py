@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser, *, out: Path, readme: Path | None,
                    "when a ratio dropped (or bytes per flow grew) by more than --margin")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help=f"allowed worsening for --check, a fraction (default {DEFAULT_MARGIN})")
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the Markdown table from <out>/latest.json (no measurement)")
     p.add_argument("--against", type=Path, help="stored results for --check (default <out>/latest.json)")
 
 
@@ -49,6 +51,11 @@ def sections(args: argparse.Namespace) -> list[str]:
 def main(args: argparse.Namespace, command: str) -> int:
     chosen = sections(args)
     bench_dir = args.bench_dir if args.bench_dir and args.bench_dir.is_dir() else None
+    if args.render:
+        if not args.readme:
+            raise SystemExit("--render needs --readme")
+        harness.render(args.out / "latest.json", args.readme)
+        return 0
     if args.check:
         return harness.check(args.against or args.out / "latest.json", bench_dir=bench_dir, margin=args.margin,
                              sections=chosen, work=args.work)

@@ -140,11 +140,20 @@ def run(
     tmp.write_text(text)
     tmp.replace(latest)
     if readme is not None:
-        existing = readme.read_text() if readme.exists() else None
-        rel = os.path.relpath(out.resolve(), readme.resolve().parent)
-        readme.write_text(report.merge_readme(existing, report.readme_block(doc, rel)))
+        write_readme(doc, out, readme)
     log(f"wrote {out / doc['file']}, {latest}" + (f" and {readme}" if readme else ""))
     return doc
+
+
+def write_readme(doc: dict[str, Any], out: Path, readme: Path) -> None:
+    existing = readme.read_text() if readme.exists() else None
+    rel = os.path.relpath(out.resolve(), readme.resolve().parent)
+    readme.write_text(report.merge_readme(existing, report.readme_block(doc, rel)))
+
+
+def render(latest: Path, readme: Path) -> None:
+    """Rewrite the README table from stored results (after a change of the report's layout)."""
+    write_readme(json.loads(latest.read_text()), latest.parent, readme)
 
 
 def check(

@@ -208,6 +208,28 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
     return out
 
 
+def _forwarder_note(doc: dict[str, Any]) -> list[str]:
+    need_rec, best = needed_records_per_second(doc)
+    off = _ok(doc.get("sections", {}), "offline")
+    lines = []
+    if need_rec is not None and best is not None and off:
+        per = off["capture"]["flows"] / off["capture"]["packets"]
+        lines.append(
+            f"Forwarder goal (issue 4: no forwarder is the bottleneck of the receiver's loss-free rate): a record "
+            f"forwarder must carry the records the receiver emits at its best loss-free rate, {fmt_rate(best)} "
+            f"datagrams x {per:.3f} records per packet (the flows per packet of the generated mix) = "
+            f"{fmt_rate(need_rec)}; the pcap writer must take every frame, {fmt_rate(best)}. Traffic with many "
+            "more short flows per packet needs proportionally more records/s."
+        )
+    fw = _ok(doc.get("sections", {}), "forwarders")
+    if fw:
+        lines.append(
+            "The Splunk HEC figure is bounded by the in-repo HEC server (a Python server that parses every event) "
+            "sharing this machine's two cores with the client; Kafka runs against Tansu on loopback."
+        )
+    return [*lines, ""] if lines else []
+
+
 def readme_block(doc: dict[str, Any], results: str = "results") -> str:
     """The Markdown block; ``results`` is the results directory relative to the README."""
     m = doc.get("machine", {})
@@ -232,6 +254,7 @@ def readme_block(doc: dict[str, Any], results: str = "results") -> str:
         "",
         *_table(("what", "figure: median (min - max)", "goal"), headline_rows(doc)),
         "",
+        *_forwarder_note(doc),
     ]
     mem = _ok(s, "memory")
     if mem:

@@ -56,6 +56,10 @@ def fmt_summary(s: dict[str, Any] | None, kind: str = "rate", unit: str = "/s") 
     """``median (min-max)`` for a summary; kind "rate", "ratio" (x) or "bytes" (B)."""
     if s is None:
         return "n/a"
+    if s.get("n") == 1:
+        v = float(s["median"])
+        one = f"{v:.2f}x" if kind == "ratio" else f"{v:.0f} B" if kind == "bytes" else fmt_rate(v, unit)
+        return f"{one} (1 run)"
     if kind == "ratio":
         return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
     if kind == "bytes":
