@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .appmeta.state import AppState
+from .appmeta.state import AppState, worth_parsing
 from .decode import Decoded, Frag, Status, decode
 from .flows.excerpts import ExcerptPool
 from .flows.keys import make_keys
@@ -229,10 +229,14 @@ class Engine:
         ):
             if f in done:  # the parsers said they were done earlier in this batch
                 continue
+            payload = mv[off : off + cap].tobytes()
             state = app.get(f)
             if not isinstance(state, AppState):
+                if not worth_parsing(payload, proto, sport, dport):
+                    seen[f, dr] = min(int(seen[f, dr]) + 1, APP_DONE - 1)
+                    continue
                 state = app[f] = AppState(max_items)
-            state.feed(dr ^ o, mv[off : off + cap].tobytes(), proto, sport, dport)
+            state.feed(dr ^ o, payload, proto, sport, dport)
             if state.wants_more:
                 seen[f, dr] = min(int(seen[f, dr]) + 1, APP_DONE - 1)
             else:

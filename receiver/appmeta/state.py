@@ -13,7 +13,6 @@ here (up to ``tls_buffer`` bytes) until the hello parses completely.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from . import dns, http, tls
@@ -25,6 +24,21 @@ UNKNOWN_GIVE_UP = 4  # payload packets with nothing recognised before giving up 
 _MAX_SEGMENTS = 8  # segments gathered for one message head
 _PROBE_LEN = 8  # shorter starts that could begin "GET " or "HTTP/" wait for more bytes
 _TLS, _HTTP, _PROBE = 1, 2, 3
+
+
+def worth_parsing(payload: bytes, ip_proto: int, sport: int, dport: int) -> bool:
+    """Whether a payload could start something :class:`AppState` understands (DNS by port, TLS
+    and HTTP by content). Cheap: the engine creates an AppState for a flow only when this holds,
+    so a flow of opaque payload costs no parser."""
+    if ip_proto == UDP:
+        return sport in DNS_UDP_PORTS or dport in DNS_UDP_PORTS
+    if ip_proto != TCP or not payload:
+        return False
+    if sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS:
+        return True
+    if payload[0] == 0x16:
+        return tls.looks_like_tls_handshake(payload)
+    return http.looks_like_http(payload) or (len(payload) < _PROBE_LEN and http.could_start_http(payload))
 
 
 class AppState:
@@ -54,8 +68,10 @@ class AppState:
         self.http: list[dict[str, Any]] = []
         self.dns: list[dict[str, Any]] = []
         self.tls: dict[str, Any] = {}
-        self._http_pending: deque[dict[str, Any]] = deque()
-        self._dns_pending: dict[int, deque[dict[str, Any]]] = {}
+        # plain lists, not deques: a deque costs 760 bytes even when empty, and one AppState
+        # lives per flow with payload until the flow ends
+        self._http_pending: list[dict[str, Any]] = []
+        self._dns_pending: dict[int, list[dict[str, Any]]] = {}
         self._kind: str | None = None  # "http", "dns", "tls"
         self._seen = [0, 0]  # payload packets fed per direction
         self._last: list[bytes | None] = [None, None]  # last payload per direction (retransmits)
@@ -161,7 +177,7 @@ class AppState:
             if 100 <= status < 200 and status != 101:
                 return  # interim response: the final one follows
             if self._http_pending:
-                item = self._http_pending.popleft()
+                item = self._http_pending.pop(0)
             elif len(self.http) < self.max_items:
                 item = {"method": None, "host": None, "uri": None, "user_agent": None, "version": None}
                 self.http.append(item)
@@ -189,7 +205,7 @@ class AppState:
         if msg["qr"]:
             pending = self._dns_pending.get(tid)
             if pending:
-                item = pending.popleft()
+                item = pending.pop(0)
                 if not item["query"]:
                     item["query"], item["qtype"] = msg["query"], msg["qtype"]
             elif len(self.dns) < self.max_items:
@@ -204,7 +220,7 @@ class AppState:
         if len(self.dns) < self.max_items:
             item = {"query": msg["query"], "qtype": msg["qtype"], "rcode": None, "answers": [], "ttls": []}
             self.dns.append(item)
-            self._dns_pending.setdefault(tid, deque()).append(item)
+            self._dns_pending.setdefault(tid, []).append(item)
 
     def _feed_tls(self, d: int, buf: bytearray) -> None:
         data = bytes(buf)
