@@ -48,7 +48,6 @@ COLUMNS: dict[str, tuple[str, bool]] = {
     "ipbytes": ("u8", True),
     "paybytes": ("u8", True),
     "tflags": ("u1", True),
-    "t_first": ("f8", False),
     "t_last": ("f8", False),
     "seg_start": ("f8", False),  # start of the current record (interim records restart it)
     "close_ts": ("f8", False),  # when FIN both ways or RST was seen (0: open)
@@ -75,7 +74,7 @@ class FlowTable:
         self.tombstones = 0
         self.cols: dict[str, np.ndarray] = {}
         self.slots = np.zeros(0, np.int32)
-        self.free = np.zeros(0, np.int64)
+        self.free = np.zeros(0, np.int32)
         self.n_free = 0
         self._resize(min(initial, max_flows))
 
@@ -94,9 +93,9 @@ class FlowTable:
             if old:
                 a[:old] = self.cols[name]
             self.cols[name] = a
-        free = np.zeros(capacity, np.int64)
+        free = np.zeros(capacity, np.int32)
         free[: self.n_free] = self.free[: self.n_free]
-        new = np.arange(capacity - 1, old - 1, -1, dtype=np.int64)  # pop order: low indices first
+        new = np.arange(capacity - 1, old - 1, -1, dtype=np.int32)  # pop order: low indices first
         free[self.n_free : self.n_free + new.size] = new
         self.free = free
         self.n_free += new.size
@@ -192,7 +191,7 @@ class FlowTable:
 
     def _allocate(self, keys: Keys, first: I64, orig: I64, ts: F64) -> I64:
         n = first.size
-        flows = self.free[self.n_free - n : self.n_free][::-1].copy()
+        flows = self.free[self.n_free - n : self.n_free][::-1].astype(np.int64)
         self.n_free -= n
         self.n_used += n
         c = self.cols
@@ -205,7 +204,6 @@ class FlowTable:
             c[k][flows] = getattr(keys, k)[first]
         c["used"][flows] = True
         c["orig"][flows] = orig
-        c["t_first"][flows] = ts
         c["t_last"][flows] = ts
         c["seg_start"][flows] = ts
         self._insert(flows, keys.hash[first])
