@@ -78,6 +78,9 @@ class SplunkHecConfig:
         return None
 
 
+EVENT_FAULT_CODES = frozenset({6, 12, 13})  # invalid data format, event field required, event field blank
+
+
 class SplunkHecSink(RecordSink):
     kind = "splunk_hec"
     config_class = SplunkHecConfig
@@ -215,7 +218,9 @@ class SplunkHecSink(RecordSink):
                 # Splunk indexed the events before the first invalid one; that one is refused for
                 # good, the ones after it were not looked at and are sent again.
                 accepted = max(0, min(count, reply.invalid_event_number))
-                rejected = 1 if accepted < count else 0
+                # a fault of that one event (bad format, missing or blank event field): only it is
+                # refused; a fault of the request (e.g. code 7, incorrect index) refuses the rest
+                rejected = 1 if accepted < count and reply.code in EVENT_FAULT_CODES else 0
             raise self._fail(reply, "send", accepted, rejected)
         if self.config.ack:
             if reply.ack_id is None:
