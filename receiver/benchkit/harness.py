@@ -87,6 +87,7 @@ def measure(
         "profile": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(profile).items()},
         "command": command or " ".join(sys.argv),
         "machine": machine.describe(),
+        "source": machine.source(),
         "sections": {},
     }
     for name in sections:

@@ -44,6 +44,21 @@ def mem_total_bytes() -> int | None:
     return None
 
 
+def source() -> dict[str, Any] | None:
+    """The git commit of the code measured, and whether the working tree had changes (None: not a checkout)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists() or not shutil.which("git"):
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "receiver", "forwarders"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "uncommitted_changes_in": sorted({ln[3:] for ln in dirty.splitlines() if len(ln) > 3})}
+
+
 def describe() -> dict[str, Any]:
     libs: dict[str, str | None] = {}
     for name in LIBRARIES:

@@ -208,6 +208,17 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
     return out
 
 
+def _source_note(src: dict[str, Any] | None) -> str:
+    if not src:
+        return ""
+    changed = src.get("uncommitted_changes_in") or []
+    note = f" Code: commit {src.get('commit', '')[:10]}"
+    if changed:
+        note += f" plus uncommitted changes in {', '.join(f'`{c}`' for c in changed[:6])}"
+        note += " and more" if len(changed) > 6 else ""
+    return note + "."
+
+
 def _forwarder_note(doc: dict[str, Any]) -> list[str]:
     need_rec, best = needed_records_per_second(doc)
     off = _ok(doc.get("sections", {}), "offline")
@@ -245,7 +256,8 @@ def readme_block(doc: dict[str, Any], results: str = "results") -> str:
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {(m.get('memory_bytes') or 0) / 2**30:.0f} GiB, "
         f"Linux {m.get('kernel')}, Python {m.get('python')}, numpy {m.get('libraries', {}).get('numpy')}, "
         f"dpkt {m.get('libraries', {}).get('dpkt')}, {(m.get('tshark') or 'no tshark').rstrip('.')}; "
-        f"load average at start {', '.join(f'{x:.1f}' for x in (m.get('loadavg_at_start') or []))}.",
+        f"load average at start {', '.join(f'{x:.1f}' for x in (m.get('loadavg_at_start') or []))}."
+        + _source_note(doc.get("source")),
         "",
         f"Figures are the median of {prof.get('repeats')} repetitions with (min - max); every ratio is "
         "taken per repetition between measurements made in the same run, interleaved. This machine is "
