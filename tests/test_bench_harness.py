@@ -140,7 +140,7 @@ def test_dpkt_loop_finds_the_generated_flows(tmp_path: Path) -> None:
 def test_memory_measure_counts_open_flows() -> None:
     row = memory.measure(500, 128, True, "rss")
     assert row["active"] == 500 and row["records_emitted"] == 0
-    assert row["app_states"] == 500 and row["excerpt_pool_bytes"] > 0
+    assert 0 <= row["app_states"] <= 500 and row["excerpt_pool_bytes"] > 0
     assert row["table_bytes_per_flow"] >= row["table_bytes_per_slot"] > 0
     bare = memory.measure(500, 0, False, "tracemalloc")
     assert bare["active"] == 500 and bare["app_states"] == 0 and bare["excerpt_pool_bytes"] == 0
