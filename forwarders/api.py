@@ -108,7 +108,7 @@ class FrameBlock:
     arrival time ``ts[i]`` (epoch seconds, float64) and VNI ``vni[i]`` (-1: none).
     """
 
-    data: bytes
+    data: bytes | Any  # bytes, or a 1-D uint8 numpy array (what frame_block makes)
     offset: Any  # numpy int64 [n]
     caplen: Any  # numpy uint32 [n]
     wirelen: Any  # numpy uint32 [n]

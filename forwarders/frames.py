@@ -127,7 +127,7 @@ def frame_block(batch: PacketBatch, decap: Decapsulated, keep_encapsulation: boo
         data[(offset[:, None] + np.arange(hlen)).ravel()] = header.ravel()
     copy_ranges(batch.buf, body_start, data, offset + hlen, out_cap - hlen)
     return FrameBlock(
-        data=data.tobytes(),
+        data=data,  # the frames' own copy; no second copy into bytes
         offset=offset,
         caplen=out_cap.astype(np.uint32),
         wirelen=np.minimum(out_wire, 0xFFFFFFFF).astype(np.uint32),

@@ -143,7 +143,7 @@ def test_keep_encapsulation_live_udp_payloads_get_outer_headers(tmp_path: Path, 
 def test_live_slots_decapsulated(tmp_path: Path) -> None:
     batch, decap, _expect = live_batch(0, 64, slot=9216)
     block = frame_block(batch, decap, False, 65535)
-    assert block.data == b"".join(batch.frame(i)[8:] for i in range(64))
+    assert bytes(block.data) == b"".join(batch.frame(i)[8:] for i in range(64))
 
 
 def test_rotation_by_time_and_retention(tmp_path: Path) -> None:
@@ -266,5 +266,5 @@ def test_frame_block_copies_out_of_the_buffer(tmp_path: Path) -> None:
     batch.buf = buf
     block = frame_block(batch, decap, False, 65535)
     buf[:] = 0  # the listener reuses its slots: the block must not alias them
-    got = [block.data[o : o + c] for o, c in zip(block.offset.tolist(), block.caplen.tolist())]
+    got = [bytes(block.data[o : o + c]) for o, c in zip(block.offset.tolist(), block.caplen.tolist())]
     assert got == ref
