@@ -233,7 +233,9 @@ class Engine:
             state = app.get(f)
             if not isinstance(state, AppState):
                 if not worth_parsing(payload, proto, sport, dport):
-                    seen[f, dr] = min(int(seen[f, dr]) + 1, APP_DONE - 1)
+                    # opaque payload: after the first few packets this direction is not looked at again
+                    n_seen = int(seen[f, dr]) + 1
+                    seen[f, dr] = n_seen if n_seen < APP_FIRST_PACKETS else APP_DONE
                     continue
                 state = app[f] = AppState(max_items)
             state.feed(dr ^ o, payload, proto, sport, dport)

@@ -137,6 +137,8 @@ class AppState:
         if len(data) < _PROBE_LEN and self._segs_probe_ok(d) and http.could_start_http(data):
             self._start(d, _PROBE, data)  # e.g. "G" then "ET / HTTP/1.0" in the next segment
             return
+        if self._kind == "tls":
+            self._tls_done[d] = True  # this side sent something other than a hello first: none will come
         self._nothing()
 
     def _segs_probe_ok(self, d: int) -> bool:

@@ -24,6 +24,7 @@ from ..packets import I64, Layer, PacketBatch
 from ..settings import EngineConfig
 from . import ethernet, icmp, ipv4, ipv6, tcp, udp
 from .columns import Decoded, Frag, Status
+from .header import take_rows
 
 # what each packet's next header is
 DONE, ETH, SLL, IP, VXLAN_HDR, GENEVE_HDR = 0, 1, 2, 3, 4, 5
@@ -146,7 +147,7 @@ def _common_outer(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, max_depth
     if s is None or max_depth < 1:
         return
     p, e = run.pos[s], run.end[s]
-    h = _take(buf, p, OUTER)
+    h = take_rows(buf, p, OUTER)
     total = _be16(h, 16)
     m = (
         (p + OUTER <= e)
@@ -179,7 +180,7 @@ def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_po
     if s is None:
         return
     p, e = run.pos[s], run.end[s]
-    h = _take(buf, p, INNER)
+    h = take_rows(buf, p, INNER)
     total = _be16(h, 16)
     ip_end = p + 14 + total
     proto = h[:, 23]
@@ -226,14 +227,6 @@ def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_po
     out.truncated[i] = et < end_ip
     out.frag[i] = 0
     out.ipid[i] = _be16(ht, 18)
-
-
-def _take(buf: np.ndarray, pos: I64, size: int) -> np.ndarray:
-    """``size`` bytes at each position as rows (see Header.take)."""
-    if buf.shape[0] < size:
-        buf = np.concatenate([buf, np.zeros(size - buf.shape[0], np.uint8)])
-    window = np.lib.stride_tricks.sliding_window_view(buf, size)
-    return window[np.clip(pos, 0, buf.shape[0] - size)]
 
 
 # -- the general stages, one layer at a time ------------------------------------------------------
