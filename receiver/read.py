@@ -31,7 +31,7 @@ class Analysis:
     config: EngineConfig = field(default_factory=EngineConfig)
     labeler: Callable[[int], dict[str, Any] | None] | None = None
     sensor: str | None = None
-    batch_size: int = 8192
+    batch_size: int = 32768  # offline batches point into the mapped file: larger ones amortise numpy calls
     progress: Progress | None = None
     on_batch: Callable[[PacketBatch, BatchResult], None] | None = None
     capture_counters: Counter[str] = field(default_factory=Counter)

@@ -39,6 +39,16 @@ V4_MAPPED = np.uint64(0xFFFF_0000_0000)
 EXTENSION_HEADERS = np.array(sorted(ipv6.EXTENSION_HEADERS))
 
 
+def _isin(x: np.ndarray, values: np.ndarray | tuple[int, ...]) -> np.ndarray:
+    """``np.isin`` for a handful of values (ports, ethertypes): a few comparisons are cheaper."""
+    if len(values) > 4:
+        return np.isin(x, values)
+    out = np.zeros(x.shape, np.bool_)
+    for v in values:
+        out |= x == v
+    return out
+
+
 def _be16(m: np.ndarray, off: int) -> I64:
     return (m[:, off].astype(np.int64) << 8) | m[:, off + 1]
 
@@ -154,7 +164,7 @@ def _common_outer(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, max_depth
         & (h[:, 12] == 0x08) & (h[:, 13] == 0x00) & (h[:, 14] == 0x45)
         & (h[:, 23] == udp.PROTO) & ((h[:, 20] & 0x3F) == 0) & (h[:, 21] == 0)  # no MF, offset 0
         & (total >= 36) & (p + 14 + total >= p + OUTER)
-        & np.isin(_be16(h, 36), vxlan_ports)
+        & _isin(_be16(h, 36), vxlan_ports)
         & ((h[:, 42] & FLAG_I) != 0)
         & (run.depth[s] + 1 <= max_depth)
     )
@@ -194,7 +204,7 @@ def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_po
         & (is_tcp | (proto == udp.PROTO))
         & (p + 34 + hdr <= ip_end) & (p + 34 + hdr <= e)
         & (~is_tcp | ((h[:, 46] >> 4) >= 5))
-        & (is_tcp | ~(np.isin(dport, vxlan_ports) | np.isin(dport, geneve_ports)))
+        & (is_tcp | ~(_isin(dport, vxlan_ports) | _isin(dport, geneve_ports)))
     )
     if not m.any():
         return
@@ -301,7 +311,7 @@ def _ethernet(run: _Run, buf: np.ndarray) -> None:
     p = p + ethernet.ETH.size
     cut = np.zeros(p.size, np.bool_)
     for _ in range(ethernet.MAX_VLAN_TAGS):
-        tagged = np.isin(etype, ethernet.VLAN_TYPES)
+        tagged = _isin(etype, ethernet.VLAN_TYPES)
         if not tagged.any():
             break
         tagged &= ~cut
@@ -474,8 +484,8 @@ def _transport(run: _Run, buf: np.ndarray, ip: _IpFields, vxlan_ports: np.ndarra
     cap_end = np.minimum(e, ip_end)
     # UDP to a tunnel port: one level deeper
     tunnel = ok & is_udp & (frag == Frag.NONE)
-    to_vxlan = tunnel & np.isin(dport, vxlan_ports)
-    to_geneve = tunnel & ~to_vxlan & np.isin(dport, geneve_ports)
+    to_vxlan = tunnel & _isin(dport, vxlan_ports)
+    to_geneve = tunnel & ~to_vxlan & _isin(dport, geneve_ports)
     for sel, what in ((to_vxlan, VXLAN_HDR), (to_geneve, GENEVE_HDR)):
         if sel.any():
             t = _pick(sel)
