@@ -298,11 +298,15 @@ class FlowTable:
         c["pkts"][uf] += np.bincount(g2, minlength=n2).reshape(-1, 2).astype(np.uint32)
         c["ipbytes"][uf] += np.bincount(g2, weights=iplen, minlength=n2).reshape(-1, 2).astype(np.uint64)
         c["paybytes"][uf] += np.bincount(g2, weights=paylen, minlength=n2).reshape(-1, 2).astype(np.uint64)
-        fl = np.zeros(n2, np.uint8)
-        np.bitwise_or.at(fl, g2, tcpflags.astype(np.uint8))
-        c["tflags"][uf] |= fl.reshape(-1, 2)
+        if tcpflags.any():
+            fl = np.zeros(n2, np.uint8)
+            np.bitwise_or.at(fl, g2, tcpflags.astype(np.uint8))
+            c["tflags"][uf] |= fl.reshape(-1, 2)
         last = np.full(uf.size, -np.inf)
-        np.maximum.at(last, inv, ts)
+        if ts.size < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+            last[inv] = ts  # in time order: the last write of each flow is its latest packet
+        else:
+            np.maximum.at(last, inv, ts)
         c["t_last"][uf] = np.maximum(c["t_last"][uf], last)
         if truncated.any():
             c["trunc"][uf[np.unique(inv[truncated])]] = True
@@ -313,31 +317,36 @@ class FlowTable:
         is_tcp = proto == tcp.PROTO
         f = tcpflags
         syn, ack, fin, rst = (f & tcp.SYN) > 0, (f & tcp.ACK) > 0, (f & tcp.FIN) > 0, (f & tcp.RST) > 0
-        letters = np.zeros(flow.size, np.int64)
-        letters |= (is_tcp & syn & ~ack).astype(np.int64) << L_SYN
-        letters |= (is_tcp & syn & ack).astype(np.int64) << L_SYNACK
-        letters |= (is_tcp & ack & ~syn & ~fin & ~rst & (paylen == 0)).astype(np.int64) << L_ACK
-        letters |= (paylen > 0).astype(np.int64) << L_DATA
-        letters |= (is_tcp & fin).astype(np.int64) << L_FIN
-        letters |= (is_tcp & rst).astype(np.int64) << L_RST
+        letters = (paylen > 0).astype(np.int64) << L_DATA
+        if is_tcp.any():
+            letters |= (is_tcp & syn & ~ack).astype(np.int64) << L_SYN
+            letters |= (is_tcp & syn & ack).astype(np.int64) << L_SYNACK
+            letters |= (is_tcp & ack & ~syn & ~fin & ~rst & (paylen == 0)).astype(np.int64) << L_ACK
+            letters |= (is_tcp & fin).astype(np.int64) << L_FIN
+            letters |= (is_tcp & rst).astype(np.int64) << L_RST
         # spread letter bits to (letter, direction) codes: bit 2*letter + direction
         codes = np.zeros(flow.size, np.int64)
         for k in range(6):
             codes |= ((letters >> k) & 1) << (2 * k + direction)
+        # most packets only repeat letters their flow already has: nothing to do for them
+        fresh = (codes & ~c["hbits"][flow].astype(np.int64)) != 0
+        if not fresh.any():
+            return
         self._flip(uf, inv, codes, direction)
         have = c["hbits"][uf].astype(np.int64)
         group = np.zeros(uf.size, np.int64)
-        np.bitwise_or.at(group, inv, codes)
+        np.bitwise_or.at(group, inv[fresh], codes[fresh])
         new = group & ~have
         if new.any():
             self._append_history(uf, inv, codes, new, have)
-        # TCP close: FIN from both endpoints, or any RST
-        hb = c["hbits"][uf].astype(np.int64)
-        fin_both = ((hb >> (2 * L_FIN)) & 3) == 3
-        rst_any = ((hb >> (2 * L_RST)) & 3) != 0
-        closing = (fin_both | rst_any) & (c["close_ts"][uf] == 0)
-        if closing.any():
-            c["close_ts"][uf[closing]] = c["t_last"][uf[closing]]
+        # TCP close: FIN from both endpoints, or any RST (both are new letters when they happen)
+        if (f & (tcp.FIN | tcp.RST)).any():
+            hb = c["hbits"][uf].astype(np.int64)
+            fin_both = ((hb >> (2 * L_FIN)) & 3) == 3
+            rst_any = ((hb >> (2 * L_RST)) & 3) != 0
+            closing = (fin_both | rst_any) & (c["close_ts"][uf] == 0)
+            if closing.any():
+                c["close_ts"][uf[closing]] = c["t_last"][uf[closing]]
 
     def _flip(self, uf: I64, inv: I64, codes: I64, direction: I64) -> None:
         """A SYN without ACK from the responder, before any such SYN, makes it the originator."""
