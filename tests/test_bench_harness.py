@@ -163,9 +163,13 @@ def test_run_writes_json_latest_plots_readme_and_check(tmp_path: Path) -> None:
     text = readme.read_text()
     assert "kept" in text and "`vxmirror read` / dpkt loop" in text and "micro: skipped" in text
     # a second run keeps one block, and the stored figures of the profile
-    harness.run(TINY, out, bench_dir=None, readme=readme, sections=("core",), work=tmp_path / "work",
-                log=lambda _m: None)
+    second = harness.run(TINY, out, bench_dir=None, readme=readme, sections=("core",), work=tmp_path / "work",
+                         log=lambda _m: None)
     assert readme.read_text().count(report.BEGIN) == 1
+    # sections not re-run are kept from the previous run of the profile, and say where they come from
+    assert second["carried_over"] == ["micro", "offline"]
+    assert second["sections"]["offline"]["measured_in"] == doc["file"]
+    assert "kept from earlier runs" in readme.read_text() and "`vxmirror read` / dpkt loop" in readme.read_text()
     assert "offline.ratio_dpkt" in json.loads((out / "latest.json").read_text())["stored_checks"]["tiny"]
     # the regression guard: inflate the stored ratio far beyond reach -> failure
     saved = json.loads((out / "latest.json").read_text())

@@ -125,14 +125,17 @@ def run(
     profile = PROFILES[profile_name] if isinstance(profile_name, str) else profile_name
     doc = measure(profile, out, bench_dir=bench_dir, sections=sections, work=work, command=command, log=log)
     doc["file"] = f"{doc['stamp']}-{profile.name}.json"
-    doc["plots"] = plots.draw(doc, out)
     latest = out / "latest.json"
-    stored: dict[str, dict[str, float]] = {}
+    previous: dict[str, Any] = {}
     if latest.exists():
         try:
-            stored = dict(json.loads(latest.read_text()).get("stored_checks", {}))
+            previous = dict(json.loads(latest.read_text()))
         except (OSError, ValueError):
-            stored = {}
+            previous = {}
+    stored: dict[str, dict[str, float]] = dict(previous.get("stored_checks", {}))
+    _carry_over(doc, previous)
+    doc["checks"] = {k: v for k, (v, _higher) in report.checks(doc).items()}
+    doc["plots"] = plots.draw(doc, out)
     stored[profile.name] = {**stored.get(profile.name, {}), **doc["checks"]}
     doc["stored_checks"] = stored
     text = json.dumps(doc, indent=1, default=str)
@@ -144,6 +147,23 @@ def run(
         write_readme(doc, out, readme)
     log(f"wrote {out / doc['file']}, {latest}" + (f" and {readme}" if readme else ""))
     return doc
+
+
+def _carry_over(doc: dict[str, Any], previous: dict[str, Any]) -> None:
+    """A run of some sections (--only/--skip) keeps the other sections of the previous run of the
+    same profile, each marked with the file it was measured in."""
+    if previous.get("profile", {}).get("name") != doc["profile"]["name"]:
+        return
+    carried = []
+    for name in SECTIONS:
+        if name not in doc["sections"] and name in previous.get("sections", {}):
+            sec = dict(previous["sections"][name])
+            sec.setdefault("measured_in", previous.get("file"))
+            doc["sections"][name] = sec
+            carried.append(name)
+    if carried:
+        doc["carried_over"] = carried
+    doc["sections"] = {n: doc["sections"][n] for n in SECTIONS if n in doc["sections"]}
 
 
 def write_readme(doc: dict[str, Any], out: Path, readme: Path) -> None:

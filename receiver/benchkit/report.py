@@ -208,6 +208,15 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
     return out
 
 
+def _carried_note(doc: dict[str, Any]) -> list[str]:
+    carried = doc.get("carried_over") or []
+    if not carried:
+        return []
+    where = {n: doc["sections"][n].get("measured_in") for n in carried}
+    return ["Sections not re-run this time, kept from earlier runs of this profile: "
+            + ", ".join(f"{n} (`{f}`)" for n, f in where.items()) + ".", ""]
+
+
 def _source_note(src: dict[str, Any] | None) -> str:
     if not src:
         return ""
@@ -259,6 +268,7 @@ def readme_block(doc: dict[str, Any], results: str = "results") -> str:
         f"load average at start {', '.join(f'{x:.1f}' for x in (m.get('loadavg_at_start') or []))}."
         + _source_note(doc.get("source")),
         "",
+        *_carried_note(doc),
         f"Figures are the median of {prof.get('repeats')} repetitions with (min - max); every ratio is "
         "taken per repetition between measurements made in the same run, interleaved. This machine is "
         "shared with other jobs (tests of other work run at the same time), so absolute rates are noisy; "
