@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .capture import open_capture
+from .listen.mmsg import IOVEC, MMSGHDR, _libc  # the mmsghdr layout the listener uses too
 from .packets import I64, U8, Layer, PacketBatch
 from .vxlanport import PORT_MAX, PORT_MIN, flow_hash, source_port
 
@@ -57,25 +58,6 @@ GENEVE_PORT = 6081
 MAX_DATAGRAM = 65507
 _FAKE_MACS = bytes.fromhex("0a00000000020a0000000001")
 
-_IOVEC = np.dtype([("base", np.uint64), ("len", np.uint64)])
-_MMSGHDR = np.dtype(
-    [
-        ("name", np.uint64),
-        ("namelen", np.uint32),
-        ("_pad0", np.uint32),
-        ("iov", np.uint64),
-        ("iovlen", np.uint64),
-        ("control", np.uint64),
-        ("controllen", np.uint64),
-        ("flags", np.int32),
-        ("_pad1", np.uint32),
-        ("msg_len", np.uint32),
-        ("_pad2", np.uint32),
-    ]
-)
-assert _IOVEC.itemsize == 16 and _MMSGHDR.itemsize == 64
-
-_libc = ctypes.CDLL(None, use_errno=True)
 _sendmmsg = _libc.sendmmsg
 _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
 _sendmmsg.restype = ctypes.c_int
@@ -383,13 +365,13 @@ class Replayer:
         hdrs[:, 21] = ethertype_fake & 0xFF
 
         k = idx.shape[0]
-        iov = np.zeros((k, 2), _IOVEC)
+        iov = np.zeros((k, 2), IOVEC)
         iov["base"][:, 0] = hdrs.ctypes.data + idx.astype(np.uint64) * np.uint64(24)
         iov["len"][:, 0] = hdr_len[idx]
         base = batch.buf.ctypes.data
         iov["base"][:, 1] = np.uint64(base) + np.where(tunnel, pay, frame_off)[idx].astype(np.uint64)
         iov["len"][:, 1] = body_len[idx]
-        msgs = np.zeros(k, _MMSGHDR)
+        msgs = np.zeros(k, MMSGHDR)
         dest = geneve[idx].astype(np.int64)
         msgs["name"] = np.uint64(self._names.ctypes.data) + dest.astype(np.uint64) * np.uint64(32)
         msgs["namelen"] = self._namelen[dest]
@@ -421,13 +403,13 @@ class Replayer:
             stops = [*bounds.tolist(), hi - lo]
             for a, b in zip(starts, stops):
                 fd = self.pool[int(part[a])].fileno()
-                self._sendmmsg(fd, addr0 + (lo + a) * _MMSGHDR.itemsize, b - a)
+                self._sendmmsg(fd, addr0 + (lo + a) * MMSGHDR.itemsize, b - a)
             self.stats.sent += hi - lo
 
     def _sendmmsg(self, fd: int, addr: int, count: int) -> None:
         done = 0
         while done < count:
-            r = _sendmmsg(fd, addr + done * _MMSGHDR.itemsize, count - done, 0)
+            r = _sendmmsg(fd, addr + done * MMSGHDR.itemsize, count - done, 0)
             if r < 0:
                 err = ctypes.get_errno()
                 if err in (errno.EINTR, errno.EAGAIN, errno.ENOBUFS):
