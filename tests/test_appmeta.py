@@ -6,7 +6,6 @@ tshark's TLS dissector, and real TLS ClientHellos produced by OpenSSL (Python's 
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import struct
 import subprocess
@@ -19,8 +18,6 @@ from receiver.appmeta import dns, http, tls
 from receiver.appmeta.state import AppState
 from tests.appmeta_fixtures import Segment, inner_segments
 from tests.zeeklogs import ZEEK_DIR, read_log
-
-pytestmark = pytest.mark.skipif(not ZEEK_DIR.is_dir(), reason="shared Zeek captures not present")
 
 HTTP_TRACES = ["http-get", "wikipedia", "http-single-conn-22", "tcp-http-with-padding",
                "vxlan-encapsulated-http", "concurrent-range-requests"]  # fmt: skip
@@ -205,7 +202,6 @@ def test_client_hello_cut_short_still_gives_early_fields() -> None:
     assert tls.parse_client_hello(b"GET / HTTP/1.1\r\n") is None
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 def test_tls_hellos_match_tshark() -> None:
     path = _trace("geneve-47101")
     out = subprocess.run(

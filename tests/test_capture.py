@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,7 +34,6 @@ def column(batches: list[PacketBatch], name: str) -> np.ndarray:
     return np.concatenate([getattr(b, name) for b in batches]) if batches else np.zeros(0)
 
 
-@pytest.mark.skipif(not TRACES, reason="shared Zeek captures not present")
 @pytest.mark.parametrize("path", TRACES, ids=lambda p: p.name)
 def test_real_traces_match_dpkt(path: Path) -> None:
     batches, counters = read_all(path, batch_size=7)
@@ -78,7 +76,6 @@ def test_zero_copy_batches_view_the_mapped_file(tmp_path: Path) -> None:
         assert bytes(batch.buf[: len(data)]) == data
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 def test_pcap_timestamps_agree_with_tshark(tmp_path: Path) -> None:
     recs = [Rec(1_700_000_000 + i, 123_456_789 + i, eth_frame(40 + i, seed=i), None) for i in range(20)]
     path = tmp_path / "ns.pcap"
@@ -246,7 +243,6 @@ def test_pcapng_new_section_resets_interfaces_and_byte_order(tmp_path: Path) -> 
     assert column(batches, "ts").tolist() == [1.0, 2.0]
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 def test_pcapng_agrees_with_tshark(tmp_path: Path) -> None:
     w = NgWriter(True).shb().idb(1, tsresol=9)
     for i in range(10):

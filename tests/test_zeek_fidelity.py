@@ -74,7 +74,6 @@ def _flow_apps(idx: dict[Key, list[FlowRecord]], proto: str, a: str, ap: int, b:
     return [r.get("app") or {} for r in recs]
 
 
-@pytest.mark.skipif(not CONN_TRACES, reason="shared Zeek captures not present")
 @pytest.mark.parametrize("trace", CONN_TRACES, ids=lambda d: d.name)
 def test_connections_match_conn_log(trace: Path) -> None:
     idx = _index(_records(trace))
@@ -146,7 +145,6 @@ def _tshark_client_hellos(path: Path) -> list[tuple[tuple[str, str, int, str, in
     return hellos
 
 
-@pytest.mark.skipif(not CONN_TRACES, reason="shared Zeek captures not present")
 def test_tls_sni_matches() -> None:
     """SNIs against ssl.log where a trace has one. None of the shared traces ships an ssl.log
     (geneve-47101's Zeek test loads the SSL analyzer but only conn.log/tunnel.log are baselines),
