@@ -74,7 +74,9 @@ class AppState:
         self._dns_pending: dict[int, list[dict[str, Any]]] = {}
         self._kind: str | None = None  # "http", "dns", "tls"
         self._seen = [0, 0]  # payload packets fed per direction
-        self._last: list[bytes | None] = [None, None]  # last payload per direction (retransmits)
+        # hash of the last payload per direction (retransmits), not the payload: a flow's parser
+        # lives until the flow ends, and two 1.4 KB copies per flow would dominate its memory
+        self._last: list[int | None] = [None, None]
         self._buf: list[bytearray | None] = [None, None]  # a message head being gathered
         self._mode = [0, 0]  # what _buf holds: _TLS, _HTTP or _PROBE
         self._segs = [0, 0]  # segments in _buf
@@ -98,10 +100,11 @@ class AppState:
         if ip_proto != TCP:
             self._gave_up = True
             return
-        if payload == self._last[d]:  # a TCP retransmission adds nothing
+        digest = hash(payload)
+        if digest == self._last[d]:  # a TCP retransmission adds nothing
             self._seen[d] -= 1
             return
-        self._last[d] = payload
+        self._last[d] = digest
         buf = self._buf[d]
         if buf is not None:  # continuing a message that started in an earlier segment
             buf += payload
