@@ -25,7 +25,7 @@ import numpy as np
 from receiver.packets import Decapsulated, Layer, PacketBatch
 
 from .api import FrameBlock
-from .gather import copy_ranges
+from .gather import copy_ranges, put_rows
 
 ETH_LEN = 14
 OUTER_LEN = 14 + 20 + 8  # Ethernet + IPv4 + UDP
@@ -124,7 +124,7 @@ def frame_block(batch: PacketBatch, decap: Decapsulated, keep_encapsulation: boo
     total = int(out_cap.sum())
     data = np.empty(total, np.uint8)
     if header is not None and header.shape[0]:
-        data[(offset[:, None] + np.arange(hlen)).ravel()] = header.ravel()
+        put_rows(data, offset, header.reshape(-1, hlen))
     copy_ranges(batch.buf, body_start, data, offset + hlen, out_cap - hlen)
     return FrameBlock(
         data=data,  # the frames' own copy; no second copy into bytes

@@ -66,3 +66,13 @@ def copy_ranges(src: U8, s: I64, dst: U8, d: I64, n: I64) -> None:
         first = np.cumsum(nn) - nn
         rel = np.arange(int(nn.sum()), dtype=np.int64) - np.repeat(first, nn)
         dst[np.repeat(dd, nn) + rel] = src[np.repeat(ss, nn) + rel]
+
+
+def put_rows(dst: U8, pos: I64, rows: U8) -> None:
+    """Write row ``i`` of ``rows`` ([n, width] uint8) at ``dst[pos[i]:pos[i]+width]``, one
+    fixed-size item per row (record headers: no per-byte index arithmetic)."""
+    n, width = rows.shape
+    if not n:
+        return
+    items = np.ascontiguousarray(rows).view(f"V{width}").reshape(n)
+    _windows(dst, width, True)[np.asarray(pos, np.int64)] = items

@@ -11,7 +11,7 @@ import struct
 import numpy as np
 
 from .api import FrameBlock
-from .gather import copy_ranges
+from .gather import copy_ranges, put_rows
 
 MAGIC_NS = 0xA1B23C4D
 LINKTYPE_ETHERNET = 1
@@ -51,7 +51,7 @@ def encode(block: FrameBlock, lo: int = 0, hi: int | None = None) -> np.ndarray:
     hdr[:, 1] = nsec
     hdr[:, 2] = caplen
     hdr[:, 3] = block.wirelen[lo:hi]
-    out[(pos[:, None] + np.arange(RECORD_HEADER_LEN)).ravel()] = hdr.view(np.uint8).ravel()
+    put_rows(out, pos, hdr.view(np.uint8).reshape(n, RECORD_HEADER_LEN))
     src = np.frombuffer(block.data, np.uint8)
     copy_ranges(src, np.asarray(block.offset[lo:hi], np.int64), out, pos + RECORD_HEADER_LEN, caplen)
     return out

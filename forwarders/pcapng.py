@@ -12,7 +12,7 @@ import struct
 import numpy as np
 
 from .api import FrameBlock
-from .gather import copy_ranges
+from .gather import copy_ranges, put_rows
 from .pcap_classic import LINKTYPE_ETHERNET, split_ts
 
 SHB_TYPE = 0x0A0D0D0A
@@ -76,9 +76,9 @@ def encode(block: FrameBlock, iface: np.ndarray, lo: int = 0, hi: int | None = N
     hdr[:, 4] = ns & np.uint64(0xFFFFFFFF)
     hdr[:, 5] = caplen
     hdr[:, 6] = block.wirelen[lo:hi]
-    out[(pos[:, None] + np.arange(EPB_HEADER_LEN)).ravel()] = hdr.view(np.uint8).ravel()
+    put_rows(out, pos, hdr.view(np.uint8).reshape(n, EPB_HEADER_LEN))
     trailer = sizes.astype("<u4").view(np.uint8).reshape(n, 4)
-    out[(pos[:, None] + (sizes - EPB_TRAILER_LEN)[:, None] + np.arange(4)).ravel()] = trailer.ravel()
+    put_rows(out, pos + sizes - EPB_TRAILER_LEN, trailer)
     src = np.frombuffer(block.data, np.uint8)
     copy_ranges(src, np.asarray(block.offset[lo:hi], np.int64), out, pos + EPB_HEADER_LEN, caplen)
     return out
