@@ -139,13 +139,20 @@ def headline_rows(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
         for size, row in sorted(live.get("summary", {}).items(), key=lambda kv: int(kv[0])):
             c = row.get("c")
             capped = " (C limited by the sender)" if row.get("c_limited_by_sender") else ""
+            lossy = {r["receiver"]: r.get("lowest_lossy_offered") for r in live.get("results", [])
+                     if str(r.get("size")) == str(size)}
+
+            def bracket(name: str, lossy: dict[str, Any] = lossy) -> str:
+                v = lossy.get(name)
+                return f" (lost at {fmt_rate(v)})" if v else ""
+
             for name, label in (("serve", "all workers"), ("serve1", "1 worker")):
                 if name not in row:
                     continue
                 ratio = row.get(f"{name}_ratio")
                 rows.append((
                     f"`vxmirror serve` loss-free rate, {size}-byte datagrams, {label}",
-                    f"{fmt_rate(row[name])}; C reference {fmt_rate(c)}{capped}; ratio "
+                    f"{fmt_rate(row[name])}{bracket(name)}; C reference {fmt_rate(c)}{bracket('c')}{capped}; ratio "
                     + (f"{ratio:.2f}x" if ratio is not None else "n/a"),
                     _goal(None if ratio is None else ratio >= GOAL_LIVE_RATIO, f">= {GOAL_LIVE_RATIO}x C"),
                 ))

@@ -90,8 +90,16 @@ def live(profile: Profile, bench_dir: Path | None, out: Path, log: Any = print) 
     return {"summary": doc.get("summary", {}), "plot": png.name, "raw": js.name,
             "seconds_per_trial": doc.get("seconds_per_trial"), "loss_limit": doc.get("loss_limit"),
             "wall_seconds": doc.get("wall_seconds"), "command": doc.get("command"),
-            "results": [{k: v for k, v in r.items() if k != "trials"} | {"trials": len(r.get("trials", []))}
-                        for r in doc.get("results", [])]}
+            "results": [_live_result(r) for r in doc.get("results", [])]}
+
+
+def _live_result(r: dict[str, Any]) -> dict[str, Any]:
+    """One receiver and size of the sweep: its loss-free rate and the lowest offered rate that lost."""
+    trials = r.get("trials", [])
+    failed = [float(t["offered"]) for t in trials if not t.get("passed") and "offered" in t]
+    above = [f for f in failed if f > float(r.get("loss_free_rate", 0))]
+    return {k: v for k, v in r.items() if k != "trials"} | {
+        "trials": len(trials), "lowest_lossy_offered": min(above) if above else None}
 
 
 # keys of bench_forwarders.py's JSON that are records/s of a forwarder end to end through the runner
