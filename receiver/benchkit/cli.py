@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser, *, out: Path, readme: Path | None,
     p.add_argument("--skip", metavar="SECTIONS", help="comma-separated sections to leave out")
     p.add_argument("--out", type=Path, default=out, help=f"results directory (default {out})")
     p.add_argument("--readme", type=Path, default=readme,
-                   help=f"Markdown file whose table is refreshed (default {readme})")
+                   help=f"Markdown file whose table is refreshed (default {readme or '<out>/README.md'})")
     p.add_argument("--no-readme", action="store_true", help="do not write the Markdown table")
     p.add_argument("--bench-dir", type=Path, default=bench_dir,
                    help="the checkout's bench/ directory (micro-benchmarks, live sweep, forwarder scripts)"
@@ -50,6 +50,8 @@ def sections(args: argparse.Namespace) -> list[str]:
 
 def main(args: argparse.Namespace, command: str) -> int:
     chosen = sections(args)
+    if args.readme is None:
+        args.readme = args.out / "README.md"
     bench_dir = args.bench_dir if args.bench_dir and args.bench_dir.is_dir() else None
     if args.render:
         if not args.readme:

@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "and are skipped, with the reason, otherwise.",
     )
     out = Path("vxmirror-bench")
-    cli.add_arguments(p, out=out, readme=out / "README.md",
+    cli.add_arguments(p, out=out, readme=None,
                       bench_dir=CHECKOUT_BENCH if CHECKOUT_BENCH.is_dir() else None)
     return p
 
