@@ -95,8 +95,9 @@ class Engine:
         ok = d.status == Status.OK
         if np.any(ok & (d.frag != Frag.NONE)):
             ok = self._attribute_fragments(d, ok)
-        sel = np.flatnonzero(ok)
-        if sel.size:
+        # every packet counted (the common case): slices, not gathers, of the columns
+        sel: I64 | slice = slice(None) if ok.all() else np.flatnonzero(ok)
+        if batch.count and (isinstance(sel, slice) or sel.size):
             now = float(batch.ts[sel].min())
             if now >= self._next_expire:
                 self._expire(now)
@@ -138,31 +139,37 @@ class Engine:
         return out
 
     # -- steps --------------------------------------------------------------------------------
-    def _count(self, batch: PacketBatch, d: Decoded, sel: I64) -> None:
-        cfg = self.config
+    def _count(self, batch: PacketBatch, d: Decoded, sel: I64 | slice) -> None:
         v6 = (d.ipver[sel] == 6).astype(np.int64)
+        proto, tcpflags, ts = d.proto[sel], d.tcpflags[sel], batch.ts[sel]
         keys = make_keys(
-            d.vni[sel], d.proto[sel] + 256 * v6, d.src_hi[sel], d.src_lo[sel], d.sport[sel],
+            d.vni[sel], proto + 256 * v6, d.src_hi[sel], d.src_lo[sel], d.sport[sel],
             d.dst_hi[sel], d.dst_lo[sel], d.dport[sel],
         )
-        ts = batch.ts[sel]
-        flow, new, drops, grouping = self.table.find_or_add(keys, ts, d.tcpflags[sel], self._evict)
+        flow, new, drops, grouping = self.table.find_or_add(keys, ts, tcpflags, self._evict)
         for k, v in drops.items():
             if v:
                 self._counters[k] += v
                 log.warning("dropped %d packets: %s", v, k)
         self._counters["flows_created"] += int(new.size)
-        good = np.flatnonzero(flow >= 0)
-        idx, flow, direction = sel[good], flow[good], keys.direction[good]
+        direction = keys.direction
+        positions = np.arange(batch.count)[sel]  # packet numbers in the batch
+        placed = flow >= 0
+        if not placed.all():
+            good = np.flatnonzero(placed)
+            flow, direction, ts, proto, tcpflags = flow[good], direction[good], ts[good], proto[good], tcpflags[good]
+            positions = positions[good]
+            sel = positions
+        idx = positions
         self._counters["decoded"] += int(idx.size)
         self.table.account(
-            flow, direction, batch.ts[idx], d.iplen[idx], d.pay_len[idx], d.tcpflags[idx], d.proto[idx],
-            d.truncated[idx], d.frag[idx] != Frag.NONE, grouping,
+            flow, direction, ts, d.iplen[sel], d.pay_len[sel], tcpflags, proto,
+            d.truncated[sel], d.frag[sel] != Frag.NONE, grouping,
         )
-        has_payload = d.pay_cap[idx] > 0
+        has_payload = d.pay_cap[sel] > 0
         if self.excerpts is not None and has_payload.any():
             self._excerpts(batch, d, idx, flow, direction, has_payload)
-        if cfg.app_metadata and has_payload.any():
+        if self.config.app_metadata and has_payload.any():
             self._app(batch, d, idx, flow, direction, has_payload)
 
     def _excerpts(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:

@@ -95,6 +95,7 @@ class _Run:
         self.end = self.pos + batch.caplen.astype(np.int64)
         self.what = np.full(n, FIRST_HEADER[batch.layer], np.int8)
         self.depth = np.zeros(n, np.int64)
+        self.identity = True  # idx is still 0..n-1
 
     def fail(self, s: Sel, mask: np.ndarray, status: Status) -> None:
         """Packets ``s[mask]`` stop here with ``status``."""
@@ -109,9 +110,17 @@ class _Run:
             return None
         return _pick(m)
 
+    def out_index(self, s: Sel) -> Sel:
+        """Where packets ``s`` of the run are in the output columns: a slice while the run still
+        holds every packet in order (output writes are then plain copies, not scatters)."""
+        if self.identity and isinstance(s, slice):
+            return s
+        return self.idx[s]
+
     def keep_going(self) -> bool:
         live = self.what != DONE
         if not live.all():
+            self.identity = False
             self.idx, self.pos, self.end = self.idx[live], self.pos[live], self.end[live]
             self.what, self.depth = self.what[live], self.depth[live]
         return bool(self.idx.size)
@@ -173,7 +182,7 @@ def _common_outer(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, max_depth
     t = _pick(m)
     r = _sub(s, t)
     ht = h[t]
-    i = run.idx[r]
+    i = run.out_index(r)
     reserved = ((ht[:, 42] & (0xFF ^ FLAG_I)) | ht[:, 43] | ht[:, 44] | ht[:, 45] | ht[:, 49]) != 0
     if reserved.any():
         run.out.vxlan_reserved[i] |= reserved
@@ -213,7 +222,7 @@ def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_po
     ht, pt, et = h[t], p[t], e[t]
     tcp_t = is_tcp[t]
     out = run.out
-    i = run.idx[r]
+    i = run.out_index(r)
     run.what[r] = DONE
     l4 = pt + 34
     pay_off = l4 + np.where(tcp_t, (ht[:, 46] >> 4).astype(np.int64) * 4, udp.UDP.size)
@@ -260,8 +269,8 @@ def _vxlan(run: _Run, buf: np.ndarray, max_depth: int) -> None:
     t = _sub(s, ok)
     reserved = ((flags & (0xFF ^ FLAG_I)) | h[:, 1] | h[:, 2] | h[:, 3] | h[:, 7]) != 0
     if reserved.any():
-        run.out.vxlan_reserved[run.idx[t]] |= reserved[ok]
-    i = run.idx[t]
+        run.out.vxlan_reserved[run.out_index(t)] |= reserved[ok]
+    i = run.out_index(t)
     run.out.vni[i] = _be24(h[ok], 4)
     run.out.depth[i] = run.depth[t]
     run.pos[t] += VXLAN.size
@@ -289,7 +298,7 @@ def _geneve(run: _Run, buf: np.ndarray, max_depth: int) -> None:
     run.fail(s, ok & ~is_eth & ~is_ip, Status.NON_IP)  # e.g. ARP carried directly
     ok = _pick(ok & (is_eth | is_ip))
     t = _sub(s, ok)
-    i = run.idx[t]
+    i = run.out_index(t)
     run.out.vni[i] = _be24(h[ok], 4)
     run.out.depth[i] = run.depth[t]
     run.pos[t] = hend[ok]
@@ -306,7 +315,7 @@ def _ethernet(run: _Run, buf: np.ndarray) -> None:
     if short.any():
         keep = np.flatnonzero(~short)
         s, p, e = _sub(s, keep), p[keep], e[keep]
-    run.out.inner_start[run.idx[s]] = p
+    run.out.inner_start[run.out_index(s)] = p
     etype = _be16(ethernet.ETH.take(buf, p), 12)
     p = p + ethernet.ETH.size
     cut = np.zeros(p.size, np.bool_)
@@ -499,7 +508,7 @@ def _transport(run: _Run, buf: np.ndarray, ip: _IpFields, vxlan_ports: np.ndarra
     f = _pick(final)
     r = _sub(s, f)
     out = run.out
-    i = run.idx[r]
+    i = run.out_index(r)
     run.what[r] = DONE
     pay_len = np.maximum(ip_end[f] - pay_off[f], 0)
     out.status[i] = Status.OK

@@ -55,11 +55,13 @@ def make_keys(
     a_port = np.where(swap, dport, sport)
     b_port = np.where(swap, sport, dport)
     with np.errstate(over="ignore"):
-        h = mix64(a_lo ^ _M1)
-        h = mix64(h ^ a_hi)
-        h = mix64(h ^ b_lo)
-        h = mix64(h ^ b_hi)
+        # fold the fields with odd multipliers, then one full mix (collisions are detected and
+        # counted by the flow table, which compares whole keys)
         ports = (a_port.astype(np.uint64) << np.uint64(16)) | b_port.astype(np.uint64)
-        h = mix64(h ^ (ports | ((vni.astype(np.uint64) & np.uint64(0xFFFFFFFF)) << np.uint64(32))))
-        h = mix64(h ^ proto.astype(np.uint64))
+        tag = ((vni.astype(np.uint64) & np.uint64(0xFFFFFFFF)) << np.uint64(16)) | proto.astype(np.uint64)
+        h = a_lo * _M1
+        h ^= mix64(b_lo + _M2)
+        h += (a_hi ^ (b_hi * _M3)) * _M2
+        h ^= (ports << np.uint64(24)) ^ (tag * _M1)
+        h = mix64(h)
     return Keys(vni, proto, a_hi, a_lo, a_port, b_hi, b_lo, b_port, swap.astype(np.int64), h)

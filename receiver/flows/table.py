@@ -224,7 +224,7 @@ class FlowTable:
         """
         uh, first, inv = np.unique(keys.hash, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
-        same = _same_key(keys, np.arange(inv.size), keys, first[inv])
+        same = _same_key(keys, first[inv])
         found = self._lookup(uh)
         c = self.cols
         f_found = np.maximum(found, 0)
@@ -397,14 +397,15 @@ def _popcount(x: I64) -> I64:
     return n
 
 
-def _same_key(a: Keys, ia: I64, b: Keys, ib: I64) -> np.ndarray:
+def _same_key(k: Keys, rep: I64) -> np.ndarray:
+    """Whether each packet's key equals the key of packet ``rep`` (its group's first packet)."""
     return (
-        (a.vni[ia] == b.vni[ib])
-        & (a.proto[ia] == b.proto[ib])
-        & (a.a_hi[ia] == b.a_hi[ib])
-        & (a.a_lo[ia] == b.a_lo[ib])
-        & (a.b_hi[ia] == b.b_hi[ib])
-        & (a.b_lo[ia] == b.b_lo[ib])
-        & (a.a_port[ia] == b.a_port[ib])
-        & (a.b_port[ia] == b.b_port[ib])
+        (k.a_lo == k.a_lo[rep])
+        & (k.b_lo == k.b_lo[rep])
+        & (k.a_port == k.a_port[rep])
+        & (k.b_port == k.b_port[rep])
+        & (k.a_hi == k.a_hi[rep])
+        & (k.b_hi == k.b_hi[rep])
+        & (k.vni == k.vni[rep])
+        & (k.proto == k.proto[rep])
     )
