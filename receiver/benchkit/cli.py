@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import harness
-from .profiles import PROFILES
+from .profiles import DEFAULT_WORK, PROFILES, SECTIONS
 
 DEFAULT_MARGIN = 0.25
 
@@ -14,7 +13,7 @@ DEFAULT_MARGIN = 0.25
 def add_arguments(p: argparse.ArgumentParser, *, out: Path, readme: Path | None, bench_dir: Path | None) -> None:
     p.add_argument("--profile", choices=sorted(PROFILES), default="full",
                    help="quick (under 3 minutes) or full (under 20 minutes on 2 cores); default full")
-    p.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of: {', '.join(harness.SECTIONS)}")
+    p.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     p.add_argument("--skip", metavar="SECTIONS", help="comma-separated sections to leave out")
     p.add_argument("--out", type=Path, default=out, help=f"results directory (default {out})")
     p.add_argument("--readme", type=Path, default=readme,
@@ -23,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser, *, out: Path, readme: Path | None,
     p.add_argument("--bench-dir", type=Path, default=bench_dir,
                    help="the checkout's bench/ directory (micro-benchmarks, live sweep, forwarder scripts)"
                    + (f"; default {bench_dir}" if bench_dir else "; without it those sections are skipped"))
-    p.add_argument("--work", type=Path, default=harness.DEFAULT_WORK,
-                   help=f"scratch directory for generated captures (default {harness.DEFAULT_WORK})")
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                   help=f"scratch directory for generated captures (default {DEFAULT_WORK})")
     p.add_argument("--check", action="store_true",
                    help="regression guard: run the quick profile and compare with the stored figures; exit 1 "
                    "when a ratio dropped (or bytes per flow grew) by more than --margin")
@@ -36,19 +35,21 @@ def add_arguments(p: argparse.ArgumentParser, *, out: Path, readme: Path | None,
 
 
 def sections(args: argparse.Namespace) -> list[str]:
-    chosen = list(harness.SECTIONS)
+    chosen = list(SECTIONS)
     if args.only:
         chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.skip:
         skip = {s.strip() for s in args.skip.split(",")}
         chosen = [s for s in chosen if s not in skip]
-    unknown = [s for s in chosen if s not in harness.SECTIONS]
+    unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
-        raise SystemExit(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(harness.SECTIONS)}")
+        raise SystemExit(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     return chosen
 
 
 def main(args: argparse.Namespace, command: str) -> int:
+    from . import harness  # heavy (engine, plots): only when a benchmark runs, not for `vxmirror --help`
+
     chosen = sections(args)
     if args.readme is None:
         args.readme = args.out / "README.md"

@@ -35,10 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import core, jsonl_sink, machine, memory, offline, plots, report, scripts
-from .profiles import PROFILES, Profile
-
-SECTIONS = ("micro", "offline", "core", "memory", "jsonl", "forwarders", "pcap_writer", "live")
-DEFAULT_WORK = Path(tempfile.gettempdir()) / "vxmirror-bench"
+from .profiles import DEFAULT_WORK, PROFILES, SECTIONS, Profile
 
 Log = Callable[[str], None]
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
+
+SECTIONS = ("micro", "offline", "core", "memory", "jsonl", "forwarders", "pcap_writer", "live")
+DEFAULT_WORK = Path(tempfile.gettempdir()) / "vxmirror-bench"
 
 
 @dataclass(frozen=True)
