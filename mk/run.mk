@@ -9,7 +9,7 @@ RUN_SAMPLES ?= $(wildcard receiver/data/samples/*.pcap)
 
 .PHONY: run
 run: setup
-	@mkdir -p $(RUN_DIR)
+	@rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)  # make run's own scratch directory: each run starts empty
 	@set -u; fig=""; \
 	$(VENV)/bin/vxmirror check-config mk/run.toml -q || exit 2; \
 	$(VENV)/bin/vxmirror serve --config mk/run.toml --listen $(RUN_VXLAN) --listen $(RUN_GENEVE) \

@@ -43,8 +43,8 @@ def describe(r: dict) -> str:
         extra = f" tls {app['tls'].get('sni', '')}" if isinstance(app["tls"], dict) else ""
     return (
         f"  flow vni={r.get('vni')} {r.get('transport')} {r.get('src_ip')}:{r.get('src_port')} -> "
-        f"{r.get('dest_ip')}:{r.get('dest_port')} pkts {r.get('packets_out')}/{r.get('packets_in')} "
-        f"bytes {r.get('bytes_out')}/{r.get('bytes_in')} {r.get('conn_state')} ({r.get('end_reason')}){extra}"
+        f"{r.get('dest_ip')}:{r.get('dest_port')} pkts {r.get('packets_in')}->/{r.get('packets_out')}<- "
+        f"bytes {r.get('bytes_in')}->/{r.get('bytes_out')}<- {r.get('conn_state')} ({r.get('end_reason')}){extra}"
     )
 
 
