@@ -9,7 +9,8 @@ RUN_SAMPLES ?= $(wildcard receiver/data/samples/*.pcap)
 
 .PHONY: run
 run: setup
-	@rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)  # make run's own scratch directory: each run starts empty
+	@# make run's own scratch directory under var/ starts empty on each run (never a directory elsewhere)
+	@case "$(RUN_DIR)" in var/*) rm -rf "$(RUN_DIR)";; esac; mkdir -p $(RUN_DIR)
 	@set -u; fig=""; \
 	$(VENV)/bin/vxmirror check-config mk/run.toml -q || exit 2; \
 	$(VENV)/bin/vxmirror serve --config mk/run.toml --listen $(RUN_VXLAN) --listen $(RUN_GENEVE) \
