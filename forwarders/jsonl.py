@@ -21,7 +21,7 @@ from receiver.configschema import opt
 from receiver.flows.record import FlowRecord
 
 from .api import Health, RecordSink, SendError, SinkContext
-from .rolling import RollingFile, RollPolicy
+from .rolling import RollingFile, RollingOutput, RollPolicy
 
 MiB = 1024 * 1024
 
@@ -57,7 +57,7 @@ def _whole_lines(path: Path) -> int:
     return data.rfind(b"\n") + 1
 
 
-class JsonlSink(RecordSink):
+class JsonlSink(RollingOutput, RecordSink):
     kind = "jsonl"
     config_class = JsonlConfig
 
@@ -140,16 +140,6 @@ class JsonlSink(RecordSink):
                     self.files.truncate_to(before)
             # Disk full or a vanished directory may clear: retry, then spool.
             raise SendError(f"writing {self.directory}: {e.strerror or e}", retryable=True) from None
-
-    def tick(self, now: float) -> None:
-        if self.files.due():
-            self.files.close()
-
-    def reopen(self) -> None:
-        self.files.close()
-
-    def close(self) -> None:
-        self.files.close()
 
     def health_check(self) -> Health:
         ok = os.access(self.directory, os.W_OK)

@@ -21,7 +21,7 @@ from receiver.configschema import opt
 
 from . import pcap_classic, pcapng
 from .api import FrameBlock, Health, PacketSink, SinkContext
-from .rolling import RollingFile, RollPolicy
+from .rolling import RollingFile, RollingOutput, RollPolicy
 
 MiB = 1024 * 1024
 
@@ -43,7 +43,7 @@ class PcapConfig:
     fsync: bool = opt(True, "fsync each file before it gets its final name")
 
 
-class PcapSink(PacketSink):
+class PcapSink(RollingOutput, PacketSink):
     kind = "pcap"
     config_class = PcapConfig
 
@@ -149,16 +149,6 @@ class PcapSink(PacketSink):
             lo = hi
             if lo < n:
                 self.files.close()
-
-    def tick(self, now: float) -> None:
-        if self.files.due():
-            self.files.close()
-
-    def reopen(self) -> None:
-        self.files.close()
-
-    def close(self) -> None:
-        self.files.close()
 
     def health_check(self) -> Health:
         return Health(True, str(self.directory))

@@ -208,3 +208,21 @@ class RollingFile:
             total -= size
             files.pop(0)
         return removed
+
+
+class RollingOutput:
+    """``tick``, ``reopen`` and ``close`` of a sink that writes through a RollingFile
+    (``self.files``): rotation on time when due, a new file on SIGHUP, the last file closed
+    (fsynced and renamed) at the end."""
+
+    files: RollingFile
+
+    def tick(self, now: float) -> None:
+        if self.files.due():
+            self.files.close()
+
+    def reopen(self) -> None:
+        self.files.close()
+
+    def close(self) -> None:
+        self.files.close()
