@@ -22,6 +22,7 @@ from ..decode import tcp
 from ..packets import F64, I64
 from .keys import Keys
 
+EVICT_FRACTION = 64  # at the flow cap, at least 1/64 of the table is evicted at a time
 EMPTY = -1
 TOMBSTONE = -2
 
@@ -170,10 +171,15 @@ class FlowTable:
 
     def oldest(self, n: int, keep: I64) -> I64:
         """The ``n`` least recently seen flows, never one of ``keep``."""
-        live = np.setdiff1d(self.active_indices(), keep, assume_unique=True)
+        live = self.active_indices()
+        last = self.cols["t_last"][live]
+        if keep.size:
+            protected = np.zeros(self.capacity, np.bool_)
+            protected[keep] = True
+            spare = ~protected[live]
+            live, last = live[spare], last[spare]
         if n >= live.size:
             return live
-        last = self.cols["t_last"][live]
         return live[np.argpartition(last, n)[:n]]
 
     def release(self, flows: I64) -> None:
@@ -246,7 +252,9 @@ class FlowTable:
         if new_u.size:
             short = self.room_for(new_u.size)
             if short:
-                evict(self.oldest(short, keep=flow_u[flow_u >= 0]))
+                # at the cap: evict a slice of the table at once, not a few flows per batch (each
+                # eviction scans every open flow)
+                evict(self.oldest(max(short, self.max_flows // EVICT_FRACTION), keep=flow_u[flow_u >= 0]))
             if new_u.size > self.n_free:
                 full = new_u.size - self.n_free
                 new_u = new_u[: self.n_free]
