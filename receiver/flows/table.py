@@ -228,8 +228,7 @@ class FlowTable:
         A packet whose 64-bit key hash equals another flow's with a different key cannot be
         placed and is counted as ``hash_collision``.
         """
-        uh, first, inv = np.unique(keys.hash, return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
+        uh, first, inv = _group(keys.hash)
         same = _same_key(keys, first[inv])
         found = self._lookup(uh)
         c = self.cols
@@ -395,6 +394,22 @@ class FlowTable:
         np.bitwise_or.at(add, u, (bit + 1).astype(np.uint64) << (4 * nib).astype(np.uint64))
         c["hist"][uf] |= add
         c["hbits"][uf] |= new.astype(np.uint16)
+
+
+def _group(h: np.ndarray) -> tuple[np.ndarray, I64, I64]:
+    """Distinct values of ``h``, the first position of each, and each element's group: what
+    ``np.unique(h, return_index=True, return_inverse=True)`` gives, with an unstable sort
+    (numpy's is a stable merge sort there, 1.6x slower on 64-bit hashes)."""
+    order = np.argsort(h)
+    s = h[order]
+    start = np.empty(s.size, np.bool_)
+    start[:1] = True
+    np.not_equal(s[1:], s[:-1], out=start[1:])
+    starts = np.flatnonzero(start)
+    inv = np.empty(s.size, np.int64)
+    inv[order] = np.cumsum(start) - 1
+    first = np.minimum.reduceat(order, starts) if s.size else np.zeros(0, np.int64)
+    return s[starts], first, inv
 
 
 def _popcount(x: I64) -> I64:
