@@ -131,6 +131,17 @@ class KafkaSink(RecordSink):
     kind = "kafka"
     config_class = KafkaConfig
 
+    @staticmethod
+    def check_config(config: KafkaConfig) -> tuple[str, str] | None:
+        """At config validation: brokers given, secrets in the librdkafka table readable."""
+        if not config.brokers.strip():
+            return "brokers", "required: comma-separated host:port"
+        try:
+            resolve_settings(config.librdkafka)
+        except ValueError as e:
+            return "librdkafka", str(e)
+        return None
+
     def __init__(self, config: KafkaConfig, context: SinkContext) -> None:
         super().__init__(config, context)
         self.config: KafkaConfig = config

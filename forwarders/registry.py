@@ -73,6 +73,13 @@ def _one(
     sink_part = {k: v for k, v in table.items() if k not in RUNNER_KEYS or k in sink_fields}
     settings = from_table(RunnerSettings, runner_part, file, key)
     config: Any = from_table(config_class, sink_part, file, key)
+    # what only the sink can check before it runs (secrets that must be readable, ...)
+    check = getattr(cls, "check_config", None)
+    if callable(check):
+        problem = check(config)
+        if problem:
+            sub, msg = problem
+            raise ConfigError(file, f"{key}.{sub}" if sub else key, msg)
     full = kind if name is None else f"{kind}.{name}"
     return ForwarderSpec(kind, full, cls, config, settings)
 

@@ -85,6 +85,17 @@ class SplunkHecSink(RecordSink):
     kind = "splunk_hec"
     config_class = SplunkHecConfig
 
+    @staticmethod
+    def check_config(config: SplunkHecConfig) -> tuple[str, str] | None:
+        """At config validation: the token must be readable (the message never contains it)."""
+        if not config.url:
+            return "url", "required: scheme://host:port of the HEC endpoint"
+        try:
+            load_token(config.token_file)
+        except ValueError as e:
+            return "token_file", str(e)
+        return None
+
     def __init__(self, config: SplunkHecConfig, context: SinkContext) -> None:
         super().__init__(config, context)
         self.config: SplunkHecConfig = config

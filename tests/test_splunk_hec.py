@@ -228,15 +228,20 @@ def test_config_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError) as ei:
         validate({"splunk_hec": {"url": "https://s:8088", "tokn_file": "x"}}, "vx.toml")
     assert ei.value.key == "forwarders.splunk_hec.tokn_file"
-    specs = validate(
-        {"splunk_hec": [{"name": "a", "url": "https://a:8088", "index": "net", "sourcetype": "vxmirror:flow",
-                         "verify_tls": True, "ack": True, "batch_max_records": 50},
-                        {"name": "b", "url": "http://b:8088"}]},
-        "vx.toml",
-    )
+    two = {"splunk_hec": [{"name": "a", "url": "https://a:8088", "index": "net", "sourcetype": "vxmirror:flow",
+                           "verify_tls": True, "ack": True, "batch_max_records": 50},
+                          {"name": "b", "url": "http://b:8088"}]}
+    # no token anywhere: a clear error naming the key already when the config is validated
+    with pytest.raises(ConfigError) as ei:
+        validate(two, "vx.toml")
+    assert ei.value.key == "forwarders.splunk_hec[0].token_file" and "VXMIRROR_HEC_TOKEN" in str(ei.value)
+    monkeypatch.setenv("VXMIRROR_HEC_TOKEN", "from-the-environment")
+    specs = validate(two, "vx.toml")
     assert [s.name for s in specs] == ["splunk_hec.a", "splunk_hec.b"]
     assert specs[0].settings.batch_max_records == 50 and specs[0].config.ack is True
-    # no token anywhere: a clear error naming the key when the sink is built
+    assert "from-the-environment" not in repr(specs)
+    # the token gone again by the time the sink is built: the same clear error from the sink
+    monkeypatch.delenv("VXMIRROR_HEC_TOKEN")
     with pytest.raises(ConfigError) as ei:
         SplunkHecSink(specs[1].config, SinkContext("splunk_hec.b", tmp_path))
     assert ei.value.key == "forwarders.splunk_hec.b.token_file" and "VXMIRROR_HEC_TOKEN" in str(ei.value)
