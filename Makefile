@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := tshark gcc libc6-dev iproute2 systemd
+# Nothing started from this Makefile (tests, make run, benchmarks) may look for AWS instance
+# credentials at the EC2 metadata address: everything here talks to loopback only.
+export AWS_EC2_METADATA_DISABLED = true
 
 .PHONY: setup system-deps run test lint typecheck clean
 
@@ -30,7 +33,6 @@ lint: setup
 	$(VENV)/bin/ruff format --check . || true
 	$(VENV)/bin/mypy
 
-test: export AWS_EC2_METADATA_DISABLED = true
 test: setup system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

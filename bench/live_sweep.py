@@ -146,10 +146,15 @@ class ServeReceiver:
     def trial(self, size: int, rate: float, seconds: float) -> dict[str, Any]:
         port, mport = free_port(), free_tcp_port()
         data = Path(tempfile.mkdtemp(prefix="vxmirror-sweep-"))
+        # the default forwarders, and no AWS look-ups: a benchmark on loopback talks to nothing else
+        config = data / "vxmirror.toml"
+        config.write_text("[aws]\nenabled = false\n")
         proc = subprocess.Popen(
             [
                 str(VXMIRROR),
                 "serve",
+                "--config",
+                str(config),
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--metrics",
@@ -163,6 +168,7 @@ class ServeReceiver:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"},
         )
         try:
             deadline = time.monotonic() + 30
