@@ -268,3 +268,30 @@ def test_frame_block_copies_out_of_the_buffer(tmp_path: Path) -> None:
     buf[:] = 0  # the listener reuses its slots: the block must not alias them
     got = [bytes(block.data[o : o + c]) for o, c in zip(block.offset.tolist(), block.caplen.tolist())]
     assert got == ref
+
+
+def test_frame_block_from_slots_equals_the_range_copy() -> None:
+    # the listener's fixed slots take a rectangle copy; the result must equal the general path's
+    import numpy as np
+
+    from forwarders.frames import frame_block
+    from receiver.packets import Decapsulated, Layer, PacketBatch
+
+    rng = np.random.default_rng(7)
+    n, slot = 64, 256
+    lengths = rng.integers(60, 200, n).astype(np.uint32)
+    slots = rng.integers(0, 256, (n, slot)).astype(np.uint8)
+    batch = PacketBatch.from_slots(slots, lengths, np.arange(n, dtype=np.float64), Layer.VXLAN)
+    inner = batch.start + 8
+    inner[5] = -1  # not decodable: skipped
+    decap = Decapsulated(inner_start=inner, vni=np.full(n, 3, np.int64))
+    block = frame_block(batch, decap, keep_encapsulation=False, snaplen=150)
+    frames = [bytes(block.data[o : o + c]) for o, c in zip(block.offset.tolist(), block.caplen.tolist())]
+    want = [slots[i, 8 : 8 + min(int(lengths[i]) - 8, 150)].tobytes() for i in range(n) if i != 5]
+    assert frames == want and block.skipped == 1
+    flat = PacketBatch.from_frames([slots[i, : lengths[i]].tobytes() for i in range(n)], layer=Layer.VXLAN)
+    flat_inner = flat.start + 8
+    flat_inner[5] = -1
+    flat_block = frame_block(flat, Decapsulated(flat_inner, decap.vni), False, 150)
+    got = [bytes(flat_block.data[o : o + c]) for o, c in zip(flat_block.offset.tolist(), flat_block.caplen.tolist())]
+    assert got == want
