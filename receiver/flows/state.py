@@ -8,10 +8,14 @@ leading ``^`` when the originator was flipped (the first packet seen came from t
 
 from __future__ import annotations
 
+import functools
+
 from .table import L_DATA, L_FIN, L_RST, L_SYN, L_SYNACK, LETTERS
 
 
+@functools.lru_cache(maxsize=4096)
 def history(hist: int, orig: int, flipped: bool) -> str:
+    """The history string (cached: flows share a handful of histories)."""
     out = ["^"] if flipped else []
     while hist:
         code = (hist & 0xF) - 1
@@ -27,6 +31,11 @@ def _has(hbits: int, letter: int, endpoint: int) -> bool:
 
 def conn_state(proto: int, hbits: int, orig: int, pkts_orig: int, pkts_resp: int, pay_orig: int, pay_resp: int) -> str:
     """Zeek's conn_state values (see docs/flowrecord.md), from what each side sent."""
+    return _conn_state(proto, hbits, orig, pkts_orig > 0, pkts_resp > 0, pay_orig == 0 and pay_resp == 0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _conn_state(proto: int, hbits: int, orig: int, pkts_orig: bool, pkts_resp: bool, no_payload: bool) -> str:
     resp = 1 - orig
     if proto == 6:
         o = _tcp_endpoint(hbits, orig, resp, pkts_orig)
@@ -34,7 +43,7 @@ def conn_state(proto: int, hbits: int, orig: int, pkts_orig: int, pkts_resp: int
         o_inactive = o in ("inactive", "partial")
         r_inactive = r in ("inactive", "partial")
         if r == "reset":
-            if o in ("syn_sent", "syn_ack_sent") or (o == "reset" and pay_orig == 0 and pay_resp == 0):
+            if o in ("syn_sent", "syn_ack_sent") or (o == "reset" and no_payload):
                 return "REJ"
             return "RSTRH" if o_inactive else "RSTR"
         if o == "reset":
