@@ -60,31 +60,63 @@ def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random | None 
     return (rng or random).uniform(0.0, ceiling)
 
 
-class RecordForwarder:
+class _SinkThread:
+    """What both forwarders share: the sink, its settings, the lock and condition guarding the
+    queue, the stop/reopen flags, counters, and the thread that runs ``_run``."""
+
+    def __init__(
+        self, sink: RecordSink | PacketSink, settings: RunnerSettings | None, counters: tuple[str, ...]
+    ) -> None:
+        self.sink = sink
+        self.settings = settings or RunnerSettings()
+        self.name = sink.context.name
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._stop = False
+        self._deadline = math.inf
+        self._reopen = False
+        self._c: dict[str, int] = dict.fromkeys(counters, 0)
+        self._dropped: dict[str, int] = {}
+        self._detail = ""
+        self._rlog = _RateLimitedLog()
+        self._thread = threading.Thread(target=self._run, name=f"fwd-{self.name}", daemon=True)
+        self._started = False
+
+    def _run(self) -> None:  # pragma: no cover - each forwarder has its own
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def request_reopen(self) -> None:
+        with self._lock:
+            self._reopen = True
+            self._cv.notify()
+
+    def _begin_close(self, timeout: float) -> None:
+        with self._lock:
+            self._stop = True
+            self._deadline = time.monotonic() + timeout
+            self._cv.notify()
+
+
+class RecordForwarder(_SinkThread):
     """Runs one RecordSink on its own thread (see module doc)."""
 
     def __init__(
         self, sink: RecordSink, settings: RunnerSettings | None = None, *, start: bool = True
     ) -> None:
-        self.sink = sink
-        self.settings = s = settings or RunnerSettings()
-        self.name = sink.context.name
+        super().__init__(sink, settings, ("received", "sent", "retried", "spooled", "replayed", "dead_lettered"))
+        self.sink: RecordSink = sink
+        s = self.settings
         data_dir = Path(sink.context.data_dir)
-        self._lock = threading.Lock()
-        self._cv = threading.Condition(self._lock)
         self._queue: collections.deque[list[FlowRecord]] = collections.deque()
         self._qlen = 0
         self._inflight = 0
-        self._stop = False
-        self._deadline = math.inf
         self._wake = threading.Event()
-        self._reopen = False
-        self._c: dict[str, int] = dict.fromkeys(
-            ("received", "sent", "retried", "spooled", "replayed", "dead_lettered"), 0
-        )
-        self._dropped: dict[str, int] = {}
         self._state: State = "up"
-        self._detail = ""
         self._fail_streak = 0
         self._next_probe = 0.0
         self._rlog = _RateLimitedLog()
@@ -92,17 +124,10 @@ class RecordForwarder:
         self.deadletter_path = data_dir / "deadletter" / f"{self.name}.jsonl"
         if len(self.spool):
             log.info("forwarder %s: %d spooled records to replay", self.name, self.spool.records)
-        self._thread = threading.Thread(target=self._run, name=f"fwd-{self.name}", daemon=True)
-        self._started = False
         if start:
             self.start()
 
     # ---- caller side (any thread; never blocks on the sink) ----
-
-    def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._thread.start()
 
     def put(self, records: list[FlowRecord]) -> int:
         """Queue records; returns how many were accepted (the rest are dropped and counted)."""
@@ -127,17 +152,9 @@ class RecordForwarder:
                 self._cv.notify()
         return n
 
-    def request_reopen(self) -> None:
-        with self._lock:
-            self._reopen = True
-            self._cv.notify()
-
     def close(self, timeout: float = 10.0) -> None:
         """Flush: send what can be sent within ``timeout``, spool the rest, then close the sink."""
-        with self._lock:
-            self._stop = True
-            self._deadline = time.monotonic() + timeout
-            self._cv.notify()
+        self._begin_close(timeout)
         self._wake.set()
         if self._started:
             self._thread.join(timeout + 5.0)
@@ -523,37 +540,20 @@ class RecordForwarder:
             self._go_down(reason)
 
 
-class PacketForwarder:
+class PacketForwarder(_SinkThread):
     """Runs one PacketSink on its own thread behind a bounded queue of FrameBlocks."""
 
     def __init__(
         self, sink: PacketSink, settings: RunnerSettings | None = None, *, start: bool = True
     ) -> None:
-        self.sink = sink
-        self.settings = settings or RunnerSettings()
-        self.name = sink.context.name
-        self._lock = threading.Lock()
-        self._cv = threading.Condition(self._lock)
+        super().__init__(sink, settings, ("received", "sent", "skipped_not_decapsulated"))
+        self.sink: PacketSink = sink
         self._queue: collections.deque[FrameBlock] = collections.deque()
         self._qframes = 0
         self._qbytes = 0
-        self._stop = False
-        self._deadline = math.inf
-        self._reopen = False
-        self._c: dict[str, int] = dict.fromkeys(("received", "sent", "skipped_not_decapsulated"), 0)
-        self._dropped: dict[str, int] = {}
         self._ok = True
-        self._detail = ""
-        self._rlog = _RateLimitedLog()
-        self._thread = threading.Thread(target=self._run, name=f"fwd-{self.name}", daemon=True)
-        self._started = False
         if start:
             self.start()
-
-    def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._thread.start()
 
     def has_room(self) -> bool:
         return not self._stop and self._qframes < self.settings.queue_max
@@ -589,16 +589,8 @@ class PacketForwarder:
             self._dropped[reason] = self._dropped.get(reason, 0) + n
         return False
 
-    def request_reopen(self) -> None:
-        with self._lock:
-            self._reopen = True
-            self._cv.notify()
-
     def close(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            self._stop = True
-            self._deadline = time.monotonic() + timeout
-            self._cv.notify()
+        self._begin_close(timeout)
         if self._started:
             self._thread.join(timeout + 5.0)
             if self._thread.is_alive():
