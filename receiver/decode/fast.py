@@ -38,6 +38,20 @@ FIRST_HEADER = {
 V4_MAPPED = np.uint64(0xFFFF_0000_0000)
 EXTENSION_HEADERS = np.array(sorted(ipv6.EXTENSION_HEADERS))
 
+# Field offsets, all taken from the declared headers (receiver/decode/*.py, receiver/decap/*.py).
+ETH_TYPE = ethernet.ETH.off("type")
+VLAN_TYPE = ethernet.VLAN.off("type")
+SLL_PROTO = ethernet.SLL.off("proto")
+V4_VHL, V4_LEN, V4_ID, V4_FRAG, V4_PROTO, V4_SRC, V4_DST = (
+    ipv4.IPV4.off(f) for f in ("v_hl", "len", "id", "off", "p", "src", "dst")
+)
+V6_PLEN, V6_NXT, V6_SRC, V6_DST = (ipv6.IPV6.off(f) for f in ("plen", "nxt", "src", "dst"))
+TCP_SPORT, TCP_DPORT, TCP_OFF, TCP_FLAGS = (tcp.TCP.off(f) for f in ("sport", "dport", "off_x2", "flags"))
+UDP_SPORT, UDP_DPORT = udp.UDP.off("sport"), udp.UDP.off("dport")
+ICMP_TYPE, ICMP_CODE = icmp.ICMP.off("type"), icmp.ICMP.off("code")
+VX_FLAGS, VX_RES1, VX_VNI, VX_RES2 = (VXLAN.off(f) for f in ("flags", "reserved1", "vni", "reserved2"))
+GN_VER_OPTLEN, GN_PROTO, GN_VNI = (GENEVE.off(f) for f in ("ver_optlen", "proto", "vni"))
+
 
 def _isin(x: np.ndarray, values: np.ndarray | tuple[int, ...]) -> np.ndarray:
     """``np.isin`` for a handful of values (ports, ethertypes): a few comparisons are cheaper."""
@@ -157,8 +171,15 @@ def decode_fast(batch: PacketBatch, config: EngineConfig) -> Decoded:
 # layers with one gather. Everything else (VLAN tags, options, fragments, IPv6, anything odd)
 # is left to the general stages below, which apply the same rules one layer at a time.
 
-OUTER = 14 + 20 + 8 + 8  # Ethernet, IPv4, UDP, VXLAN
-INNER = 14 + 20 + 20  # Ethernet, IPv4, TCP (or UDP and more)
+# where each header starts in the combined reads of the two shortcuts
+O_IP = ethernet.ETH.size
+O_UDP = O_IP + ipv4.MIN_HEADER
+O_VX = O_UDP + udp.UDP.size
+OUTER = O_VX + VXLAN.size  # Ethernet, IPv4 without options, UDP, VXLAN
+I_IP = ethernet.ETH.size
+I_L4 = I_IP + ipv4.MIN_HEADER
+INNER = I_L4 + tcp.TCP.size  # Ethernet, IPv4 without options, TCP (or UDP)
+IPV4_NO_OPTIONS = 0x45  # version 4, header length 5 words
 
 
 def _common_outer(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, max_depth: int) -> None:
@@ -167,14 +188,15 @@ def _common_outer(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, max_depth
         return
     p, e = run.pos[s], run.end[s]
     h = take_rows(buf, p, OUTER)
-    total = _be16(h, 16)
+    total = _be16(h, O_IP + V4_LEN)
     m = (
         (p + OUTER <= e)
-        & (h[:, 12] == 0x08) & (h[:, 13] == 0x00) & (h[:, 14] == 0x45)
-        & (h[:, 23] == udp.PROTO) & ((h[:, 20] & 0x3F) == 0) & (h[:, 21] == 0)  # no MF, offset 0
-        & (total >= 36) & (p + 14 + total >= p + OUTER)
-        & _isin(_be16(h, 36), vxlan_ports)
-        & ((h[:, 42] & FLAG_I) != 0)
+        & (_be16(h, ETH_TYPE) == ethernet.ETH_IPV4) & (h[:, O_IP + V4_VHL] == IPV4_NO_OPTIONS)
+        & (h[:, O_IP + V4_PROTO] == udp.PROTO)
+        & ((h[:, O_IP + V4_FRAG] & 0x3F) == 0) & (h[:, O_IP + V4_FRAG + 1] == 0)  # no MF, offset 0
+        & (O_IP + total >= OUTER)  # the IP length covers UDP and VXLAN
+        & _isin(_be16(h, O_UDP + UDP_DPORT), vxlan_ports)
+        & ((h[:, O_VX + VX_FLAGS] & FLAG_I) != 0)
         & (run.depth[s] + 1 <= max_depth)
     )
     if not m.any():
@@ -183,14 +205,18 @@ def _common_outer(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, max_depth
     r = _sub(s, t)
     ht = h[t]
     i = run.out_index(r)
-    reserved = ((ht[:, 42] & (0xFF ^ FLAG_I)) | ht[:, 43] | ht[:, 44] | ht[:, 45] | ht[:, 49]) != 0
+    vx = O_VX
+    reserved = (
+        (ht[:, vx + VX_FLAGS] & (0xFF ^ FLAG_I)) | ht[:, vx + VX_RES1] | ht[:, vx + VX_RES1 + 1]
+        | ht[:, vx + VX_RES1 + 2] | ht[:, vx + VX_RES2]
+    ) != 0
     if reserved.any():
         run.out.vxlan_reserved[i] |= reserved
     run.depth[r] += 1
     run.out.inner_start[i] = p[t]  # as the Ethernet stage would have recorded it
-    run.out.vni[i] = _be24(ht, 46)
+    run.out.vni[i] = _be24(ht, O_VX + VX_VNI)
     run.out.depth[i] = run.depth[r]
-    run.end[r] = np.minimum(e[t], p[t] + 14 + total[t])
+    run.end[r] = np.minimum(e[t], p[t] + O_IP + total[t])
     run.pos[r] = p[t] + OUTER
 
 
@@ -200,19 +226,19 @@ def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_po
         return
     p, e = run.pos[s], run.end[s]
     h = take_rows(buf, p, INNER)
-    total = _be16(h, 16)
-    ip_end = p + 14 + total
-    proto = h[:, 23]
+    total = _be16(h, I_IP + V4_LEN)
+    ip_end = p + I_IP + total
+    proto = h[:, I_IP + V4_PROTO]
     is_tcp = proto == tcp.PROTO
     hdr = np.where(is_tcp, tcp.TCP.size, udp.UDP.size)
-    dport = _be16(h, 36)
+    dport = _be16(h, I_L4 + TCP_DPORT)  # UDP's ports sit where TCP's do
     m = (
-        (p + 34 <= e)
-        & (h[:, 12] == 0x08) & (h[:, 13] == 0x00) & (h[:, 14] == 0x45)
-        & ((h[:, 20] & 0x3F) == 0) & (h[:, 21] == 0)
+        (p + I_L4 <= e)
+        & (_be16(h, ETH_TYPE) == ethernet.ETH_IPV4) & (h[:, I_IP + V4_VHL] == IPV4_NO_OPTIONS)
+        & ((h[:, I_IP + V4_FRAG] & 0x3F) == 0) & (h[:, I_IP + V4_FRAG + 1] == 0)
         & (is_tcp | (proto == udp.PROTO))
-        & (p + 34 + hdr <= ip_end) & (p + 34 + hdr <= e)
-        & (~is_tcp | ((h[:, 46] >> 4) >= 5))
+        & (p + I_L4 + hdr <= ip_end) & (p + I_L4 + hdr <= e)
+        & (~is_tcp | ((h[:, I_L4 + TCP_OFF] >> 4) >= 5))
         & (is_tcp | ~(_isin(dport, vxlan_ports) | _isin(dport, geneve_ports)))
     )
     if not m.any():
@@ -224,8 +250,8 @@ def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_po
     out = run.out
     i = run.out_index(r)
     run.what[r] = DONE
-    l4 = pt + 34
-    pay_off = l4 + np.where(tcp_t, (ht[:, 46] >> 4).astype(np.int64) * 4, udp.UDP.size)
+    l4 = pt + I_L4
+    pay_off = l4 + np.where(tcp_t, (ht[:, I_L4 + TCP_OFF] >> 4).astype(np.int64) * 4, udp.UDP.size)
     end_ip = ip_end[t]
     pay_len = np.maximum(end_ip - pay_off, 0)
     out.inner_start[i] = pt
@@ -233,19 +259,19 @@ def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_po
     out.ipver[i] = 4
     out.src_hi[i] = 0
     out.dst_hi[i] = 0
-    out.src_lo[i] = V4_MAPPED | _be32(ht, 26).astype(np.uint64)
-    out.dst_lo[i] = V4_MAPPED | _be32(ht, 30).astype(np.uint64)
+    out.src_lo[i] = V4_MAPPED | _be32(ht, I_IP + V4_SRC).astype(np.uint64)
+    out.dst_lo[i] = V4_MAPPED | _be32(ht, I_IP + V4_DST).astype(np.uint64)
     out.proto[i] = proto[t]
-    out.sport[i] = _be16(ht, 34)
+    out.sport[i] = _be16(ht, I_L4 + TCP_SPORT)
     out.dport[i] = dport[t]
-    out.tcpflags[i] = np.where(tcp_t, ht[:, 47], 0)
+    out.tcpflags[i] = np.where(tcp_t, ht[:, I_L4 + TCP_FLAGS], 0)
     out.iplen[i] = total[t]
     out.pay_off[i] = pay_off
     out.pay_len[i] = pay_len
     out.pay_cap[i] = np.clip(np.minimum(et, end_ip) - pay_off, 0, pay_len)
     out.truncated[i] = et < end_ip
     out.frag[i] = 0
-    out.ipid[i] = _be16(ht, 18)
+    out.ipid[i] = _be16(ht, I_IP + V4_ID)
 
 
 # -- the general stages, one layer at a time ------------------------------------------------------
@@ -259,7 +285,7 @@ def _vxlan(run: _Run, buf: np.ndarray, max_depth: int) -> None:
     h = VXLAN.take(buf, p)
     short = p + VXLAN.size > e
     run.fail(s, short, Status.TRUNCATED_TUNNEL)
-    flags = h[:, 0]
+    flags = h[:, VX_FLAGS]
     unset = ~short & ((flags & FLAG_I) == 0)
     run.fail(s, unset, Status.VXLAN_I_FLAG_UNSET)
     run.depth[s] += 1
@@ -267,11 +293,13 @@ def _vxlan(run: _Run, buf: np.ndarray, max_depth: int) -> None:
     run.fail(s, deep, Status.TUNNEL_TOO_DEEP)
     ok = _pick(~(short | unset | deep))
     t = _sub(s, ok)
-    reserved = ((flags & (0xFF ^ FLAG_I)) | h[:, 1] | h[:, 2] | h[:, 3] | h[:, 7]) != 0
+    reserved = (
+        (flags & (0xFF ^ FLAG_I)) | h[:, VX_RES1] | h[:, VX_RES1 + 1] | h[:, VX_RES1 + 2] | h[:, VX_RES2]
+    ) != 0
     if reserved.any():
         run.out.vxlan_reserved[run.out_index(t)] |= reserved[ok]
     i = run.out_index(t)
-    run.out.vni[i] = _be24(h[ok], 4)
+    run.out.vni[i] = _be24(h[ok], VX_VNI)
     run.out.depth[i] = run.depth[t]
     run.pos[t] += VXLAN.size
     run.what[t] = ETH
@@ -283,15 +311,15 @@ def _geneve(run: _Run, buf: np.ndarray, max_depth: int) -> None:
         return
     p, e = run.pos[s], run.end[s]
     h = GENEVE.take(buf, p)
-    hend = p + GENEVE.size + (h[:, 0] & 0x3F).astype(np.int64) * 4
+    hend = p + GENEVE.size + (h[:, GN_VER_OPTLEN] & 0x3F).astype(np.int64) * 4
     short = (p + GENEVE.size > e) | (hend > e)
     run.fail(s, short, Status.TRUNCATED_TUNNEL)
-    bad = ~short & ((h[:, 0] >> 6) != 0)
+    bad = ~short & ((h[:, GN_VER_OPTLEN] >> 6) != 0)
     run.fail(s, bad, Status.GENEVE_BAD_VERSION)
     run.depth[s] += 1
     deep = ~short & ~bad & (run.depth[s] > max_depth)
     run.fail(s, deep, Status.TUNNEL_TOO_DEEP)
-    proto = _be16(h, 2)
+    proto = _be16(h, GN_PROTO)
     is_eth = proto == ethernet.ETH_TEB
     is_ip = (proto == ethernet.ETH_IPV4) | (proto == ethernet.ETH_IPV6)
     ok = ~(short | bad | deep)
@@ -299,7 +327,7 @@ def _geneve(run: _Run, buf: np.ndarray, max_depth: int) -> None:
     ok = _pick(ok & (is_eth | is_ip))
     t = _sub(s, ok)
     i = run.out_index(t)
-    run.out.vni[i] = _be24(h[ok], 4)
+    run.out.vni[i] = _be24(h[ok], GN_VNI)
     run.out.depth[i] = run.depth[t]
     run.pos[t] = hend[ok]
     run.what[t] = np.where(is_eth[ok], ETH, IP)
@@ -316,7 +344,7 @@ def _ethernet(run: _Run, buf: np.ndarray) -> None:
         keep = np.flatnonzero(~short)
         s, p, e = _sub(s, keep), p[keep], e[keep]
     run.out.inner_start[run.out_index(s)] = p
-    etype = _be16(ethernet.ETH.take(buf, p), 12)
+    etype = _be16(ethernet.ETH.take(buf, p), ETH_TYPE)
     p = p + ethernet.ETH.size
     cut = np.zeros(p.size, np.bool_)
     for _ in range(ethernet.MAX_VLAN_TAGS):
@@ -326,7 +354,7 @@ def _ethernet(run: _Run, buf: np.ndarray) -> None:
         tagged &= ~cut
         cut |= tagged & (p + ethernet.VLAN.size > e)
         tagged &= ~cut
-        etype[tagged] = _be16(ethernet.VLAN.take(buf, p[tagged]), 2)
+        etype[tagged] = _be16(ethernet.VLAN.take(buf, p[tagged]), VLAN_TYPE)
         p[tagged] += ethernet.VLAN.size
     run.fail(s, cut, Status.TRUNCATED_LINK)
     is_ip = ~cut & ((etype == ethernet.ETH_IPV4) | (etype == ethernet.ETH_IPV6))
@@ -344,7 +372,7 @@ def _sll(run: _Run, buf: np.ndarray) -> None:
     p, e = run.pos[s], run.end[s]
     short = p + ethernet.SLL.size > e
     run.fail(s, short, Status.TRUNCATED_LINK)
-    proto = _be16(ethernet.SLL.take(buf, p), 14)
+    proto = _be16(ethernet.SLL.take(buf, p), SLL_PROTO)
     is_ip = ~short & ((proto == ethernet.ETH_IPV4) | (proto == ethernet.ETH_IPV6))
     run.fail(s, ~short & ~is_ip, Status.NON_IP)
     t = _sub(s, _pick(is_ip))
@@ -394,8 +422,8 @@ def _ip(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_ports: np.nd
 def _ipv4(run: _Run, buf: np.ndarray, s: Sel) -> _IpFields | None:
     p, e = run.pos[s], run.end[s]
     h = ipv4.IPV4.take(buf, p)
-    ihl = (h[:, 0] & 0x0F).astype(np.int64) * 4
-    total = _be16(h, 2)
+    ihl = (h[:, V4_VHL] & 0x0F).astype(np.int64) * 4
+    total = _be16(h, V4_LEN)
     # in this order: header cut, bad IHL, options cut, total length below the header
     cut1 = p + ipv4.MIN_HEADER > e
     bad1 = ~cut1 & (ihl < ipv4.MIN_HEADER)
@@ -408,14 +436,14 @@ def _ipv4(run: _Run, buf: np.ndarray, s: Sel) -> _IpFields | None:
         return None
     g = _pick(good)
     hb, pb = h[g], p[g]
-    fo = _be16(hb, 6)
+    fo = _be16(hb, V4_FRAG)
     frag = np.where((fo & ipv4.OFFSET_MASK) > 0, Frag.LATER, np.where(fo & ipv4.FLAG_MF, Frag.FIRST, 0))
     zeros = np.zeros(pb.size, np.uint64)
     return _IpFields(
-        sel=_sub(s, g), start=pb, l4=pb + ihl[g], ip_end=pb + total[g], proto=hb[:, 9].astype(np.int64),
-        frag=frag.astype(np.uint8), ipid=_be16(hb, 4),
-        src_hi=zeros, src_lo=V4_MAPPED | _be32(hb, 12).astype(np.uint64),
-        dst_hi=zeros, dst_lo=V4_MAPPED | _be32(hb, 16).astype(np.uint64), ipver=4,
+        sel=_sub(s, g), start=pb, l4=pb + ihl[g], ip_end=pb + total[g], proto=hb[:, V4_PROTO].astype(np.int64),
+        frag=frag.astype(np.uint8), ipid=_be16(hb, V4_ID),
+        src_hi=zeros, src_lo=V4_MAPPED | _be32(hb, V4_SRC).astype(np.uint64),
+        dst_hi=zeros, dst_lo=V4_MAPPED | _be32(hb, V4_DST).astype(np.uint64), ipver=4,
     )
 
 
@@ -424,7 +452,7 @@ def _ipv6(run: _Run, buf: np.ndarray, s: Sel) -> _IpFields | None:
     h = ipv6.IPV6.take(buf, p)
     short = p + ipv6.IPV6.size > e
     run.fail(s, short, Status.TRUNCATED_IP_HEADER)
-    nxt = h[:, 6].astype(np.int64)
+    nxt = h[:, V6_NXT].astype(np.int64)
     ext = ~short & np.isin(nxt, EXTENSION_HEADERS)
     run.fail(s, ext, Status.SLOW_PATH)
     good = ~short & ~ext
@@ -433,10 +461,10 @@ def _ipv6(run: _Run, buf: np.ndarray, s: Sel) -> _IpFields | None:
     g = _pick(good)
     hb, pb = h[g], p[g]
     l4 = pb + ipv6.IPV6.size
-    src_hi, src_lo = _addr128(hb, 8)
-    dst_hi, dst_lo = _addr128(hb, 24)
+    src_hi, src_lo = _addr128(hb, V6_SRC)
+    dst_hi, dst_lo = _addr128(hb, V6_DST)
     return _IpFields(
-        sel=_sub(s, g), start=pb, l4=l4, ip_end=l4 + _be16(hb, 4), proto=nxt[g],
+        sel=_sub(s, g), start=pb, l4=l4, ip_end=l4 + _be16(hb, V6_PLEN), proto=nxt[g],
         frag=np.zeros(pb.size, np.uint8), ipid=np.zeros(pb.size, np.int64),
         src_hi=src_hi, src_lo=src_lo, dst_hi=dst_hi, dst_lo=dst_lo, ipver=6,
     )
@@ -464,10 +492,10 @@ def _transport(run: _Run, buf: np.ndarray, ip: _IpFields, vxlan_ports: np.ndarra
     if is_tcp.any():
         t = _pick(ok & is_tcp)
         h = tcp.TCP.take(buf, l4[t])
-        sport[t] = _be16(h, 0)
-        dport[t] = _be16(h, 2)
-        flags[t] = h[:, 13]
-        doff = (h[:, 12] >> 4).astype(np.int64) * 4
+        sport[t] = _be16(h, TCP_SPORT)
+        dport[t] = _be16(h, TCP_DPORT)
+        flags[t] = h[:, TCP_FLAGS]
+        doff = (h[:, TCP_OFF] >> 4).astype(np.int64) * 4
         bad = doff < tcp.TCP.size
         if bad.any():
             tt = np.flatnonzero(ok & is_tcp)[bad]
@@ -477,17 +505,17 @@ def _transport(run: _Run, buf: np.ndarray, ip: _IpFields, vxlan_ports: np.ndarra
     if is_udp.any():
         t = _pick(ok & is_udp)
         h = udp.UDP.take(buf, l4[t])
-        sport[t] = _be16(h, 0)
-        dport[t] = _be16(h, 2)
+        sport[t] = _be16(h, UDP_SPORT)
+        dport[t] = _be16(h, UDP_DPORT)
         pay_off[t] = l4[t] + udp.UDP.size
     if is_icmp.any():
         t = _pick(ok & is_icmp)
         h = icmp.ICMP.take(buf, l4[t])
-        itype = h[:, 0].astype(np.int64)
+        itype = h[:, ICMP_TYPE].astype(np.int64)
         table = icmp.COUNTERPART_V4_TABLE if ip.ipver == 4 else icmp.COUNTERPART_V6_TABLE
         counter = table[itype]
         sport[t] = itype
-        dport[t] = np.where(counter >= 0, counter, h[:, 1])
+        dport[t] = np.where(counter >= 0, counter, h[:, ICMP_CODE])
         pay_off[t] = l4[t] + icmp.ICMP.size
 
     cap_end = np.minimum(e, ip_end)

@@ -5,9 +5,9 @@ A protocol module declares its header once, dpkt-style::
     UDP = Header("udp", ("sport", "H"), ("dport", "H"), ("ulen", "H"), ("sum", "H"))
 
 and reads it either for many packets at once, ``UDP.take(buf, pos)`` -> a ``[n, size]`` byte
-matrix whose fields come out with ``UDP.field(m, "dport")``, or for one packet with
-``UDP.unpack(data, off)`` -> a dict. Both read the same offsets, so the fast path and the
-slow path cannot disagree about where a field is.
+matrix whose columns start at ``UDP.off("dport")``, or for one packet with
+``UDP.unpack(data, off)`` -> a dict. Both read the same declared offsets, so the fast path and
+the slow path cannot disagree about where a field is.
 """
 
 from __future__ import annotations
@@ -42,22 +42,9 @@ class Header:
         """The header bytes of every packet as an ``[n, size]`` matrix (see ``take_rows``)."""
         return take_rows(buf, pos, self.size)
 
-    def field(self, m: U8, name: str) -> Any:
-        """One field of every row of a ``take`` matrix, as an unsigned integer column."""
-        off, code = self.offsets[name]
-        if code == "B":
-            return m[:, off].astype(np.uint64)
-        n = _SIZES.get(code) or int(code[:-1])
-        out = m[:, off].astype(np.uint64)
-        for k in range(1, n):
-            out = (out << np.uint64(8)) | m[:, off + k].astype(np.uint64)
-        return out
-
-    def raw(self, m: U8, name: str) -> U8:
-        """The bytes of one field of every row (addresses)."""
-        off, code = self.offsets[name]
-        n = _SIZES.get(code) or int(code[:-1])
-        return m[:, off : off + n]
+    def off(self, name: str) -> int:
+        """Byte offset of field ``name`` in the header (what the batch readers index with)."""
+        return self.offsets[name][0]
 
     # -- one packet ---------------------------------------------------------------------------
     def unpack(self, data: bytes, off: int = 0) -> dict[str, Any]:
