@@ -64,13 +64,7 @@ class JsonlSink(RollingOutput, RecordSink):
     def __init__(self, config: JsonlConfig, context: SinkContext) -> None:
         super().__init__(config, context)
         self.directory = Path(config.directory) if config.directory else Path(context.data_dir) / "flows"
-        policy = RollPolicy(
-            config.rotate_bytes,
-            config.rotate_seconds,
-            config.retain_files,
-            config.retain_bytes,
-            config.retain_seconds,
-        )
+        policy = RollPolicy.of(config)
         self.files = RollingFile(
             self.directory,
             config.prefix,

@@ -52,13 +52,7 @@ class PcapSink(RollingOutput, PacketSink):
         self.directory = Path(config.directory) if config.directory else Path(context.data_dir) / "pcap"
         self.ng = config.format == "pcapng"
         self._ifaces: dict[int, int] = {}
-        policy = RollPolicy(
-            config.rotate_bytes,
-            config.rotate_seconds,
-            config.retain_files,
-            config.retain_bytes,
-            config.retain_seconds,
-        )
+        policy = RollPolicy.of(config)
         self.files = RollingFile(
             self.directory,
             config.prefix,

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("vxmirror.forwarders.rolling")
 
@@ -30,6 +31,14 @@ class RollPolicy:
     retain_files: int = 0  # 0: no limit
     retain_bytes: int = 0
     retain_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, config: Any) -> RollPolicy:
+        """The policy from a sink config with the same five keys (jsonl, pcap)."""
+        return cls(
+            config.rotate_bytes, config.rotate_seconds, config.retain_files, config.retain_bytes,
+            config.retain_seconds,
+        )
 
 
 class RollingFile:

@@ -95,6 +95,14 @@ class _SinkThread:
             self._reopen = True
             self._cv.notify()
 
+    def _base_counters(self) -> dict[str, int]:
+        """Counters plus drops by reason and in total (call with the lock held)."""
+        out = dict(self._c)
+        for reason, n in self._dropped.items():
+            out[f"dropped_{reason}"] = n
+        out["dropped"] = sum(self._dropped.values())
+        return out
+
     def _begin_close(self, timeout: float) -> None:
         with self._lock:
             self._stop = True
@@ -185,10 +193,7 @@ class RecordForwarder(_SinkThread):
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            out = dict(self._c)
-            for reason, n in self._dropped.items():
-                out[f"dropped_{reason}"] = n
-            out["dropped"] = sum(self._dropped.values())
+            out = self._base_counters()
             out["queue_depth"] = self._qlen
             out["in_flight"] = self._inflight
         out["spool_records"] = self.spool.records
@@ -600,10 +605,7 @@ class PacketForwarder(_SinkThread):
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            out = dict(self._c)
-            for reason, n in self._dropped.items():
-                out[f"dropped_{reason}"] = n
-            out["dropped"] = sum(self._dropped.values())
+            out = self._base_counters()
             out["queue_depth"] = self._qframes
             out["queue_bytes"] = self._qbytes
         out["healthy"] = int(self._ok)
