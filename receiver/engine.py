@@ -15,33 +15,46 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .appmeta.state import AppState, worth_parsing
+from .appmeta.state import DNS_TCP_PORTS, DNS_UDP_PORTS, START_BYTES, TCP, UDP, AppState, worth_parsing
 from .decode import Decoded, Frag, Status, decode
 from .flows.excerpts import ExcerptPool
 from .flows.keys import make_keys
 from .flows.record import EndReason, FlowRecord
 from .flows.records import build_records, talkers
 from .flows.table import FlowTable
-from .packets import I64, Decapsulated, PacketBatch
+from .packets import I64, B, Decapsulated, PacketBatch
 from .settings import EngineConfig
 
 log = logging.getLogger("vxmirror.engine")
 
 APP_FIRST_PACKETS = 4  # payload packets per direction always shown to the application parsers
 APP_DONE = 255
-DNS_PORTS = np.array([53, 5353, 5355])
+
+
+def _lut(size: int, members: Iterable[int]) -> B:
+    table = np.zeros(size, np.bool_)
+    table[list(members)] = True
+    return table
+
+
+# Lookup tables for screening packets in bulk (indexed by port or by first payload byte):
+_DNS_PORT = _lut(65536, (53, 5353, 5355))  # later packets on these ports are still shown (DNS)
+_APP_UDP_PORT = _lut(65536, DNS_UDP_PORTS)  # worth_parsing: UDP by port
+_APP_TCP_PORT = _lut(65536, DNS_TCP_PORTS)  # worth_parsing: TCP by port ...
+_APP_START = _lut(256, START_BYTES)  # ... or by the first payload byte (a superset)
 # first four payload bytes of an HTTP request or response
 HTTP_WORDS = np.array(
     [int.from_bytes(w, "big") for w in (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN",
                                         b"TRAC", b"HTTP")],
     np.int64,
 )
+_HTTP_FIRST = _lut(256, (w >> 24 for w in HTTP_WORDS.tolist()))
 FRAGMENT_MAP_MAX = 65536
 BASE_COUNTERS = ("packets", "bytes", "decoded", "slow_path", "flows_created", "records")
 # counters naming packets that did not reach a flow (every packet is either decoded or one of these)
@@ -200,52 +213,71 @@ class Engine:
 
     def _app(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
         seen = self.table.cols["app_pkts"]
-        count = seen[flow, direction].astype(np.int64)
+        key = flow * 2 + direction
+        count = seen.reshape(-1)[key]
         live = np.flatnonzero(pay & (count < APP_DONE))  # flows whose parsers may still learn something
         if not live.size:
             return
-        want = np.zeros(idx.size, np.bool_)
+        live_count = count[live]
+        young = live_count < APP_FIRST_PACKETS
         # the first payload packets of each direction, counting this batch's in arrival order
-        young = live[count[live] < APP_FIRST_PACKETS]
-        if young.size:
-            rank, _ = _rank_within(flow[young] * 2 + direction[young], np.zeros(young.size, np.int64))
-            want[young] = count[young] + rank < APP_FIRST_PACKETS
-        # later packets: only those that start like an HTTP message, or DNS
-        rest = live[~want[live]]
+        want = np.zeros(live.size, np.bool_)
+        if young.any():
+            y = np.flatnonzero(young)
+            rank, _ = _rank_within(key[live[y]])
+            want[y] = live_count[y] + rank < APP_FIRST_PACKETS
+        # later packets: only those that start like an HTTP message, or DNS (by port)
+        rest = np.flatnonzero(~want)
         if rest.size:
-            rp = idx[rest]
-            dns = np.isin(d.sport[rp], DNS_PORTS) | np.isin(d.dport[rp], DNS_PORTS)
+            rp = idx[live[rest]]
+            sport, dport = d.sport[rp], d.dport[rp]
+            dns = _DNS_PORT[sport] | _DNS_PORT[dport]
             o = d.pay_off[rp]
             b = batch.buf
-            last = b.shape[0] - 1
-            word = (
-                (b[o].astype(np.int64) << 24) | (b[np.minimum(o + 1, last)].astype(np.int64) << 16)
-                | (b[np.minimum(o + 2, last)].astype(np.int64) << 8) | b[np.minimum(o + 3, last)]
-            )
-            http = (d.pay_cap[rp] >= 4) & np.isin(word, HTTP_WORDS)
-            want[rest] = dns | http
-        sel = np.flatnonzero(want)
+            # the first byte screens out almost everything; the four-byte word is read for the rest
+            http = np.flatnonzero(_HTTP_FIRST[b[o]] & (d.pay_cap[rp] >= 4))
+            if http.size:
+                oh = o[http]
+                last = b.shape[0] - 1
+                word = (
+                    (b[oh].astype(np.int64) << 24) | (b[np.minimum(oh + 1, last)].astype(np.int64) << 16)
+                    | (b[np.minimum(oh + 2, last)].astype(np.int64) << 8) | b[np.minimum(oh + 3, last)]
+                )
+                dns[http] |= np.isin(word, HTTP_WORDS)
+            want[rest] = dns
+        sel = live[want]
+        if not sel.size:
+            return
         p = idx[sel]
-        orig = self.table.cols["orig"][flow[sel]].tolist()
+        f_sel = flow[sel]
+        proto, sport, dport, off = d.proto[p], d.sport[p], d.dport[p], d.pay_off[p]
+        # a superset of worth_parsing(): packets outside it need no bytes object while their flow has no parser
+        maybe = np.where(
+            proto == TCP,
+            _APP_TCP_PORT[sport] | _APP_TCP_PORT[dport] | _APP_START[batch.buf[off]],
+            (proto == UDP) & (_APP_UDP_PORT[sport] | _APP_UDP_PORT[dport]),
+        )
+        orig = self.table.cols["orig"][f_sel].tolist()
         mv = batch.buf.data  # a memoryview: slices without numpy objects
         done: set[int] = set()
         app, max_items = self.app, self.config.app_max_items
-        for f, dr, o, off, cap, proto, sport, dport in zip(
-            flow[sel].tolist(), direction[sel].tolist(), orig, d.pay_off[p].tolist(), d.pay_cap[p].tolist(),
-            d.proto[p].tolist(), d.sport[p].tolist(), d.dport[p].tolist(),
+        for f, dr, o, off_, cap, pr, sp, dp, mb in zip(
+            f_sel.tolist(), direction[sel].tolist(), orig, off.tolist(), d.pay_cap[p].tolist(),
+            proto.tolist(), sport.tolist(), dport.tolist(), maybe.tolist(),
         ):
             if f in done:  # the parsers said they were done earlier in this batch
                 continue
-            payload = mv[off : off + cap].tobytes()
             state = app.get(f)
             if not isinstance(state, AppState):
-                if not worth_parsing(payload, proto, sport, dport):
+                if not mb or not worth_parsing(payload := mv[off_ : off_ + cap].tobytes(), pr, sp, dp):
                     # opaque payload: after the first few packets this direction is not looked at again
                     n_seen = int(seen[f, dr]) + 1
                     seen[f, dr] = n_seen if n_seen < APP_FIRST_PACKETS else APP_DONE
                     continue
                 state = app[f] = AppState(max_items)
-            state.feed(dr ^ o, payload, proto, sport, dport)
+            else:
+                payload = mv[off_ : off_ + cap].tobytes()
+            state.feed(dr ^ o, payload, pr, sp, dp)
             if state.wants_more:
                 seen[f, dr] = min(int(seen[f, dr]) + 1, APP_DONE - 1)
             else:
@@ -328,20 +360,36 @@ class Engine:
         self.table.release(flows)
 
 
-def _rank_within(key: I64, values: I64) -> tuple[I64, I64]:
-    """For each element: its rank among equal keys (in order), and the sum of ``values`` before it."""
-    order = np.argsort(key, kind="stable")
+def _stable_order(key: I64) -> I64:
+    """``np.argsort(key, kind="stable")`` for non-negative keys, by 16-bit radix passes where they fit."""
+    top = int(key.max()) if key.size else 0
+    if top < 1 << 16:
+        return np.argsort(key.astype(np.uint16), kind="stable")
+    if top < 1 << 32:
+        order = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+        return order[np.argsort((key[order] >> 16).astype(np.uint16), kind="stable")]
+    return np.argsort(key, kind="stable")
+
+
+def _rank_within(key: I64, values: I64 | None = None) -> tuple[I64, I64 | None]:
+    """For each element: its rank among equal (non-negative) keys, in order, and the sum of ``values``
+    before it (None without ``values``)."""
+    n = key.size
+    order = _stable_order(key)
     k = key[order]
+    group_start = np.zeros(n, np.int64)  # per sorted element: where its run of equal keys starts
+    breaks = np.flatnonzero(k[1:] != k[:-1]) + 1
+    group_start[breaks] = breaks
+    np.maximum.accumulate(group_start, out=group_start)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - group_start
+    if values is None:
+        return rank, None
     v = values[order].astype(np.int64)
-    start = np.r_[0, np.flatnonzero(k[1:] != k[:-1]) + 1]
-    size = np.diff(np.r_[start, k.size])
-    rank_sorted = np.arange(k.size) - np.repeat(start, size)
-    csum = np.cumsum(v) - v
-    before_sorted = csum - np.repeat(csum[start], size)
-    rank = np.empty(k.size, np.int64)
-    before = np.empty(k.size, np.int64)
-    rank[order] = rank_sorted
-    before[order] = before_sorted
+    csum = np.cumsum(v)
+    csum -= v
+    before = np.empty(n, np.int64)
+    before[order] = csum - csum[group_start]
     return rank, before
 
 

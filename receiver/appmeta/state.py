@@ -24,6 +24,10 @@ UNKNOWN_GIVE_UP = 4  # payload packets with nothing recognised before giving up 
 _MAX_SEGMENTS = 8  # segments gathered for one message head
 _PROBE_LEN = 8  # shorter starts that could begin "GET " or "HTTP/" wait for more bytes
 _TLS, _HTTP, _PROBE = 1, 2, 3
+# First payload bytes for which ``worth_parsing`` can hold on TCP away from the DNS ports: a TLS
+# handshake record, or the first letter of an HTTP method or of "HTTP/". Lets a caller screen
+# packets in bulk (a superset test) before building a bytes object for each.
+START_BYTES = frozenset({0x16, ord("H")} | {m[0] for m in http.METHODS})
 
 
 def worth_parsing(payload: bytes, ip_proto: int, sport: int, dport: int) -> bool:
