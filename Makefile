@@ -13,13 +13,15 @@ export AWS_EC2_METADATA_DISABLED = true
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# gcc (system-deps) builds receiver/native/_vxnative*.so during the install (setup.py)
+$(STAMP): pyproject.toml constraints.txt setup.py receiver/native/vxnative.c receiver/native/vxoffsets.h | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Debian packages the tests and the run use (tshark reads pcaps back; gcc builds the C references).
+# Debian packages the tests and the run use (tshark reads pcaps back; gcc builds the C loops of
+# receiver/native and the C references of the benchmarks).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -39,6 +41,6 @@ test: setup system-deps
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info receiver/native/_vxnative*.so
 
 -include mk/*.mk

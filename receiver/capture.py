@@ -39,8 +39,10 @@ from typing import Literal
 
 import numpy as np
 
-from . import capture_pcap, capture_pcapng
-from .packets import U8, Layer, PacketBatch
+from . import capture_pcap, capture_pcapng, native
+from .packets import F64, I64, U8, U32, Layer, PacketBatch
+
+_Records = tuple[I64, U32, U32, F64]  # data offsets, caplen, wirelen, time of some records
 
 log = logging.getLogger(__name__)
 
@@ -161,34 +163,48 @@ class Capture:
         end = arr.shape[0]
         assert self.linktype is not None
         layer = LINKTYPE_LAYERS.get(self.linktype)
-        frac_lim = 1_000_000_000 if self.nanoseconds else 1_000_000
         pos = capture_pcap.HEADER_LEN
         while pos < end:
-            res = capture_pcap.scan(arr, pos, end, self.big_endian, frac_lim)
-            offs = res.offsets
-            if layer is None:
-                self._unsupported(self.linktype, int(offs.shape[0]))
-            else:
-                for i in range(0, offs.shape[0], batch_size):
-                    part = offs[i : i + batch_size]
-                    start, cap, wire, ts = capture_pcap.record_columns(arr, part, self.big_endian, self.nanoseconds)
-                    self._count("records", int(part.shape[0]))
-                    yield PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
-            if res.truncated:
+            records, nxt, truncated, bad = self._pcap_scan(pos, batch_size)
+            for start, cap, wire, ts in records:
+                if layer is None:
+                    self._unsupported(self.linktype, int(start.shape[0]))
+                    continue
+                self._count("records", int(start.shape[0]))
+                yield PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
+            if truncated:
                 self._count("truncated_records", 1)
-                log.warning("%s: the last record is cut short at offset %d", self.path, res.next_pos)
+                log.warning("%s: the last record is cut short at offset %d", self.path, nxt)
                 break
-            if res.bad:
+            if bad:
                 self._count("bad_records", 1)
                 log.warning(
-                    "%s: record header at offset %d has an impossible length; reading stopped",
-                    self.path,
-                    res.next_pos,
+                    "%s: record header at offset %d has an impossible length; reading stopped", self.path, nxt
                 )
                 break
-            if res.next_pos <= pos and offs.shape[0] == 0:  # pragma: no cover - defensive
+            if nxt <= pos:  # pragma: no cover - defensive
                 break
-            pos = res.next_pos
+            pos = nxt
+
+    def _pcap_scan(self, pos: int, batch_size: int) -> tuple[Iterable[_Records], int, bool, bool]:
+        """Records from header ``pos`` on (a batch's worth with the C loop, a window's worth with
+        numpy) as column chunks of at most ``batch_size``, where scanning stopped, and whether
+        it stopped at a truncated or a bad record."""
+        arr = self._arr
+        if native.available():
+            start, cap, wire, ts, nxt, status = native.pcap_scan(
+                arr, pos, self.big_endian, self.nanoseconds, capture_pcap.MAX_RECORD_LEN, batch_size
+            )
+            chunk = [(start, cap, wire, ts)] if start.shape[0] else []
+            return chunk, nxt, status == native.SCAN_TRUNCATED, status == native.SCAN_BAD
+        frac_lim = 1_000_000_000 if self.nanoseconds else 1_000_000
+        res = capture_pcap.scan(arr, pos, arr.shape[0], self.big_endian, frac_lim)
+        offs = res.offsets
+        chunks = (
+            capture_pcap.record_columns(arr, offs[i : i + batch_size], self.big_endian, self.nanoseconds)
+            for i in range(0, offs.shape[0], batch_size)
+        )
+        return chunks, res.next_pos, res.truncated, res.bad
 
     def _pcapng_batches(self, batch_size: int) -> Iterator[PacketBatch]:
         arr = self._arr

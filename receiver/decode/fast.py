@@ -18,6 +18,7 @@ from typing import TypeAlias
 
 import numpy as np
 
+from .. import native
 from ..decap.geneve import GENEVE
 from ..decap.vxlan import FLAG_I, VXLAN
 from ..packets import I64, Layer, PacketBatch
@@ -101,15 +102,21 @@ def _sub(s: Sel, t: Sel) -> Sel:
 class _Run:
     """Per-packet state of the packets still being decoded (all arrays share one index)."""
 
-    def __init__(self, batch: PacketBatch, out: Decoded) -> None:
-        n = batch.count
+    def __init__(self, batch: PacketBatch, out: Decoded, subset: I64 | None = None) -> None:
+        """All packets of the batch, or those of ``subset`` (packet numbers, ascending)."""
         self.out = out
-        self.idx = np.arange(n, dtype=np.int64)  # packet number in the batch
-        self.pos = batch.start.astype(np.int64)
-        self.end = self.pos + batch.caplen.astype(np.int64)
+        if subset is None:
+            self.idx = np.arange(batch.count, dtype=np.int64)  # packet number in the batch
+            self.pos = batch.start.astype(np.int64)
+            self.end = self.pos + batch.caplen.astype(np.int64)
+        else:
+            self.idx = subset
+            self.pos = batch.start[subset].astype(np.int64)
+            self.end = self.pos + batch.caplen[subset].astype(np.int64)
+        n = self.idx.size
         self.what = np.full(n, FIRST_HEADER[batch.layer], np.int8)
         self.depth = np.zeros(n, np.int64)
-        self.identity = True  # idx is still 0..n-1
+        self.identity = subset is None  # idx is still 0..n-1
 
     def fail(self, s: Sel, mask: np.ndarray, status: Status) -> None:
         """Packets ``s[mask]`` stop here with ``status``."""
@@ -140,19 +147,31 @@ class _Run:
         return bool(self.idx.size)
 
 
-def decode_fast(batch: PacketBatch, config: EngineConfig) -> Decoded:
+def decode_fast(batch: PacketBatch, config: EngineConfig, use_native: bool = True) -> Decoded:
+    """Decode a batch. With the C library (``receiver.native``) the packets of the common
+    shape are read there in one pass and only the others go through the stages below;
+    ``use_native=False`` sends every packet through the stages (what the tests compare)."""
     out = Decoded.empty(batch.count)
     if batch.count == 0:
         return out
     if batch.layer not in FIRST_HEADER:
         out.status[:] = Status.UNSUPPORTED_LINK
         return out
-    run = _Run(batch, out)
+    vxlan_ports = np.asarray(config.vxlan_ports, np.int64)
+    geneve_ports = np.asarray(config.geneve_ports, np.int64)
+    rest = None
+    if use_native and native.available():
+        handled = native.decode_common(
+            batch.buf, batch.start, batch.caplen, batch.layer, vxlan_ports, geneve_ports,
+            config.max_tunnel_depth, out,
+        )
+        if handled.all():
+            return out
+        rest = np.flatnonzero(~handled)
+    run = _Run(batch, out, rest)
     buf = batch.buf
     if buf.shape[0] < OUTER:  # every gather reads whole rows; a tiny buffer gets zero padding
         buf = np.concatenate([buf, np.zeros(OUTER, np.uint8)])
-    vxlan_ports = np.asarray(config.vxlan_ports, np.int64)
-    geneve_ports = np.asarray(config.geneve_ports, np.int64)
     while run.keep_going():
         _common_outer(run, buf, vxlan_ports, config.max_tunnel_depth)
         _common_inner(run, buf, vxlan_ports, geneve_ports)

@@ -1,0 +1,193 @@
+/* vxnative: the few loops of vxmirror's data path that are sequential by nature.
+ *
+ * Plain C over caller-owned buffers (numpy arrays), no Python API: loaded with ctypes by
+ * receiver/native/__init__.py, which also says what each function mirrors in the numpy code.
+ * Every function here has a numpy twin that stays in use when this library is absent
+ * (VXMIRROR_NATIVE=0, or no C compiler at install time); the tests compare the two.
+ *
+ * Header offsets come from vxoffsets.h, which is generated from the declarative headers in
+ * receiver/decode/ and receiver/decap/ (python -m receiver.native.offsets).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "vxoffsets.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define PREFETCH_AHEAD 16
+
+static inline uint32_t rd32(const uint8_t *p, int big_endian) {
+    if (big_endian) return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
+}
+static inline int64_t be16(const uint8_t *p) { return ((int64_t)p[0] << 8) | p[1]; }
+static inline int64_t be24(const uint8_t *p) { return ((int64_t)p[0] << 16) | ((int64_t)p[1] << 8) | p[2]; }
+static inline uint64_t be32(const uint8_t *p) {
+    return ((uint64_t)p[0] << 24) | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 8) | p[3];
+}
+
+/* ---- classic pcap records ------------------------------------------------------------------
+ * Follow the record chain from `pos` (a record header) for at most `max_n` records; write each
+ * record's data offset, incl_len, orig_len and time. state[0] = where scanning stopped,
+ * state[1] = SCAN_OK (max_n reached or the end), SCAN_TRUNCATED (a record runs past `end`) or
+ * SCAN_BAD (incl_len above max_len: the chain cannot be followed). Mirrors scan_loop followed
+ * by record_columns in receiver/capture_pcap.py. */
+enum { SCAN_OK = 0, SCAN_TRUNCATED = 1, SCAN_BAD = 2 };
+
+EXPORT int64_t vx_pcap_scan(const uint8_t *buf, int64_t end, int64_t pos, int big_endian, int nanos,
+                            int64_t max_len, int64_t max_n, int64_t *start, uint32_t *caplen,
+                            uint32_t *wirelen, double *ts, int64_t *state) {
+    const double frac = nanos ? 1e-9 : 1e-6;
+    int64_t n = 0;
+    int status = SCAN_OK;
+    while (n < max_n) {
+        if (pos > end - 16) {
+            status = pos != end ? SCAN_TRUNCATED : SCAN_OK;
+            break;
+        }
+        const uint8_t *h = buf + pos;
+        uint32_t incl = rd32(h + 8, big_endian);
+        if ((int64_t)incl > max_len) {
+            status = SCAN_BAD;
+            break;
+        }
+        int64_t nxt = pos + 16 + (int64_t)incl;
+        if (nxt > end) {
+            status = SCAN_TRUNCATED;
+            break;
+        }
+        start[n] = pos + 16;
+        caplen[n] = incl;
+        wirelen[n] = rd32(h + 12, big_endian);
+        ts[n] = (double)rd32(h, big_endian) + (double)rd32(h + 4, big_endian) * frac;
+        pos = nxt;
+        n++;
+    }
+    state[0] = pos;
+    state[1] = status;
+    return n;
+}
+
+/* ---- the common shapes of mirrored traffic ------------------------------------------------
+ * Outside: Ethernet / IPv4 without options, not a fragment / UDP to a VXLAN port / VXLAN with
+ * the I flag (layer ETHERNET, a capture), or the VXLAN header itself (layer VXLAN, the live
+ * listener). Inside: Ethernet / IPv4 without options, not a fragment / TCP, or UDP not to a
+ * tunnel port. A packet of exactly that shape gets its output row here and handled[i] = 1;
+ * every other packet is left untouched for the numpy stages (receiver/decode/fast.py), whose
+ * shortcuts _common_outer and _common_inner apply the same conditions. */
+
+/* output columns, in this order (receiver.native.DECODE_COLUMNS) */
+enum {
+    C_STATUS, C_VNI, C_INNER_START, C_DEPTH, C_VXLAN_RESERVED, C_IPVER, C_SRC_HI, C_SRC_LO, C_DST_HI,
+    C_DST_LO, C_PROTO, C_SPORT, C_DPORT, C_IPLEN, C_TCPFLAGS, C_PAY_OFF, C_PAY_LEN, C_PAY_CAP,
+    C_TRUNCATED, C_FRAG, C_IPID, N_COLUMNS
+};
+#define COL(type, k) ((type *)cols[k])
+
+static inline int in_ports(int64_t port, const int64_t *ports, int64_t n) {
+    for (int64_t k = 0; k < n; k++)
+        if (ports[k] == port) return 1;
+    return 0;
+}
+
+EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_t *start,
+                                const uint32_t *caplen, int64_t n, int layer, const int64_t *vx_ports,
+                                int64_t n_vx, const int64_t *gn_ports, int64_t n_gn, int64_t max_depth,
+                                uint8_t *handled, void **cols) {
+    const uint64_t v4_mapped = 0xFFFF00000000ULL;
+    int64_t done = 0;
+    if (max_depth < 1 || (layer != LAYER_ETHERNET && layer != LAYER_VXLAN)) {
+        memset(handled, 0, (size_t)n);
+        return 0;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        handled[i] = 0;
+        if (i + PREFETCH_AHEAD < n) { /* packets are cache misses: ask for later ones early */
+            int64_t q = start[i + PREFETCH_AHEAD];
+            if (q >= 0 && q + 128 <= buflen) {
+                __builtin_prefetch(buf + q);
+                __builtin_prefetch(buf + q + 64);
+                __builtin_prefetch(buf + q + 127);
+            }
+        }
+        int64_t p = start[i];
+        int64_t e = p + (int64_t)caplen[i];
+        if (p < 0 || e > buflen) continue;
+        const uint8_t *vx;
+        if (layer == LAYER_ETHERNET) {
+            if (p + OUTER_LEN > e) continue;
+            const uint8_t *h = buf + p;
+            const uint8_t *ip = h + ETH_LEN;
+            int64_t total = be16(ip + V4_LEN);
+            if (be16(h + ETH_TYPE) != ETH_IPV4 || ip[V4_VHL] != IPV4_NO_OPTIONS || ip[V4_PROTO] != PROTO_UDP)
+                continue;
+            if ((ip[V4_FRAG] & 0x3F) != 0 || ip[V4_FRAG + 1] != 0) continue;
+            if (ETH_LEN + total < OUTER_LEN) continue;
+            if (!in_ports(be16(ip + IPV4_LEN + UDP_DPORT), vx_ports, n_vx)) continue;
+            vx = ip + IPV4_LEN + UDP_LEN;
+            if (e > p + ETH_LEN + total) e = p + ETH_LEN + total;
+            p += OUTER_LEN;
+        } else {
+            if (p + VXLAN_LEN > e) continue;
+            vx = buf + p;
+            p += VXLAN_LEN;
+        }
+        if (!(vx[VX_FLAGS] & VXLAN_FLAG_I)) continue;
+
+        /* inside */
+        if (p + I_L4 > e) continue;
+        const uint8_t *h = buf + p;
+        const uint8_t *ip = h + ETH_LEN;
+        if (be16(h + ETH_TYPE) != ETH_IPV4 || ip[V4_VHL] != IPV4_NO_OPTIONS) continue;
+        if ((ip[V4_FRAG] & 0x3F) != 0 || ip[V4_FRAG + 1] != 0) continue;
+        int proto = ip[V4_PROTO];
+        int is_tcp = proto == PROTO_TCP;
+        if (!is_tcp && proto != PROTO_UDP) continue;
+        int64_t hdr = is_tcp ? TCP_LEN : UDP_LEN;
+        int64_t total = be16(ip + V4_LEN);
+        int64_t ip_end = p + ETH_LEN + total;
+        int64_t l4 = p + I_L4;
+        if (l4 + hdr > ip_end || l4 + hdr > e) continue;
+        const uint8_t *t = buf + l4;
+        int64_t dport = be16(t + TCP_DPORT); /* UDP's ports sit where TCP's do */
+        int64_t doff = UDP_LEN;
+        if (is_tcp) {
+            doff = (int64_t)(t[TCP_OFF] >> 4) * 4;
+            if (doff < TCP_LEN) continue;
+        } else if (in_ports(dport, vx_ports, n_vx) || in_ports(dport, gn_ports, n_gn)) {
+            continue;
+        }
+        int64_t pay_off = l4 + doff;
+        int64_t pay_len = ip_end - pay_off > 0 ? ip_end - pay_off : 0;
+        int64_t cap = (e < ip_end ? e : ip_end) - pay_off;
+        if (cap < 0) cap = 0;
+        if (cap > pay_len) cap = pay_len;
+
+        handled[i] = 1;
+        done++;
+        COL(uint8_t, C_STATUS)[i] = 0;
+        COL(int64_t, C_VNI)[i] = be24(vx + VX_VNI);
+        COL(int64_t, C_INNER_START)[i] = p;
+        COL(int64_t, C_DEPTH)[i] = 1;
+        COL(uint8_t, C_VXLAN_RESERVED)[i] =
+            ((vx[VX_FLAGS] & (0xFF ^ VXLAN_FLAG_I)) | vx[VX_RES1] | vx[VX_RES1 + 1] | vx[VX_RES1 + 2] |
+             vx[VX_RES2]) != 0;
+        COL(uint8_t, C_IPVER)[i] = 4;
+        COL(uint64_t, C_SRC_HI)[i] = 0;
+        COL(uint64_t, C_SRC_LO)[i] = v4_mapped | be32(ip + V4_SRC);
+        COL(uint64_t, C_DST_HI)[i] = 0;
+        COL(uint64_t, C_DST_LO)[i] = v4_mapped | be32(ip + V4_DST);
+        COL(int64_t, C_PROTO)[i] = proto;
+        COL(int64_t, C_SPORT)[i] = be16(t + TCP_SPORT);
+        COL(int64_t, C_DPORT)[i] = dport;
+        COL(int64_t, C_IPLEN)[i] = total;
+        COL(int64_t, C_TCPFLAGS)[i] = is_tcp ? t[TCP_FLAGS] : 0;
+        COL(int64_t, C_PAY_OFF)[i] = pay_off;
+        COL(int64_t, C_PAY_LEN)[i] = pay_len;
+        COL(int64_t, C_PAY_CAP)[i] = cap;
+        COL(uint8_t, C_TRUNCATED)[i] = e < ip_end;
+        COL(uint8_t, C_FRAG)[i] = 0;
+        COL(int64_t, C_IPID)[i] = be16(ip + V4_ID);
+    }
+    return done;
+}

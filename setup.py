@@ -1,0 +1,20 @@
+"""The C loops of the data path (receiver/native/vxnative.c), loaded with ctypes.
+
+Everything else is declared in pyproject.toml. The extension is optional: without a C
+compiler the package installs and the numpy twins of these loops are used.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "receiver.native._vxnative",
+            sources=["receiver/native/vxnative.c"],
+            depends=["receiver/native/vxoffsets.h"],
+            include_dirs=["receiver/native"],
+            extra_compile_args=["-O2", "-ffp-contract=off", "-fvisibility=hidden"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,230 @@
+"""The C loops (receiver.native) against their numpy twins, on the same inputs.
+
+``make test`` builds the library (setup.py), so here it must be present: a missing build is
+an install problem, not a reason to skip.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from receiver import native
+from receiver.capture import open_capture
+from receiver.decode import decode_fast
+from receiver.native import offsets
+from receiver.packets import Layer, PacketBatch
+from receiver.settings import EngineConfig
+from receiver.traffic import TrafficSpec, generate
+from tests import packet_factory as pf
+from tests.capture_fixtures import Rec, pcap_bytes, random_records
+from tests.test_decode_paths import packets
+
+CFG = EngineConfig()
+ZEEK = Path(__file__).resolve().parents[1].parent / "shared" / "captures" / "zeek"
+
+
+def test_the_library_is_built_and_loaded() -> None:
+    assert native.available(), (
+        "receiver/native/_vxnative*.so is missing: `pip install -e .` builds it (setup.py; needs gcc)"
+    )
+
+
+def test_offsets_header_is_current() -> None:
+    assert offsets.HEADER.read_text() == offsets.render(), "run: python -m receiver.native.offsets"
+
+
+# -- pcap record scan -------------------------------------------------------------------------
+
+
+def _batches(path: Path, monkeypatch: pytest.MonkeyPatch, use_native: bool, size: int) -> tuple[list, dict]:
+    monkeypatch.setattr(native, "available", lambda: use_native)
+    cap = open_capture(path)
+    out = [(b.start.copy(), b.caplen.copy(), b.wirelen.copy(), b.ts.copy()) for b in cap.batches(size)]
+    counters = dict(cap.counters)
+    cap.close()
+    return out, counters
+
+
+def _agree(path: Path, monkeypatch: pytest.MonkeyPatch, size: int = 1000) -> dict:
+    got, c_native = _batches(path, monkeypatch, True, size)
+    want, c_numpy = _batches(path, monkeypatch, False, size)
+    assert len(got) == len(want)
+    a: list[np.ndarray] = [np.concatenate(col) for col in zip(*got)]
+    b: list[np.ndarray] = [np.concatenate(col) for col in zip(*want)]
+    for x, y, name in zip(a, b, ("start", "caplen", "wirelen", "ts")):
+        assert x.dtype == y.dtype, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+    assert c_native == c_numpy
+    return {k: v for k, v in c_native.items() if v}
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("nanos", [False, True])
+def test_scan_matches_numpy_on_a_large_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big_endian: bool, nanos: bool
+) -> None:
+    # over 1 MiB, so the numpy side takes its vectorized (lane) scanner
+    recs = random_records(3000, seed=7, lo=14, hi=1200, nanos=nanos)
+    p = tmp_path / "big.pcap"
+    p.write_bytes(pcap_bytes(recs, big_endian=big_endian, nanos=nanos))
+    counters = _agree(p, monkeypatch, size=700)
+    assert counters["records"] == 3000
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=0, max_size=40),
+    cut=st.integers(0, 400),
+    bad_at=st.one_of(st.none(), st.integers(0, 39)),
+    big_endian=st.booleans(),
+    size=st.integers(1, 9),
+)
+def test_scan_matches_numpy_on_cut_and_corrupt_files(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    sizes: list[int],
+    cut: int,
+    bad_at: int | None,
+    big_endian: bool,
+    size: int,
+) -> None:
+    recs = [Rec(1_700_000_000 + i, i * 37, bytes([i & 0xFF]) * n) for i, n in enumerate(sizes)]
+    data = bytearray(pcap_bytes(recs, big_endian=big_endian))
+    if bad_at is not None and bad_at < len(sizes):  # an impossible incl_len in one record header
+        off = 24 + sum(16 + n for n in sizes[:bad_at])
+        struct.pack_into(">I" if big_endian else "<I", data, off + 8, 1 << 30)
+    data = data[: max(24, len(data) - cut)]
+    p = tmp_path_factory.mktemp("scan") / "f.pcap"
+    p.write_bytes(bytes(data))
+    _agree(p, monkeypatch, size=size)
+
+
+def test_scan_reports_truncation_and_bad_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = [Rec(1, 2, b"x" * 100), Rec(3, 4, b"y" * 50)]
+    p = tmp_path / "cut.pcap"
+    p.write_bytes(pcap_bytes(recs)[:-10])
+    assert _agree(p, monkeypatch) == {"records": 1, "truncated_records": 1}
+    data = bytearray(pcap_bytes(recs))
+    struct.pack_into("<I", data, 24 + 16 + 100 + 8, 1 << 25)
+    p.write_bytes(bytes(data))
+    assert _agree(p, monkeypatch) == {"records": 1, "bad_records": 1}
+
+
+def test_gzip_and_pcapng_do_not_use_the_scan(tmp_path: Path) -> None:
+    # gzip is decompressed into memory and scanned like any pcap
+    recs = random_records(50, seed=3)
+    p = tmp_path / "f.pcap.gz"
+    p.write_bytes(gzip.compress(pcap_bytes(recs)))
+    with open_capture(p) as cap:
+        got = [bytes(b.frame(i)) for b in cap.batches(16) for i in range(b.count)]
+    assert got == [r.data for r in recs]
+
+
+# -- decode: the common shape -------------------------------------------------------------------
+
+
+def _same_columns(batch: PacketBatch) -> np.ndarray:
+    with_c = decode_fast(batch, CFG)
+    numpy_only = decode_fast(batch, CFG, use_native=False)
+    for name in with_c.__dataclass_fields__:
+        a, b = getattr(with_c, name), getattr(numpy_only, name)
+        assert a.dtype == b.dtype, name
+        bad = np.flatnonzero(a != b)
+        assert not bad.size, (name, bad[:5], [batch.frame(int(i)).hex() for i in bad[:2]], a[bad[:5]], b[bad[:5]])
+    return with_c.status
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(packets(), min_size=1, max_size=40))
+def test_decode_matches_numpy_on_random_ethernet_frames(frames: list[bytes]) -> None:
+    _same_columns(PacketBatch.from_frames(frames))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(packets(), min_size=1, max_size=40))
+def test_decode_matches_numpy_on_random_vxlan_datagrams(frames: list[bytes]) -> None:
+    _same_columns(PacketBatch.from_frames([f[42:] for f in frames], layer=Layer.VXLAN))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(max_size=120), min_size=1, max_size=30),
+    st.sampled_from([Layer.ETHERNET, Layer.VXLAN]),
+    st.integers(0, 119),
+)
+def test_decode_matches_numpy_on_common_shapes_cut_and_flipped(
+    blobs: list[bytes], layer: Layer, flip: int
+) -> None:
+    # every packet starts as the common shape; then one byte is replaced or the frame is cut
+    base = pf.vxlan(pf.tcp("10.0.0.1", "10.0.0.2", 1234, 80, flags=0x18, payload=b"GET / HTTP/1.1\r\n"), vni=77)
+    if layer == Layer.VXLAN:
+        base = base[42:]
+    frames = []
+    for i, blob in enumerate(blobs):
+        f = bytearray(base)
+        if blob:
+            f[flip % len(f)] = blob[0]
+        if i % 3 == 1:
+            f = f[: len(blob) % (len(f) + 1)]
+        frames.append(bytes(f))
+    _same_columns(PacketBatch.from_frames(frames, layer=layer))
+
+
+def test_decode_takes_the_common_shape_in_c() -> None:
+    frames = [pf.vxlan(pf.tcp("10.0.0.1", "10.0.0.2", 1234, 80, flags=0x02), vni=5)] * 3 + [
+        pf.vxlan(pf.udp("10.0.0.1", "10.0.0.2", 53, 53, b"q"), vni=6)
+    ]
+    batch = PacketBatch.from_frames(frames)
+    out = decode_fast(batch, CFG)
+    handled = native.decode_common(
+        batch.buf, batch.start, batch.caplen, batch.layer, np.array(CFG.vxlan_ports), np.array(CFG.geneve_ports),
+        CFG.max_tunnel_depth, out,
+    )
+    assert handled.all()
+    assert out.vni.tolist() == [5, 5, 5, 6]
+    assert out.tcpflags.tolist() == [2, 2, 2, 0]
+    _same_columns(batch)
+
+
+def test_decode_matches_numpy_on_generated_traffic_and_zeek_traces() -> None:
+    traffic = generate(TrafficSpec(n_packets=6000, n_flows=300, seed=11))
+    for buf, start, length in traffic.chunks():
+        n = start.shape[0]
+        batch = PacketBatch(buf, start, length, length, np.zeros(n), Layer.ETHERNET)
+        status = _same_columns(batch)
+        assert (status == 0).mean() > 0.9
+    traces = sorted(ZEEK.rglob("*.pcap*"))
+    assert traces
+    for t in traces:
+        with open_capture(t) as cap:
+            for b in cap.batches(4096):
+                _same_columns(b)
+
+
+@pytest.mark.parametrize("layer", [Layer.ETHERNET, Layer.VXLAN])
+def test_decode_matches_numpy_at_every_length_boundary(layer: Layer) -> None:
+    # every outer IP total length and inner IP total length from 0 past the real one, and every cut
+    inner = pf.tcp("10.0.0.1", "10.0.0.2", 1234, 80, flags=0x18, payload=b"GET / HTTP/1.1\r\n")
+    base = pf.vxlan(inner, vni=9)
+    frames = []
+    for total in range(0, len(base) - 14 + 4):
+        f = bytearray(base)
+        struct.pack_into(">H", f, 14 + 2, total)  # outer IPv4 total length
+        frames.append(bytes(f))
+    inner_ip = 50 + 14 + 2
+    for total in range(0, len(inner) - 14 + 4):
+        f = bytearray(base)
+        struct.pack_into(">H", f, inner_ip, total)  # inner IPv4 total length
+        frames.append(bytes(f))
+    frames += [base[:n] for n in range(len(base) + 1)]
+    if layer == Layer.VXLAN:
+        frames = [f[42:] for f in frames if len(f) >= 42]
+    status = _same_columns(PacketBatch.from_frames(frames, layer=layer))
+    assert (status == 0).any()
