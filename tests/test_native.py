@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gzip
 import struct
+from dataclasses import fields
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ from hypothesis import strategies as st
 
 from receiver import native
 from receiver.capture import open_capture
-from receiver.decode import decode_fast
+from receiver.decode import Decoded, decode_fast
+from receiver.engine import Engine
+from receiver.flows.table import COLUMNS
 from receiver.native import offsets
 from receiver.packets import Layer, PacketBatch
 from receiver.settings import EngineConfig
@@ -34,6 +38,12 @@ def test_the_library_is_built_and_loaded() -> None:
     assert native.available(), (
         "receiver/native/_vxnative*.so is missing: `pip install -e .` builds it (setup.py; needs gcc)"
     )
+
+
+def test_the_c_column_layouts_match_the_python_ones() -> None:
+    assert set(native.DECODE_COLUMNS) <= {f.name for f in fields(Decoded)}
+    for name, dtype in native.ACCOUNT_COLUMNS.items():
+        assert COLUMNS[name][0] == dtype, name
 
 
 def test_offsets_header_is_current() -> None:
@@ -228,3 +238,76 @@ def test_decode_matches_numpy_at_every_length_boundary(layer: Layer) -> None:
         frames = [f[42:] for f in frames if len(f) >= 42]
     status = _same_columns(PacketBatch.from_frames(frames, layer=layer))
     assert (status == 0).any()
+
+
+# -- the flow table: grouping, hash index, accounting ------------------------------------------
+
+
+def _engine_run(batches: list[PacketBatch], use_native: bool, config: EngineConfig) -> tuple[list, dict, dict]:
+    with mock.patch.object(native, "available", lambda: use_native):
+        e = Engine(config)
+        records: list = []
+        for b in batches:
+            records += e.process(b).records
+        cols = {k: v[e.table.cols["used"]].copy() for k, v in e.table.cols.items() if k != "slot"}
+        records += e.finish("end_of_input")
+        return records, e.counters(), cols
+
+
+def _engines_agree(batches: list[PacketBatch], config: EngineConfig = CFG) -> list:
+    got = _engine_run(batches, True, config)
+    want = _engine_run(batches, False, config)
+    assert got[0] == want[0]  # the same records, in the same order
+    assert got[1] == want[1]
+    for k in want[2]:
+        np.testing.assert_array_equal(got[2][k], want[2][k], err_msg=k)
+    return got[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(packets(), min_size=1, max_size=25), min_size=1, max_size=6),
+    st.lists(st.floats(0, 100), min_size=6, max_size=6),
+)
+def test_engine_matches_numpy_on_random_batches(batches: list[list[bytes]], gaps: list[float]) -> None:
+    # time moves between batches (expiry, TCP close linger), tiny table (eviction)
+    t = 1_700_000_000.0
+    pb = []
+    for frames, gap in zip(batches, gaps):
+        t += gap
+        pb.append(PacketBatch.from_frames(frames, [t] * len(frames)))
+    _engines_agree(pb, EngineConfig(max_flows=16, excerpt_bytes=16, tcp_close_linger=1.0, udp_idle_timeout=30.0))
+
+
+def test_engine_matches_numpy_on_tcp_handshakes_both_ways() -> None:
+    # SYN from either side first, SYN-ACK, data, FIN both ways, RST: history and originator flips
+    a, b = "10.0.0.1", "10.0.0.2"
+    seqs = [
+        [(a, b, 0x02), (b, a, 0x12), (a, b, 0x10), (a, b, 0x18), (b, a, 0x11), (a, b, 0x11)],
+        [(b, a, 0x10), (a, b, 0x02), (b, a, 0x12), (a, b, 0x04)],
+        [(a, b, 0x12), (b, a, 0x02), (a, b, 0x02), (b, a, 0x01), (a, b, 0x01)],
+        [(a, b, 0x02), (b, a, 0x14)],  # a closed port: RST-ACK answers the SYN
+    ]
+    frames = []
+    for k, seq in enumerate(seqs):
+        for src, dst, flags in seq:
+            sp, dp = (1000 + k, 80) if src == a else (80, 1000 + k)
+            frames.append(pf.vxlan(pf.tcp(src, dst, sp, dp, flags=flags, payload=b"x" if flags & 0x08 else b"")))
+    for size in (1, 2, 3, len(frames)):
+        pb = [
+            PacketBatch.from_frames(frames[i : i + size], [1.0 + i] * len(frames[i : i + size]))
+            for i in range(0, len(frames), size)
+        ]
+        records = _engines_agree(pb)
+        hist = {r["history"] for r in records}
+        assert {"ShADfF", "Sr"} <= hist and any(h.startswith("^") for h in hist), hist
+
+
+def test_engine_matches_numpy_on_generated_traffic_and_zeek_traces() -> None:
+    traffic = generate(TrafficSpec(n_packets=20_000, n_flows=500, seed=5))
+    pb = [PacketBatch(buf, s, n, n, traffic.ts[: s.shape[0]] * 0 + traffic.ts[0], Layer.ETHERNET)
+          for buf, s, n in traffic.chunks()]
+    assert len(_engines_agree(pb)) >= 500
+    for t in sorted(ZEEK.rglob("*.pcap*")):
+        with open_capture(t) as cap:
+            _engines_agree(list(cap.batches(512)))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import native
 from ..decode import tcp
 from ..packets import F64, I64
 from .keys import Keys
@@ -121,6 +122,8 @@ class FlowTable:
     # -- hash index ---------------------------------------------------------------------------
     def _lookup(self, h: np.ndarray) -> I64:
         """Flow index of each hash, or -1."""
+        if native.available():
+            return native.lookup(self.slots, self.cols["khash"], h)
         mask = np.uint64(self.slots.size - 1)
         pos = (h & mask).astype(np.int64)
         result = np.full(h.size, -1, np.int64)
@@ -137,6 +140,9 @@ class FlowTable:
         return result
 
     def _insert(self, flows: I64, h: np.ndarray) -> None:
+        if native.available():
+            self.tombstones -= native.insert(self.slots, flows, h, self.cols["slot"])
+            return
         mask = self.slots.size - 1
         pos = (h & np.uint64(mask)).astype(np.int64)
         active = np.arange(flows.size)
@@ -295,6 +301,12 @@ class FlowTable:
         if not flow.size:
             return
         c = self.cols
+        if native.available():
+            native.account(
+                c, flow=flow, direction=direction, ts=ts, iplen=iplen, paylen=paylen, tcpflags=tcpflags,
+                proto=proto, truncated=truncated, fragment=fragment,
+            )
+            return
         if grouping is None:
             uf, inv = np.unique(flow, return_inverse=True)
             inv = inv.reshape(-1)
@@ -397,9 +409,22 @@ class FlowTable:
 
 
 def _group(h: np.ndarray) -> tuple[np.ndarray, I64, I64]:
-    """Distinct values of ``h``, the first position of each, and each element's group: what
-    ``np.unique(h, return_index=True, return_inverse=True)`` gives, with an unstable sort
-    (numpy's is a stable merge sort there, 1.6x slower on 64-bit hashes)."""
+    """Distinct values of ``h`` in order of first appearance, the first position of each, and
+    each element's group (what the C loop gives directly)."""
+    if native.available():
+        first, inv = native.group(h)
+        return h[first], first, inv
+    uh, first, inv = _group_sorted(h)
+    order = np.argsort(first)
+    rank = np.empty(order.size, np.int64)
+    rank[order] = np.arange(order.size)
+    return uh[order], first[order], rank[inv]
+
+
+def _group_sorted(h: np.ndarray) -> tuple[np.ndarray, I64, I64]:
+    """Distinct values of ``h`` (ascending), the first position of each, and each element's
+    group: what ``np.unique(h, return_index=True, return_inverse=True)`` gives, with an unstable
+    sort (numpy's is a stable merge sort there, 1.6x slower on 64-bit hashes)."""
     order = np.argsort(h)
     s = h[order]
     start = np.empty(s.size, np.bool_)

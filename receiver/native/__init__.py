@@ -16,7 +16,6 @@ import ctypes
 import importlib.machinery
 import logging
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,18 @@ DECODE_COLUMNS = (
     "dst_lo", "proto", "sport", "dport", "iplen", "tcpflags", "pay_off", "pay_len", "pay_cap",
     "truncated", "frag", "ipid",
 )
+# the flow-table columns vx_account updates, and its per-packet inputs, in argument order
+# (with the C type each is written as: tests/test_native.py checks them against flows.table.COLUMNS)
+ACCOUNT_COLUMNS = {
+    "pkts": "u4", "ipbytes": "u8", "paybytes": "u8", "tflags": "u1", "t_last": "f8", "trunc": "?", "frags": "u4",
+    "hist": "u8", "hbits": "u2", "orig": "u1", "flipped": "?", "segments": "u2", "close_ts": "f8",
+}
+ACCOUNT_INPUTS = (
+    ("flow", np.int64), ("direction", np.int64), ("ts", np.float64), ("iplen", np.int64), ("paylen", np.int64),
+    ("tcpflags", np.int64), ("proto", np.int64), ("truncated", np.bool_), ("fragment", np.bool_),
+)
 SCAN_OK, SCAN_TRUNCATED, SCAN_BAD = 0, 1, 2
+ABI = 2  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
@@ -55,13 +65,26 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(path))
-    except OSError as e:  # pragma: no cover - a broken build
+        lib.vx_abi.restype = ctypes.c_int
+        abi = lib.vx_abi()
+    except (OSError, AttributeError) as e:  # pragma: no cover - a broken build
         log.warning("cannot load %s (%s): using the numpy loops (slower)", path, e)
+        return None
+    if abi != ABI:  # pragma: no cover - built from another version of vxnative.c
+        log.warning("%s is stale (ABI %d, want %d; reinstall): using the numpy loops (slower)", path, abi, ABI)
         return None
     lib.vx_pcap_scan.restype = _I64
     lib.vx_pcap_scan.argtypes = [_P, _I64, _I64, ctypes.c_int, ctypes.c_int, _I64, _I64, _P, _P, _P, _P, _P]
     lib.vx_decode_common.restype = _I64
     lib.vx_decode_common.argtypes = [_P, _I64, _P, _P, _I64, ctypes.c_int, _P, _I64, _P, _I64, _I64, _P, _P]
+    lib.vx_group.restype = _I64
+    lib.vx_group.argtypes = [_P, _I64, _P, _P, _P, _I64]
+    lib.vx_lookup.restype = None
+    lib.vx_lookup.argtypes = [_P, _I64, _P, _P, _I64, _P]
+    lib.vx_insert.restype = _I64
+    lib.vx_insert.argtypes = [_P, _I64, _P, _P, _I64, _P]
+    lib.vx_account.restype = None
+    lib.vx_account.argtypes = [_P, _P, _I64]
     return lib
 
 
@@ -119,12 +142,49 @@ def decode_common(
     return handled
 
 
-def _check_columns() -> None:
-    from ..decode.columns import Decoded
+def group(h: np.ndarray) -> tuple[I64, I64]:
+    """Groups of equal hashes in order of first appearance: (first element of each group,
+    group of each element)."""
+    assert _lib is not None
+    h = np.ascontiguousarray(h, np.uint64)
+    n = h.shape[0]
+    inv = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    scratch = np.empty(max(16, 1 << (2 * n - 1).bit_length()), np.int64)
+    k = _lib.vx_group(_ptr(h), n, _ptr(inv), _ptr(first), _ptr(scratch), scratch.shape[0])
+    return first[:k], inv
 
-    names = {f.name for f in fields(Decoded)}
-    missing = set(DECODE_COLUMNS) - names
-    assert not missing, missing  # pragma: no cover
+
+def lookup(slots: np.ndarray, khash: np.ndarray, h: np.ndarray) -> I64:
+    """Flow index of each hash in the open-addressing index ``slots``, or -1."""
+    assert _lib is not None
+    assert slots.dtype == np.int32 and khash.dtype == np.uint64 and slots.flags.c_contiguous
+    h = np.ascontiguousarray(h, np.uint64)
+    out = np.empty(h.shape[0], np.int64)
+    _lib.vx_lookup(_ptr(slots), slots.shape[0], _ptr(khash), _ptr(h), h.shape[0], _ptr(out))
+    return out
 
 
-_check_columns()
+def insert(slots: np.ndarray, flows: I64, h: np.ndarray, slot_col: np.ndarray) -> int:
+    """Put ``flows`` into the index ``slots`` (and their slot into ``slot_col``); returns how
+    many tombstones were reused."""
+    assert _lib is not None
+    assert slots.dtype == np.int32 and slot_col.dtype == np.int32
+    flows = np.ascontiguousarray(flows, np.int64)
+    h = np.ascontiguousarray(h, np.uint64)
+    reused = _lib.vx_insert(_ptr(slots), slots.shape[0], _ptr(flows), _ptr(h), flows.shape[0], _ptr(slot_col))
+    if reused < 0:  # pragma: no cover - load factor <= 1/2
+        raise RuntimeError("flow hash index full")
+    return int(reused)
+
+
+def account(cols: dict[str, np.ndarray], **inputs: np.ndarray) -> None:
+    """FlowTable.account's per-packet updates, in C (inputs named as ACCOUNT_INPUTS)."""
+    assert _lib is not None
+    targets = [cols[name] for name in ACCOUNT_COLUMNS]
+    arrays = [np.ascontiguousarray(inputs[name], dtype) for name, dtype in ACCOUNT_INPUTS]
+    n = arrays[0].shape[0]
+    assert all(a.shape[0] == n for a in arrays)
+    col_ptrs = (ctypes.c_void_p * len(targets))(*[_ptr(c) for c in targets])
+    in_ptrs = (ctypes.c_void_p * len(arrays))(*[_ptr(a) for a in arrays])
+    _lib.vx_account(col_ptrs, in_ptrs, n)

@@ -14,7 +14,11 @@
 #include "vxoffsets.h"
 
 #define EXPORT __attribute__((visibility("default")))
+
 #define PREFETCH_AHEAD 16
+#define VX_ABI 2 /* = receiver.native.ABI */
+
+EXPORT int vx_abi(void) { return VX_ABI; }
 
 static inline uint32_t rd32(const uint8_t *p, int big_endian) {
     if (big_endian) return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
@@ -190,4 +194,162 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
         COL(int64_t, C_IPID)[i] = be16(ip + V4_ID);
     }
     return done;
+}
+
+/* ---- the flow table (receiver/flows/table.py) ----------------------------------------------- */
+
+/* Group equal 64-bit key hashes, in order of first appearance: inv[i] = group of element i,
+ * first[g] = the first element of group g; returns the number of groups. `scratch` holds
+ * `scratch_size` int64 (a power of two >= 2n), used as an open-addressing table.
+ * Mirrors _group (which then orders the groups the same way). */
+EXPORT int64_t vx_group(const uint64_t *h, int64_t n, int64_t *inv, int64_t *first, int64_t *scratch,
+                        int64_t scratch_size) {
+    const uint64_t mask = (uint64_t)scratch_size - 1;
+    int64_t groups = 0;
+    for (int64_t k = 0; k < scratch_size; k++) scratch[k] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t pos = (h[i] ^ (h[i] >> 29)) & mask;
+        for (;;) {
+            int64_t g = scratch[pos];
+            if (g < 0) {
+                scratch[pos] = groups;
+                first[groups] = i;
+                inv[i] = groups++;
+                break;
+            }
+            if (h[first[g]] == h[i]) {
+                inv[i] = g;
+                break;
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+    return groups;
+}
+
+/* Flow index of each hash in the index `slots` (linear probing from h & mask; EMPTY ends a
+ * probe, TOMBSTONE does not), or -1. Mirrors FlowTable._lookup. */
+EXPORT void vx_lookup(const int32_t *slots, int64_t n_slots, const uint64_t *khash, const uint64_t *h,
+                      int64_t n, int64_t *out) {
+    const uint64_t mask = (uint64_t)n_slots - 1;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t pos = h[i] & mask;
+        int64_t found = -1;
+        for (int64_t probe = 0; probe < n_slots; probe++) {
+            int32_t s = slots[pos];
+            if (s == -1) break; /* EMPTY */
+            if (s >= 0 && khash[s] == h[i]) {
+                found = s;
+                break;
+            }
+            pos = (pos + 1) & mask;
+        }
+        out[i] = found;
+    }
+}
+
+/* Insert flows into the index at the first EMPTY or TOMBSTONE slot of their probe sequence;
+ * slot_col[flow] = its slot. Returns the number of tombstones reused, or -1 if the index is
+ * full (cannot happen at load factor <= 1/2). Mirrors FlowTable._insert. */
+EXPORT int64_t vx_insert(int32_t *slots, int64_t n_slots, const int64_t *flows, const uint64_t *h, int64_t n,
+                         int32_t *slot_col) {
+    const uint64_t mask = (uint64_t)n_slots - 1;
+    int64_t reused = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t pos = h[i] & mask;
+        int64_t probe = 0;
+        while (slots[pos] >= 0) {
+            if (++probe >= n_slots) return -1;
+            pos = (pos + 1) & mask;
+        }
+        reused += slots[pos] == -2; /* TOMBSTONE */
+        slots[pos] = (int32_t)flows[i];
+        slot_col[flows[i]] = (int32_t)pos;
+    }
+    return reused;
+}
+
+/* Add packets to their flows, in packet order: counters per direction, TCP flags, last time,
+ * truncation, fragments, Zeek history letters (each (letter, direction) once, in order; 4-bit
+ * codes in `hist`, which ones are present in `hbits`), the originator flip (a SYN without ACK
+ * from the responder, before any such SYN, in the flow's first record), and after the batch
+ * the TCP close time of flows that now have FIN both ways or an RST. Mirrors FlowTable.account
+ * (with _flip and _append_history), column for column. */
+enum { L_SYN, L_SYNACK, L_ACK, L_DATA, L_FIN, L_RST };
+enum { TH_FIN = 0x01, TH_SYN = 0x02, TH_RST = 0x04, TH_ACK = 0x10 };
+
+/* table columns, in this order (receiver.native.ACCOUNT_COLUMNS) */
+enum {
+    A_PKTS, A_IPBYTES, A_PAYBYTES, A_TFLAGS, A_T_LAST, A_TRUNC, A_FRAGS, A_HIST, A_HBITS, A_ORIG,
+    A_FLIPPED, A_SEGMENTS, A_CLOSE_TS, N_ACCOUNT
+};
+/* per-packet inputs, in this order (receiver.native.ACCOUNT_INPUTS) */
+enum { P_FLOW, P_DIRECTION, P_TS, P_IPLEN, P_PAYLEN, P_TCPFLAGS, P_PROTO, P_TRUNCATED, P_FRAGMENT, N_INPUTS };
+
+EXPORT void vx_account(void **cols, void **in, int64_t n) {
+    uint32_t *pkts = cols[A_PKTS];
+    uint64_t *ipbytes = cols[A_IPBYTES], *paybytes = cols[A_PAYBYTES], *hist = cols[A_HIST];
+    uint8_t *tflags = cols[A_TFLAGS], *trunc = cols[A_TRUNC], *orig = cols[A_ORIG], *flipped = cols[A_FLIPPED];
+    double *t_last = cols[A_T_LAST], *close_ts = cols[A_CLOSE_TS];
+    uint32_t *frags = cols[A_FRAGS];
+    uint16_t *hbits = cols[A_HBITS], *segments = cols[A_SEGMENTS];
+    const int64_t *flow = in[P_FLOW], *direction = in[P_DIRECTION], *iplen = in[P_IPLEN];
+    const int64_t *paylen = in[P_PAYLEN], *tcpflags = in[P_TCPFLAGS], *proto = in[P_PROTO];
+    const double *ts = in[P_TS];
+    const uint8_t *truncated = in[P_TRUNCATED], *fragment = in[P_FRAGMENT];
+    int any_fresh = 0, any_close_flag = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t f = flow[i];
+        int d = (int)direction[i];
+        int64_t k = 2 * f + d;
+        int64_t fl = tcpflags[i];
+        pkts[k] += 1;
+        ipbytes[k] += (uint64_t)iplen[i];
+        paybytes[k] += (uint64_t)paylen[i];
+        tflags[k] |= (uint8_t)fl;
+        if (ts[i] > t_last[f]) t_last[f] = ts[i];
+        if (truncated[i]) trunc[f] = 1;
+        if (fragment[i]) frags[f] += 1;
+        any_close_flag |= (fl & (TH_FIN | TH_RST)) != 0;
+
+        unsigned letters = (paylen[i] > 0) << L_DATA;
+        if (proto[i] == PROTO_TCP) {
+            int syn = (fl & TH_SYN) != 0, ack = (fl & TH_ACK) != 0, fin = (fl & TH_FIN) != 0, rst = (fl & TH_RST) != 0;
+            letters |= (syn && !ack) << L_SYN;
+            letters |= (syn && ack) << L_SYNACK;
+            letters |= (ack && !syn && !fin && !rst && paylen[i] == 0) << L_ACK;
+            letters |= fin << L_FIN;
+            letters |= rst << L_RST;
+        }
+        unsigned codes = 0;
+        for (int l = 0; l < 6; l++)
+            if (letters & (1u << l)) codes |= 1u << (2 * l + d);
+        unsigned fresh = codes & ~(unsigned)hbits[f];
+        if (!fresh) continue;
+        any_fresh = 1;
+        if ((fresh & (3u << (2 * L_SYN))) && !(hbits[f] & (3u << (2 * L_SYN)))) {
+            /* the flow's first SYN without ACK: from the responder, it makes that side the originator */
+            if (d == 1 - orig[f] && !flipped[f] && segments[f] == 0) {
+                orig[f] = (uint8_t)d;
+                flipped[f] = 1;
+            }
+        }
+        unsigned have = hbits[f];
+        int nib = __builtin_popcount(have);
+        for (int bit = 0; bit < 12; bit++) {
+            if (fresh & (1u << bit)) {
+                hist[f] |= (uint64_t)(bit + 1) << (4 * nib);
+                nib++;
+            }
+        }
+        hbits[f] = (uint16_t)(have | fresh);
+    }
+    if (!(any_fresh && any_close_flag)) return;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t f = flow[i];
+        unsigned hb = hbits[f];
+        int fin_both = ((hb >> (2 * L_FIN)) & 3) == 3;
+        int rst_any = ((hb >> (2 * L_RST)) & 3) != 0;
+        if ((fin_both || rst_any) && close_ts[f] == 0) close_ts[f] = t_last[f];
+    }
 }
