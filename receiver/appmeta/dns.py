@@ -9,6 +9,7 @@ NetBIOS names (port 137) are decoded from their first-level encoding, as Zeek lo
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from typing import Any
@@ -36,7 +37,8 @@ def qtype_name(t: int) -> str:
 
 def _name(msg: bytes, pos: int, depth: int = 0) -> tuple[str, int]:
     """A (possibly compressed) domain name at ``pos``; returns (name, position after it)."""
-    labels: list[str] = []
+    labels: list[bytes] = []
+    rest = ""
     end = -1
     n = len(msg)
     for _ in range(128):
@@ -54,18 +56,20 @@ def _name(msg: bytes, pos: int, depth: int = 0) -> tuple[str, int]:
                 end = pos + 2
             if ptr >= pos or depth > 16:
                 raise _Cut
-            rest, _ = _name(msg, ptr, depth + 1)
-            if rest:
-                labels.append(rest)
+            rest = _name(msg, ptr, depth + 1)[0]
             pos = -1
             break
         if ln & 0xC0:
             raise _Cut
         if pos + 1 + ln > n:
             raise _Cut
-        labels.append(msg[pos + 1 : pos + 1 + ln].decode("ascii", "backslashreplace").lower())
+        labels.append(msg[pos + 1 : pos + 1 + ln])
         pos += 1 + ln
-    return ".".join(labels), (end if end >= 0 else pos)
+    # one decode for all labels: the same text as label by label (ASCII, "." is a byte of its own)
+    name = b".".join(labels).decode("ascii", "backslashreplace").lower() if labels else ""
+    if rest:
+        name = f"{name}.{rest}" if labels else rest
+    return name, (end if end >= 0 else pos)
 
 
 def netbios_name(encoded: str) -> str:
@@ -77,12 +81,17 @@ def netbios_name(encoded: str) -> str:
     return raw[:15].decode("ascii", "backslashreplace").rstrip(" \x00")
 
 
+@functools.lru_cache(maxsize=1024)
+def _ipv6_text(packed: bytes) -> str:
+    return str(ipaddress.IPv6Address(packed))  # cached: answers repeat, and this costs microseconds
+
+
 def _rdata(msg: bytes, rtype: int, pos: int, rdlen: int) -> str:
     rd = msg[pos : pos + rdlen]
     if rtype == 1 and rdlen == 4:
-        return str(ipaddress.IPv4Address(rd))
+        return f"{rd[0]}.{rd[1]}.{rd[2]}.{rd[3]}"  # as str(ipaddress.IPv4Address(rd))
     if rtype == 28 and rdlen == 16:
-        return str(ipaddress.IPv6Address(rd))
+        return _ipv6_text(rd)
     if rtype in (2, 5, 12, 39):
         return _name(msg, pos)[0]
     if rtype == 15 and rdlen > 2:

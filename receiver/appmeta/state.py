@@ -132,6 +132,11 @@ class AppState:
     def _detect(self, d: int, data: bytes, sport: int, dport: int) -> None:
         """Start of a TCP message in direction ``d``: TLS, HTTP, the first bytes of one, or neither."""
         first = data[0]
+        if first not in START_BYTES:  # neither TLS nor the start of an HTTP message (the common case)
+            if self._kind == "tls":
+                self._tls_done[d] = True
+            self._nothing()
+            return
         if first == 0x16 and self._seen[d] <= 2 and tls.looks_like_tls_handshake(data):
             self._kind = self._kind or "tls"
             self._start(d, _TLS, data)
@@ -232,15 +237,15 @@ class AppState:
             self._dns_pending.setdefault(tid, []).append(item)
 
     def _feed_tls(self, d: int, buf: bytearray) -> None:
-        data = bytes(buf)
-        hello = tls.parse_client_hello(data)
-        if hello is not None:
-            self.tls["sni"] = hello["sni"]
-            self.tls["version"] = hello["version"]
-            self.tls["alpn"] = hello["alpn"]
-        else:
-            hello = tls.parse_server_hello(data)
-            if hello is not None:
+        parsed = tls.parse_hello(bytes(buf))
+        hello = None
+        if parsed is not None:
+            kind, hello = parsed
+            if kind == 1:  # ClientHello
+                self.tls["sni"] = hello["sni"]
+                self.tls["version"] = hello["version"]
+                self.tls["alpn"] = hello["alpn"]
+            else:  # ServerHello
                 self.tls["server_version"] = hello["version"]
                 self.tls["cipher"] = hello["cipher"]
                 if hello["alpn"] is not None:
