@@ -273,8 +273,9 @@ class AppState:
 
     def to_record(self) -> dict[str, Any]:
         """The ``app`` object: only the protocols seen (HTTP heads still being gathered included)."""
-        for d in (0, 1):
-            self._flush_http(d)
+        if self._buf[0] is not None or self._buf[1] is not None:
+            for d in (0, 1):
+                self._flush_http(d)
         out: dict[str, Any] = {}
         if self.http:
             out["http"] = [dict(x) for x in self.http]

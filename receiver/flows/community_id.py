@@ -14,13 +14,13 @@ port. One-way types (no counterpart) are never reordered. Passing either the raw
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
-import struct
+from binascii import b2a_base64
 
 TCP, UDP, ICMP, ICMP6, SCTP = 6, 17, 1, 58, 132
 _PORT_PROTOS = frozenset((TCP, UDP, ICMP, ICMP6, SCTP))
+_PROTO_ZERO = tuple(bytes((p, 0)) for p in range(256))  # the protocol byte and the zero byte after it
 
 # type -> counterpart type (Zeek's ICMP4_counterpart / ICMP6_counterpart)
 ICMP4_COUNTERPART = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
@@ -69,6 +69,18 @@ def community_id_v1(
     sa, da = _addr(saddr), _addr(daddr)
     if len(sa) != len(da):
         raise ValueError("both addresses must be of the same family")
+    digest = hashlib.sha1(_hash_input(proto, sa, da, sport, dport, seed), usedforsecurity=False)
+    return "1:" + (b2a_base64(digest.digest(), newline=False).decode() if b64 else digest.hexdigest())
+
+
+def community_id_packed(proto: int, sa: bytes, da: bytes, sport: int, dport: int) -> str:
+    """``community_id_v1`` with seed 0 for packed addresses of one family (not checked): the
+    flow-record path, without the argument checks."""
+    data = _hash_input(proto, sa, da, sport, dport, 0)
+    return "1:" + b2a_base64(hashlib.sha1(data, usedforsecurity=False).digest(), newline=False).decode()
+
+
+def _hash_input(proto: int, sa: bytes, da: bytes, sport: int, dport: int, seed: int) -> bytes:
     has_ports = proto in _PORT_PROTOS
     one_way = False
     if proto in (ICMP, ICMP6):
@@ -77,8 +89,7 @@ def community_id_v1(
         sport = dport = 0
     if not one_way and (sa > da or (sa == da and sport > dport)):
         sa, da, sport, dport = da, sa, dport, sport
-    data = struct.pack("!H", seed & 0xFFFF) + sa + da + struct.pack("!BB", proto & 0xFF, 0)
+    data = (seed & 0xFFFF).to_bytes(2, "big") + sa + da + _PROTO_ZERO[proto & 0xFF]
     if has_ports:
-        data += struct.pack("!HH", sport & 0xFFFF, dport & 0xFFFF)
-    digest = hashlib.sha1(data, usedforsecurity=False)
-    return "1:" + (base64.b64encode(digest.digest()).decode() if b64 else digest.hexdigest())
+        data += ((sport & 0xFFFF) << 16 | (dport & 0xFFFF)).to_bytes(4, "big")
+    return data

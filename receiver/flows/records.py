@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import socket
 import struct
+from binascii import b2a_base64
 from collections.abc import Callable
+from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Any
 
 import numpy as np
 
 from ..decode.tcp import flag_letters
-from .community_id import community_id_v1
+from .community_id import community_id_packed
 from .excerpts import ExcerptPool
 from .record import EndReason, FlowRecord
 from .state import conn_state, history
@@ -19,6 +20,7 @@ from .table import FlowTable
 
 TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp"}
 _V4_PREFIX = 0xFFFF
+_FLAGS = tuple(flag_letters(f) for f in range(256))
 
 
 def address(hi: int, lo: int, v6: bool) -> tuple[str, bytes]:
@@ -40,71 +42,97 @@ def build_records(
     labeler: Callable[[int], dict[str, Any] | None] | None,
     sensor: str | None,
 ) -> list[FlowRecord]:
+    if not flows.size:
+        return []
     c = table.cols
-    cols = {
-        k: c[k][flows].tolist()
-        for k in (
-            "kvni", "kproto", "a_hi", "a_lo", "b_hi", "b_lo", "a_port", "b_port", "orig", "flipped",
-            "seg_start", "t_last", "hist", "hbits", "trunc", "frags", "segments",
-        )
-    }
-    pkts, ipb, payb = c["pkts"][flows].tolist(), c["ipbytes"][flows].tolist(), c["paybytes"][flows].tolist()
-    tfl, exl, exr = c["tflags"][flows].tolist(), c["exc_len"][flows].tolist(), c["exc_row"][flows].tolist()
+    # columns turned to the originator's view in bulk: "in" is originator -> responder, which is
+    # endpoint direction ``orig`` (A->B is direction 0, sent by A)
+    o = c["orig"][flows].astype(np.intp)
+    r = 1 - o
+    a_is_src = o == 0
+    kp = c["kproto"][flows].astype(np.int64)
+    proto_l = (kp & 0xFF).tolist()
+    v6_l = (kp >= 256).tolist()
+    # both endpoints' addresses as 16 big-endian bytes each (IPv4 mapped: the last 4 bytes)
+    ends = np.empty((flows.size, 4), ">u8")
+    ends[:, 0] = np.where(a_is_src, c["a_hi"][flows], c["b_hi"][flows])
+    ends[:, 1] = np.where(a_is_src, c["a_lo"][flows], c["b_lo"][flows])
+    ends[:, 2] = np.where(a_is_src, c["b_hi"][flows], c["a_hi"][flows])
+    ends[:, 3] = np.where(a_is_src, c["b_lo"][flows], c["a_lo"][flows])
+    raw = ends.tobytes()
+    sport_l = np.where(a_is_src, c["a_port"][flows], c["b_port"][flows]).tolist()
+    dport_l = np.where(a_is_src, c["b_port"][flows], c["a_port"][flows]).tolist()
+
+    def per_dir(name: str, d: np.ndarray) -> list[int]:
+        return c[name][flows, d].tolist()
+
+    pin, pout = per_dir("pkts", o), per_dir("pkts", r)
+    bin_, bout = per_dir("ipbytes", o), per_dir("ipbytes", r)
+    yin, yout = per_dir("paybytes", o), per_dir("paybytes", r)
+    fin, fout = per_dir("tflags", o), per_dir("tflags", r)
+    segments = c["segments"][flows].tolist()
+    with_excerpts = excerpts is not None and not all(segments)
+    if with_excerpts:
+        # each direction's excerpt row gathered at once (a row of zeros for none) and sliced per record
+        assert excerpts is not None
+        size = excerpts.size
+        xlin, xlout = per_dir("exc_len", o), per_dir("exc_len", r)
+        ex_in = excerpts.rows.take(c["exc_row"][flows, o].astype(np.intp) - 1, axis=0, mode="clip").tobytes()
+        ex_out = excerpts.rows.take(c["exc_row"][flows, r].astype(np.intp) - 1, axis=0, mode="clip").tobytes()
+    vni_l = c["kvni"][flows].tolist()
     out: list[FlowRecord] = []
-    for j, f in enumerate(flows.tolist()):
-        kp = cols["kproto"][j]
-        proto, v6 = kp & 0xFF, kp >= 256
-        a_ip, a_raw = address(cols["a_hi"][j], cols["a_lo"][j], v6)
-        b_ip, b_raw = address(cols["b_hi"][j], cols["b_lo"][j], v6)
-        o = cols["orig"][j]
-        r = 1 - o
-        if o == 0:
-            src, sraw, sport, dst, draw, dport = a_ip, a_raw, cols["a_port"][j], b_ip, b_raw, cols["b_port"][j]
+    for j, (f, proto, v6, orig, sport, dport, vni, ts_start, ts_end, hb, hist, flipped, trunc, frags, seg) in enumerate(
+        zip(
+            flows.tolist(), proto_l, v6_l, o.tolist(), sport_l, dport_l, vni_l, c["seg_start"][flows].tolist(),
+            c["t_last"][flows].tolist(), c["hbits"][flows].tolist(), c["hist"][flows].tolist(),
+            c["flipped"][flows].tolist(), c["trunc"][flows].tolist(), c["frags"][flows].tolist(), segments,
+        )
+    ):
+        at = 32 * j
+        if v6:
+            sraw, draw = raw[at : at + 16], raw[at + 16 : at + 32]
+            src, dst = inet_ntop(AF_INET6, sraw), inet_ntop(AF_INET6, draw)
         else:
-            src, sraw, sport, dst, draw, dport = b_ip, b_raw, cols["b_port"][j], a_ip, a_raw, cols["a_port"][j]
-        # endpoint direction o is "originator -> responder" (A->B is direction 0, sent by A)
-        d_in, d_out = o, r
-        ts_start, ts_end = cols["seg_start"][j], cols["t_last"][j]
+            sraw, draw = raw[at + 12 : at + 16], raw[at + 28 : at + 32]
+            src, dst = inet_ntop(AF_INET, sraw), inet_ntop(AF_INET, draw)
         if ts_end < ts_start:  # an interim record's segment had no packets
             ts_end = ts_start if now is None else max(ts_start, now)
-        vni = cols["kvni"][j]
-        hb = cols["hbits"][j]
+        p_in, p_out, y_in, y_out = pin[j], pout[j], yin[j], yout[j]
+        tcp = proto == 6
         rec: FlowRecord = {
             "vni": None if vni < 0 else vni,
-            "transport": TRANSPORTS.get(proto, str(proto)),
+            "transport": TRANSPORTS.get(proto) or str(proto),
             "ip_proto": proto,
             "src_ip": src,
             "src_port": sport,
             "dest_ip": dst,
             "dest_port": dport,
-            "packets_in": pkts[j][d_in],
-            "bytes_in": ipb[j][d_in],
-            "packets_out": pkts[j][d_out],
-            "bytes_out": ipb[j][d_out],
-            "payload_bytes_in": payb[j][d_in],
-            "payload_bytes_out": payb[j][d_out],
+            "packets_in": p_in,
+            "bytes_in": bin_[j],
+            "packets_out": p_out,
+            "bytes_out": bout[j],
+            "payload_bytes_in": y_in,
+            "payload_bytes_out": y_out,
             "ts_start": ts_start,
             "ts_end": ts_end,
             "duration": round(ts_end - ts_start, 6),
-            "community_id": community_id_v1(proto, sraw, draw, sport, dport),
-            "conn_state": conn_state(
-                proto, hb, o, pkts[j][d_in], pkts[j][d_out], payb[j][d_in], payb[j][d_out]
-            ),
-            "history": history(cols["hist"][j], o, bool(cols["flipped"][j])),
-            "tcp_flags_in": flag_letters(tfl[j][d_in]) if proto == 6 else "",
-            "tcp_flags_out": flag_letters(tfl[j][d_out]) if proto == 6 else "",
+            "community_id": community_id_packed(proto, sraw, draw, sport, dport),
+            "conn_state": conn_state(proto, hb, orig, p_in, p_out, y_in, y_out),
+            "history": history(hist, orig, bool(flipped)),
+            "tcp_flags_in": _FLAGS[fin[j]] if tcp else "",
+            "tcp_flags_out": _FLAGS[fout[j]] if tcp else "",
             "end_reason": reason,
-            "truncated": bool(cols["trunc"][j]),
-            "fragments": cols["frags"][j],
+            "truncated": bool(trunc),
+            "fragments": frags,
         }
-        if cols["segments"][j]:
-            rec["segment"] = cols["segments"][j]
-        elif excerpts is not None:
-            rows = excerpts.rows
-            if exl[j][d_in]:
-                rec["excerpt_in"] = base64.b64encode(rows[exr[j][d_in] - 1, : exl[j][d_in]].tobytes()).decode()
-            if exl[j][d_out]:
-                rec["excerpt_out"] = base64.b64encode(rows[exr[j][d_out] - 1, : exl[j][d_out]].tobytes()).decode()
+        if seg:
+            rec["segment"] = seg
+        elif with_excerpts:
+            at = size * j
+            if n := xlin[j]:
+                rec["excerpt_in"] = b2a_base64(ex_in[at : at + n], newline=False).decode()
+            if n := xlout[j]:
+                rec["excerpt_out"] = b2a_base64(ex_out[at : at + n], newline=False).decode()
         state = app.get(f)
         if state is not None:
             meta = state if isinstance(state, dict) else state.to_record()
