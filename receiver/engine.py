@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .appmeta.state import DNS_TCP_PORTS, DNS_UDP_PORTS, START_BYTES, TCP, UDP, AppState, worth_parsing
 from .decode import Decoded, Frag, Status, decode
@@ -189,27 +190,44 @@ class Engine:
         assert self.excerpts is not None
         size = self.config.excerpt_bytes
         exc = self.table.cols["exc_len"]
-        cand = np.flatnonzero(pay & (exc[flow, direction] < size))
+        key = flow * 2 + direction
+        have = exc.reshape(-1)[key]
+        cand = np.flatnonzero(pay & (have < size))
         if not cand.size:
             return
-        # only packets that still add bytes: those before the excerpt fills, in arrival order
-        key = flow[cand] * 2 + direction[cand]
-        _, before = _rank_within(key, d.pay_cap[idx[cand]])
-        need = cand[exc[flow[cand], direction[cand]] + before < size]
-        p = idx[need]
-        pool = self.excerpts
+        # only packets that still add bytes: those before the excerpt fills, in arrival order (so
+        # every packet but the last of a direction is taken whole)
+        ck, cap = key[cand], d.pay_cap[idx[cand]]
+        rank, before = _rank_within(ck, cap)
+        assert before is not None
+        at = have[cand] + before  # where each packet's bytes go in its excerpt
+        keep = at < size
+        need, rank, cap, at = cand[keep], rank[keep], cap[keep], at[keep]
+        n = np.minimum(cap, size - at)
+        end = at + n  # each direction's excerpt length after the packet
+        f, dr = flow[need], direction[need]
+        # a pool row for each direction that has none yet, in order of first need (as one by one)
         row_of = self.table.cols["exc_row"]
-        buf = batch.buf
-        for f, dr, off, cap in zip(flow[need].tolist(), direction[need].tolist(), d.pay_off[p].tolist(),
-                                   d.pay_cap[p].tolist()):
-            have = int(exc[f, dr])
-            n = min(cap, size - have)
-            row = int(row_of[f, dr]) - 1
-            if row < 0:
-                row = pool.acquire()
-                row_of[f, dr] = row + 1
-            pool.rows[row, have : have + n] = buf[off : off + n]
-            exc[f, dr] = have + n
+        row = row_of[f, dr].astype(np.int64) - 1
+        first = np.flatnonzero((row < 0) & (rank == 0))
+        if first.size:
+            rows = self.excerpts.acquire_many(first.size)
+            row_of[f[first], dr[first]] = rows + 1
+            row = row_of[f, dr].astype(np.int64) - 1
+        # copy the bytes at once. A direction's first packet here (at 0) writes a whole row from its
+        # payload on (bytes past its own are never read: exc_len bounds every excerpt, and the
+        # direction's later packets overwrite them next); later packets are copied byte by byte.
+        buf, pool_rows, off = batch.buf, self.excerpts.rows, d.pay_off[idx[need]]
+        whole = (at == 0) & (off <= buf.size - size)
+        if whole.any():
+            windows = as_strided(buf, (buf.size - size + 1, size), (buf.strides[0], buf.strides[0]), writeable=False)
+            pool_rows[row[whole]] = windows[off[whole]]
+            part = ~whole
+            row, at, n, off = row[part], at[part], n[part], off[part]
+        if n.size:
+            inner = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            pool_rows[np.repeat(row, n), np.repeat(at, n) + inner] = buf[np.repeat(off, n) + inner]
+        np.maximum.at(exc, (f, dr), end.astype(exc.dtype))
 
     def _app(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
         seen = self.table.cols["app_pkts"]
