@@ -3,14 +3,13 @@
 The input is the start of one direction's TCP stream (one or more segments concatenated).
 Handshake fragments are gathered across TLS records; when the data ends early the fields
 read so far are returned, with ``complete`` False so a caller can retry with more data.
-Cipher suite names come from dpkt's table.
+Cipher suite names come from dpkt's table (imported when first needed).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
-
-from dpkt.ssl_ciphersuites import BY_CODE
 
 VERSIONS = {0x0300: "SSLv3", 0x0301: "TLSv10", 0x0302: "TLSv11", 0x0303: "TLSv12", 0x0304: "TLSv13"}
 MAX_HELLO = 1 << 16
@@ -28,8 +27,17 @@ def _grease(v: int) -> bool:
     return (v & 0x0F0F) == 0x0A0A and (v >> 8) == (v & 0xFF)
 
 
+@functools.cache
+def _ciphers() -> dict[int, Any]:
+    """dpkt's cipher suite table, imported on first use: importing dpkt costs tens of milliseconds
+    of start-up, and only a ServerHello needs it."""
+    from dpkt.ssl_ciphersuites import BY_CODE
+
+    return dict(BY_CODE)
+
+
 def cipher_name(code: int) -> str:
-    cs = BY_CODE.get(code)
+    cs = _ciphers().get(code)
     return str(cs.name) if cs is not None else f"0x{code:04x}"
 
 

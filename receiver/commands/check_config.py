@@ -6,9 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import load_config
-from ..configschema import ConfigError
-
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -22,6 +19,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..configschema import ConfigError
+
     try:
         cfg = load_config(args.file)
     except ConfigError as e:

@@ -7,14 +7,6 @@ import sys
 import time
 from typing import IO, Any
 
-import orjson
-
-from ..capture import CaptureError
-from ..config import load_config
-from ..configschema import ConfigError
-from ..engine import DROP_REASONS, NOTES
-from ..read import Analysis
-
 SUMMARY_ORDER = ("packets", "bytes", "decoded", "slow_path", "flows_created", "records")
 END_REASONS = ("idle", "active", "tcp_close", "evicted", "shutdown", "end_of_input")
 
@@ -36,12 +28,24 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"vxmirror read: {e}", file=sys.stderr)
-        return 2
-    engine_cfg = cfg.engine
+    # imported here, not at the top: the CLI imports every command's module to build its parser
+    import orjson
+
+    from ..capture import CaptureError
+    from ..read import Analysis
+    from ..settings import EngineConfig
+
+    engine_cfg, sensor = EngineConfig(), None  # what load_config(None) gives: read uses nothing else
+    if args.config is not None:  # (without a file, the forwarder plugins it would load go unused)
+        from ..config import load_config
+        from ..configschema import ConfigError
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as e:
+            print(f"vxmirror read: {e}", file=sys.stderr)
+            return 2
+        engine_cfg, sensor = cfg.engine, cfg.sensor or None
     if args.excerpt_bytes is not None:
         if not 0 <= args.excerpt_bytes <= 4096:
             print("vxmirror read: --excerpt-bytes must be between 0 and 4096", file=sys.stderr)
@@ -49,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         engine_cfg.excerpt_bytes = args.excerpt_bytes
     show_progress = sys.stderr.isatty() and not args.no_progress
     analysis = Analysis(
-        list(args.files), engine_cfg, sensor=cfg.sensor or None,
+        list(args.files), engine_cfg, sensor=sensor,
         progress=_Progress(sys.stderr) if show_progress else None,
     )
     out: IO[bytes] = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
@@ -81,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(s: dict[str, int], elapsed: float) -> None:
+    from ..engine import DROP_REASONS, NOTES
+
     pkts = s.get("packets", 0)
     rate = pkts / elapsed if elapsed > 0 else 0.0
     lines = [f"packets read     {pkts:>12,}   ({rate:,.0f} packets/s)"]

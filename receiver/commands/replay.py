@@ -6,8 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from ..capture import CaptureError
-
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -35,6 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
+    from ..capture import CaptureError
     from ..replay import parse_hostport, replay
 
     try:

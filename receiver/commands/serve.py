@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import logs
-from ..config import Config, load_config
-from ..configschema import ConfigError, from_table
-from ..listen.settings import ListenConfig, MetricsConfig, parse_hostport
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("vxmirror.serve")
 
@@ -38,6 +36,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
     """Flags over the file, validated with the same schema (errors name the flag)."""
+    from ..configschema import from_table
+    from ..listen.settings import ListenConfig, MetricsConfig, parse_hostport
+
     if args.listen:
         listen = {k: getattr(cfg.listen, k) for k in vars(cfg.listen)}
         listen["addresses"] = list(args.listen)
@@ -59,6 +60,10 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import logs
+    from ..config import load_config
+    from ..configschema import ConfigError
+
     try:
         cfg = apply_overrides(load_config(args.config), args)
     except ConfigError as e:

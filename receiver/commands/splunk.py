@@ -7,8 +7,6 @@ import json
 import sys
 from typing import Any
 
-from forwarders.hec_check import CheckQuery, count_events, credentials, search_string
-
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -38,6 +36,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forwarders.hec_check import CheckQuery, count_events, credentials, search_string
+
     q = CheckQuery(
         url=args.url, index=args.index, sourcetype=args.sourcetype, host=args.host,
         earliest=args.earliest, latest=args.latest, verify_tls=not args.insecure, ca_file=args.ca_file,
