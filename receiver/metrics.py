@@ -182,6 +182,13 @@ class Aggregator:
                 **lab,
             )
             e.add(
+                "vxmirror_receive_ring_full_waits_total",
+                "counter",
+                "Times a receive thread found its ring full and waited for the worker (the kernel buffer then fills)",
+                c.get("ring_full_waits", 0),
+                **lab,
+            )
+            e.add(
                 "vxmirror_kernel_drops_total",
                 "counter",
                 "Datagrams the kernel dropped (socket buffer full), from /proc/net/udp",

@@ -115,8 +115,9 @@ def _drain_run(cfg: ListenConfig, sock: socket.socket, send: list[bytes], expect
     return batches, d
 
 
-def test_drain_hands_over_full_rings_and_the_rest_when_the_socket_empties() -> None:
-    cfg = ListenConfig(ring_slots=16, recv_batch=8, slot_size=256)
+@pytest.mark.parametrize("thread", [True, False], ids=["receive-thread", "event-loop"])
+def test_drain_hands_over_full_rings_and_the_rest_when_the_socket_empties(thread: bool) -> None:
+    cfg = ListenConfig(ring_slots=16, recv_batch=8, slot_size=256, receive_thread=thread)
     rx = _rx()
     data = [b"d%04d" % i for i in range(200)]
     batches, d = _drain_run(cfg, rx, data, 200)
@@ -128,8 +129,9 @@ def test_drain_hands_over_full_rings_and_the_rest_when_the_socket_empties() -> N
     rx.close()
 
 
-def test_drain_drops_and_counts_disallowed_sources() -> None:
-    cfg = ListenConfig(ring_slots=64, recv_batch=16, slot_size=256)
+@pytest.mark.parametrize("thread", [True, False], ids=["receive-thread", "event-loop"])
+def test_drain_drops_and_counts_disallowed_sources(thread: bool) -> None:
+    cfg = ListenConfig(ring_slots=64, recv_batch=16, slot_size=256, receive_thread=thread)
     rx = _rx()
     batches, d = _drain_run(cfg, rx, [b"a", b"b", b"c"], 3, allow=["10.0.0.0/8"])
     assert sum(b.count for b in batches) == 0
@@ -140,7 +142,7 @@ def test_drain_drops_and_counts_disallowed_sources() -> None:
 
 def test_drain_timer_flushes_a_partial_ring() -> None:
     """Datagrams left in a ring (the per-wakeup budget ran out) go out after flush_interval."""
-    cfg = ListenConfig(ring_slots=64, recv_batch=16, slot_size=256, flush_interval=0.02)
+    cfg = ListenConfig(ring_slots=64, recv_batch=16, slot_size=256, flush_interval=0.02, receive_thread=False)
     rx = _rx()
     out: list[int] = []
     d = Drain(cfg, [(rx, Layer.VXLAN, "t")], lambda b: out.append(b.count))

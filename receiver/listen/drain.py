@@ -1,8 +1,11 @@
 """The socket drain of one worker: event-loop reader callbacks, rings, batches, the allowlist.
 
-For each socket the worker owns, the loop's reader callback calls ``recvmmsg`` into that
+With the C library built (and ``listen.receive_thread`` on), each socket has a receive thread
+(``receiver.listen.rxthread``) that empties it into a ring while the worker is busy; the
+loop is woken through an eventfd and hands what is waiting to ``handler`` in batches of at
+most ``ring_slots``. Otherwise the loop's reader callback calls ``recvmmsg`` itself into the
 socket's ring until the socket is empty or the ring is full (bounded per callback so one
-busy socket cannot starve the loop). The ring goes to ``handler`` as one PacketBatch when
+busy socket cannot starve the loop); the ring goes to ``handler`` as one PacketBatch when
 it is full, when the socket is empty, or ``flush_interval`` after its oldest datagram.
 Datagrams from senders outside the allowlist are removed from the batch and counted.
 ``handler`` runs synchronously: the ring is reused as soon as it returns.
@@ -11,6 +14,7 @@ Datagrams from senders outside the allowlist are removed from the batch and coun
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -19,9 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import native
 from ..packets import Layer, PacketBatch
 from .allowlist import SourceFilter
 from .mmsg import RecvRing
+from .rxthread import RecvThread
 from .settings import ListenConfig
 
 log = logging.getLogger("vxmirror.listen")
@@ -47,6 +53,7 @@ class Source:
     ring: RecvRing
     counters: ListenCounters = field(default_factory=ListenCounters)
     port: int = 0
+    rx: RecvThread | None = None  # the receive thread, when in use
 
 
 class Drain:
@@ -63,10 +70,15 @@ class Drain:
         self.handler = handler
         self.allow = allow if allow is not None else SourceFilter(cfg.allow_sources)
         self.sources: list[Source] = []
+        threads = cfg.receive_thread and native.available()
         for sock, layer, label in sockets:
             ring = RecvRing(cfg.ring_slots, cfg.slot_size, sock.family)
             port = int(sock.getsockname()[1])
-            self.sources.append(Source(sock, layer, label, ring, port=port))
+            rx = None
+            if threads:
+                rx = RecvThread(sock, 4 * cfg.ring_slots, cfg.receive_ring_bytes, cfg.slot_size, cfg.recv_batch,
+                                notify_records=cfg.ring_slots)
+            self.sources.append(Source(sock, layer, label, ring, port=port, rx=rx))
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._running = False
@@ -77,7 +89,11 @@ class Drain:
         self.loop = loop
         self._running = True
         for i, src in enumerate(self.sources):
-            loop.add_reader(src.sock.fileno(), self._on_readable, i)
+            if src.rx is not None:
+                src.rx.start()
+                loop.add_reader(src.rx.evfd, self._on_wakeup, i)
+            else:
+                loop.add_reader(src.sock.fileno(), self._on_readable, i)
         self._schedule_timer()
 
     def stop(self, drain_backlog: bool = True) -> None:
@@ -85,12 +101,18 @@ class Drain:
         are read (bounded to one ring each) and every ring is flushed to the handler."""
         if self.loop is not None and self._running:
             for src in self.sources:
-                self.loop.remove_reader(src.sock.fileno())
+                self.loop.remove_reader(src.rx.evfd if src.rx is not None else src.sock.fileno())
         self._running = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for i, src in enumerate(self.sources):
+            if src.rx is not None:
+                src.rx.stop()
+                if drain_backlog:
+                    self._take(i)
+                src.rx.close()
+                src.rx = None  # what is left in the socket is read below
             if drain_backlog:
                 while src.ring.recv(src.sock.fileno(), self.cfg.recv_batch) > 0:
                     if src.ring.free == 0:
@@ -115,6 +137,30 @@ class Drain:
                     self.flush(i)
                 return
 
+    def _on_wakeup(self, i: int) -> None:
+        rx = self.sources[i].rx
+        if rx is None:  # pragma: no cover - stopped
+            return
+        rx.clear_wakeup()
+        self._take(i)
+
+    def _take(self, i: int) -> None:
+        """Hand everything the receive thread has queued to the handler, then ask to be woken."""
+        src = self.sources[i]
+        rx = src.rx
+        assert rx is not None
+        while True:
+            first, end = rx.take(self.cfg.ring_slots)
+            while end > first:
+                try:
+                    batch = rx.batch(first, end, src.layer, src.port)
+                    self._deliver(src, batch, functools.partial(rx.src_ipv6, first, end))
+                finally:
+                    rx.release(end)
+                first, end = rx.take(self.cfg.ring_slots)
+            if not rx.pending(idle=True):
+                return
+
     def _schedule_timer(self) -> None:
         if self.loop is not None and self._running:
             self._timer = self.loop.call_later(self.cfg.flush_interval, self._on_timer)
@@ -122,7 +168,10 @@ class Drain:
     def _on_timer(self) -> None:
         now = time.monotonic()
         for i, src in enumerate(self.sources):
-            if src.ring.fill and now - src.ring.first_ts >= self.cfg.flush_interval:
+            if src.rx is not None:
+                if src.rx.pending():  # a missed wakeup costs at most one flush_interval
+                    self._take(i)
+            elif src.ring.fill and now - src.ring.first_ts >= self.cfg.flush_interval:
                 self.flush(i)
         self._schedule_timer()
 
@@ -132,33 +181,35 @@ class Drain:
         if not ring.fill:
             return
         try:
-            batch = ring.batch(src.layer, src.port)
-            c = src.counters
-            c.datagrams += batch.count
-            c.bytes += int(batch.wirelen.sum(dtype=np.int64))
-            c.truncated += int(np.count_nonzero(batch.caplen < batch.wirelen))
-            c.batches += 1
-            if ring.family == socket.AF_INET:
-                ok = self.allow.allowed_v4(batch.src_addr)
-            else:
-                ok = self.allow.allowed_v6(np.ascontiguousarray(ring.src_ipv6()))
-            if not ok.all():
-                bad = int(np.count_nonzero(~ok))
-                c.dropped_source += bad
-                self._warn_source(src, ring, ok)
-                batch = batch.select(ok)
-            if batch.count:
-                self.handler(batch)
+            self._deliver(src, ring.batch(src.layer, src.port), lambda: np.ascontiguousarray(ring.src_ipv6()))
         finally:
             ring.reset()
 
-    def _warn_source(self, src: Source, ring: RecvRing, ok: np.ndarray) -> None:
+    def _deliver(self, src: Source, batch: PacketBatch, src_ipv6: Callable[[], np.ndarray]) -> None:
+        """Count a received batch, drop what the allowlist refuses, hand the rest over."""
+        c = src.counters
+        c.datagrams += batch.count
+        c.bytes += int(batch.wirelen.sum(dtype=np.int64))
+        c.truncated += int(np.count_nonzero(batch.caplen < batch.wirelen))
+        c.batches += 1
+        if src.sock.family == socket.AF_INET:
+            ok = self.allow.allowed_v4(batch.src_addr)
+        else:
+            ok = self.allow.allowed_v6(np.ascontiguousarray(src_ipv6()))
+        if not ok.all():
+            c.dropped_source += int(np.count_nonzero(~ok))
+            self._warn_source(src, batch, src_ipv6(), ok)
+            batch = batch.select(ok)
+        if batch.count:
+            self.handler(batch)
+
+    def _warn_source(self, src: Source, batch: PacketBatch, v6: np.ndarray, ok: np.ndarray) -> None:
         """Log a disallowed sender once per address (at most 100 addresses are remembered)."""
         idx = int(np.flatnonzero(~ok)[0])
-        if ring.family == socket.AF_INET:
-            addr = socket.inet_ntop(socket.AF_INET, ring.names[idx, 4:8].tobytes())
+        if src.sock.family == socket.AF_INET:
+            addr = socket.inet_ntop(socket.AF_INET, int(batch.src_addr[idx]).to_bytes(4, "big"))
         else:
-            addr = socket.inet_ntop(socket.AF_INET6, ring.names[idx, 8:24].tobytes())
+            addr = socket.inet_ntop(socket.AF_INET6, bytes(v6[idx]))
         if addr in self._warned_sources or len(self._warned_sources) >= 100:
             return
         self._warned_sources.add(addr)
@@ -168,4 +219,11 @@ class Drain:
         )
 
     def counters(self) -> dict[str, dict[str, int]]:
-        return {src.label: dict(vars(src.counters)) for src in self.sources}
+        out = {}
+        for src in self.sources:
+            c = dict(vars(src.counters))
+            if src.rx is not None:
+                c["ring_full_waits"] = src.rx.counters()["ring_full_waits"]
+                c["recv_errors"] += src.rx.counters()["errors"]
+            out[src.label] = c
+        return out

@@ -62,6 +62,14 @@ class ListenConfig:
     )
     ring_slots: int = opt(8192, "datagrams accumulated before one engine batch", 16, 1 << 20)
     recv_batch: int = opt(256, "datagrams per recvmmsg call", 1, 4096)
+    receive_thread: bool = opt(
+        True,
+        "receive in a C thread per socket into a ring (receive_ring_bytes), so the socket is emptied while the "
+        "worker processes a batch (needs the C library; without it the event loop receives)",
+    )
+    receive_ring_bytes: int = opt(
+        64 << 20, "bytes of the receive thread's ring per socket (datagrams packed; 4 x ring_slots of them)", 1 << 16
+    )
     flush_interval: float = opt(0.01, "a partly filled ring goes to the engine after this many seconds", 0.0001)
     workers: int = opt(0, "worker processes (0: one per CPU core)", 0, 256)
     steering: bool = opt(True, "steer both directions of a flow to one worker with a reuseport BPF program")

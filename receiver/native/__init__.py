@@ -43,7 +43,7 @@ ACCOUNT_INPUTS = (
     ("tcpflags", np.int64), ("proto", np.int64), ("truncated", np.bool_), ("fragment", np.bool_),
 )
 SCAN_OK, SCAN_TRUNCATED, SCAN_BAD = 0, 1, 2
-ABI = 2  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+ABI = 3  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
@@ -85,6 +85,12 @@ def _load() -> ctypes.CDLL | None:
     lib.vx_insert.argtypes = [_P, _I64, _P, _P, _I64, _P]
     lib.vx_account.restype = None
     lib.vx_account.argtypes = [_P, _P, _I64]
+    lib.vx_rx_run.restype = _I64
+    lib.vx_rx_run.argtypes = [_P]
+    lib.vx_rx_pending.restype = _I64
+    lib.vx_rx_pending.argtypes = [_P, _I64]
+    lib.vx_rx_release.restype = None
+    lib.vx_rx_release.argtypes = [_P, _I64]
     return lib
 
 
@@ -94,6 +100,11 @@ _lib = _load()
 def available() -> bool:
     """Whether the C loops are in use."""
     return _lib is not None
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library (None: the numpy twins are in use)."""
+    return _lib
 
 
 def _ptr(a: np.ndarray) -> int:
