@@ -278,9 +278,10 @@ class Engine:
         orig = self.table.cols["orig"][f_sel].tolist()
         mv = batch.buf.data  # a memoryview: slices without numpy objects
         done: set[int] = set()
+        n_seen: dict[int, int] = {}  # flow * 2 + direction -> payload packets shown, updated here
         app, max_items = self.app, self.config.app_max_items
-        for f, dr, o, off_, cap, pr, sp, dp, mb in zip(
-            f_sel.tolist(), direction[sel].tolist(), orig, off.tolist(), d.pay_cap[p].tolist(),
+        for f, k, c0, o, off_, cap, pr, sp, dp, mb in zip(
+            f_sel.tolist(), key[sel].tolist(), count[sel].tolist(), orig, off.tolist(), d.pay_cap[p].tolist(),
             proto.tolist(), sport.tolist(), dport.tolist(), maybe.tolist(),
         ):
             if f in done:  # the parsers said they were done earlier in this batch
@@ -289,24 +290,28 @@ class Engine:
             if not isinstance(state, AppState):
                 if not mb or not worth_parsing(payload := mv[off_ : off_ + cap].tobytes(), pr, sp, dp):
                     # opaque payload: after the first few packets this direction is not looked at again
-                    n_seen = int(seen[f, dr]) + 1
-                    seen[f, dr] = n_seen if n_seen < APP_FIRST_PACKETS else APP_DONE
+                    c = n_seen.get(k, c0) + 1
+                    n_seen[k] = c if c < APP_FIRST_PACKETS else APP_DONE
                     continue
                 state = app[f] = AppState(max_items)
             else:
                 payload = mv[off_ : off_ + cap].tobytes()
-            state.feed(dr ^ o, payload, pr, sp, dp)
+            state.feed((k & 1) ^ o, payload, pr, sp, dp)
             if state.wants_more:
-                seen[f, dr] = min(int(seen[f, dr]) + 1, APP_DONE - 1)
+                n_seen[k] = min(n_seen.get(k, c0) + 1, APP_DONE - 1)
             else:
                 # nothing more to learn: keep only the result (or nothing), not the parser's buffers
                 done.add(f)
-                seen[f] = APP_DONE
                 meta = state.to_record()
                 if meta:
                     app[f] = meta
                 else:
                     del app[f]
+        if n_seen:
+            keys = np.fromiter(n_seen.keys(), np.int64, len(n_seen))
+            seen[keys >> 1, keys & 1] = np.fromiter(n_seen.values(), np.int64, len(n_seen))
+        if done:
+            seen[np.fromiter(done, np.int64, len(done))] = APP_DONE
 
     def _attribute_fragments(self, d: Decoded, ok: Any) -> Any:
         """Give later IP fragments the ports of their first fragment (same VNI, addresses, protocol, ID)."""

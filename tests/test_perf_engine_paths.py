@@ -1,0 +1,167 @@
+"""The engine's bulk (vectorized) paths for excerpts and application metadata give what the plain
+per-packet definitions give, for any batching, and the helpers they rest on keep their contracts."""
+
+from __future__ import annotations
+
+import base64
+import random
+import ssl
+from typing import Any
+
+import dpkt
+import numpy as np
+import pytest
+
+from receiver.appmeta import tls
+from receiver.appmeta.state import START_BYTES, worth_parsing
+from receiver.engine import _APP_START, Engine, _rank_within
+from receiver.flows.excerpts import ExcerptPool
+from receiver.packets import PacketBatch
+from receiver.settings import EngineConfig
+from tests import packet_factory as pf
+
+ACK, PSH = dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH
+
+
+def _run(frames: list[bytes], cfg: EngineConfig, batch: int) -> list[Any]:
+    e = Engine(cfg)
+    ts = [1000.0 + i * 0.001 for i in range(len(frames))]
+    recs: list[Any] = []
+    for i in range(0, len(frames), batch):
+        recs += e.process(PacketBatch.from_frames(frames[i : i + batch], ts[i : i + batch])).records
+    return recs + e.finish("end_of_input")
+
+
+@pytest.mark.parametrize("size", [16, 128])
+@pytest.mark.parametrize("batch", [1, 7, 10_000])
+def test_excerpts_are_the_first_bytes_of_each_direction_for_any_batching(size: int, batch: int) -> None:
+    """Many small and large payloads (and empty ones) over interleaved flows: each excerpt is the
+    concatenated payloads of its direction, in arrival order, cut at ``size``."""
+    rng = random.Random(size * 1000 + batch)
+    frames: list[bytes] = []
+    sent: dict[tuple, bytearray] = {}
+    for _ in range(600):
+        i = rng.randrange(12)
+        c, s, cport = f"10.0.0.{i + 1}", "10.9.0.1", 40000 + i
+        to_server = rng.random() < 0.6
+        n = rng.choice((0, 1, 3, 20, 100, 127, 128, 129, 300, 1400))
+        payload = bytes(rng.randrange(256) for _ in range(n))
+        if i % 2:  # UDP flows
+            frame = pf.udp(c, s, cport, 9999, payload) if to_server else pf.udp(s, c, 9999, cport, payload)
+            transport = "udp"
+        else:
+            frame = (pf.tcp(c, s, cport, 5001, ACK | PSH, payload) if to_server
+                     else pf.tcp(s, c, 5001, cport, ACK | PSH, payload))
+            transport = "tcp"
+        frames.append(frame)
+        sent.setdefault((c, cport, transport, to_server), bytearray()).extend(payload)
+    recs = _run(frames, EngineConfig(excerpt_bytes=size, app_metadata=False), batch)
+    assert len(recs) == 12
+    for r in recs:
+        # the client sent first in most flows, but not necessarily: map in/out to client/server
+        client_is_src = r["src_ip"] != "10.9.0.1"
+        c, cport = (r["src_ip"], r["src_port"]) if client_is_src else (r["dest_ip"], r["dest_port"])
+        up = bytes(sent.get((c, cport, r["transport"], True), b""))[:size]
+        down = bytes(sent.get((c, cport, r["transport"], False), b""))[:size]
+        exc_in = base64.b64decode(r.get("excerpt_in", ""))
+        exc_out = base64.b64decode(r.get("excerpt_out", ""))
+        assert (exc_in, exc_out) == ((up, down) if client_is_src else (down, up))
+
+
+@pytest.mark.parametrize("batch", [1, 4, 1000])
+def test_later_requests_on_a_connection_are_found_after_the_first_packets(batch: int) -> None:
+    """Past the first four payload packets of a direction, only packets that start like an HTTP
+    message (or DNS by port) reach the parsers: a keep-alive connection's later requests and
+    responses, after many data segments, are still in the record."""
+    c, s = "10.0.0.1", "10.0.0.2"
+
+    def req(path: str) -> bytes:
+        return f"GET {path} HTTP/1.1\r\nHost: h.example\r\nUser-Agent: t\r\n\r\n".encode()
+
+    def resp(k: int) -> bytes:  # distinct: a copy of the last payload fed is taken for a retransmission
+        return f"HTTP/1.1 200 OK\r\nContent-Length: 900{k}\r\n\r\n".encode()
+
+    frames = [pf.tcp(c, s, 40000, 80, ACK | PSH, req("/1")), pf.tcp(s, c, 80, 40000, ACK | PSH, resp(1))]
+    for k in range(2, 5):
+        frames += [pf.tcp(s, c, 80, 40000, ACK, b"\x8a" * 1000) for _ in range(9)]
+        frames += [pf.tcp(c, s, 40000, 80, ACK | PSH, b"x" * 50) for _ in range(5)]  # not HTTP starts
+        frames += [pf.tcp(c, s, 40000, 80, ACK | PSH, req(f"/{k}")), pf.tcp(s, c, 80, 40000, ACK | PSH, resp(k))]
+    (rec,) = _run(frames, EngineConfig(), batch)
+    assert [h["uri"] for h in rec["app"]["http"]] == ["/1", "/2", "/3", "/4"]
+    assert all(h["status"] == 200 for h in rec["app"]["http"])
+
+
+def test_opaque_flows_get_no_app_object_and_dns_flows_do() -> None:
+    c, s = "10.0.0.1", "10.0.0.2"
+    frames = [pf.tcp(c, s, 40001, 5001, ACK | PSH, b"\x00\x01binary") for _ in range(10)]
+    q = dpkt.dns.DNS(id=7, qd=[dpkt.dns.DNS.Q(name="a.example", type=dpkt.dns.DNS_A)])
+    frames += [pf.udp(c, s, 40002, 53, bytes(q)) for _ in range(6)]
+    recs = {r["dest_port"]: r for r in _run(frames, EngineConfig(), 3)}
+    assert "app" not in recs[5001]
+    assert [d["query"] for d in recs[53]["app"]["dns"]] == ["a.example"] * 6
+
+
+def test_first_byte_screen_is_a_superset_of_worth_parsing() -> None:
+    """The engine builds no bytes object for a TCP payload whose first byte is outside START_BYTES
+    (while its flow has no parser): worth_parsing must be False for every such payload."""
+    assert set(np.flatnonzero(_APP_START).tolist()) == set(START_BYTES)
+    tails = [b"", b"ET / HTTP/1.1\r\n", b"TTP/1.1 200 OK\r\n", b"\x03\x01\x00\x05", b" ", b"OST /"]
+    for first in range(256):
+        if first in START_BYTES:
+            continue
+        for tail in tails:
+            assert not worth_parsing(bytes([first]) + tail, 6, 40000, 8080)
+    assert worth_parsing(b"GET / HTTP/1.1\r\n", 6, 40000, 8080)
+    assert worth_parsing(b"G", 6, 40000, 8080)  # maybe the start of one
+    assert worth_parsing(b"\x16\x03\x01\x00\x05", 6, 40000, 8443)
+
+
+@pytest.mark.parametrize("top", [100, 60_000, 5_000_000, 1 << 40])
+def test_rank_within_matches_a_stable_sort(top: int) -> None:
+    rng = np.random.default_rng(top)
+    for n in (0, 1, 2, 50, 5000):
+        key = rng.integers(0, top, n) if top > 1000 else rng.integers(0, 8, n)
+        values = rng.integers(0, 1500, n)
+        rank, before = _rank_within(key, values)
+        assert before is not None
+        seen: dict[int, tuple[int, int]] = {}
+        for i, (k, v) in enumerate(zip(key.tolist(), values.tolist())):
+            r, b = seen.get(k, (0, 0))
+            assert (rank[i], before[i]) == (r, b)
+            seen[k] = (r + 1, b + v)
+        rank_only, none = _rank_within(key)
+        assert none is None and np.array_equal(rank_only, rank)
+
+
+def test_acquire_many_gives_the_rows_of_acquire_one_by_one() -> None:
+    a, b = ExcerptPool(8, initial_rows=4), ExcerptPool(8, initial_rows=4)
+    for k in (1, 2, 3, 5, 0, 9):  # crosses the growth of the pool twice
+        one = [a.acquire() for _ in range(k)]
+        assert b.acquire_many(k).tolist() == one
+        assert (a.n_free, a.rows.shape) == (b.n_free, b.rows.shape)
+    released = np.array([3, 0, 7])
+    a.release(released)
+    b.release(released)
+    assert b.acquire_many(5).tolist() == [a.acquire() for _ in range(5)]
+
+
+def _openssl_client_hello(sni: str) -> bytes:
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    conn = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        conn.do_handshake()
+    return outgoing.read()
+
+
+def test_parse_hello_reads_the_handshake_once_with_the_same_result() -> None:
+    hello = _openssl_client_hello("x.example")
+    for n in range(len(hello) + 1):
+        data = hello[:n]
+        ch, sh = tls.parse_client_hello(data), tls.parse_server_hello(data)
+        assert sh is None
+        assert tls.parse_hello(data) == (None if ch is None else (1, ch))
+    kind, parsed = tls.parse_hello(hello) or (0, {})
+    assert kind == 1 and parsed["sni"] == "x.example" and parsed["complete"]
+    assert tls.parse_hello(b"GET / HTTP/1.1\r\n") is None
