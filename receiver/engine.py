@@ -302,7 +302,7 @@ class Engine:
             else:
                 # nothing more to learn: keep only the result (or nothing), not the parser's buffers
                 done.add(f)
-                meta = state.to_record()
+                meta = state.to_record(copy=False)  # the parser is dropped here
                 if meta:
                     app[f] = meta
                 else:

@@ -271,12 +271,23 @@ class AppState:
             return len(self.dns) < self.max_items or any(self._dns_pending.values())
         return True
 
-    def to_record(self) -> dict[str, Any]:
-        """The ``app`` object: only the protocols seen (HTTP heads still being gathered included)."""
+    def to_record(self, copy: bool = True) -> dict[str, Any]:
+        """The ``app`` object: only the protocols seen (HTTP heads still being gathered included).
+
+        ``copy=False`` when this state is not fed again (the flow ended): the object then shares
+        the items instead of copying them."""
         if self._buf[0] is not None or self._buf[1] is not None:
             for d in (0, 1):
                 self._flush_http(d)
         out: dict[str, Any] = {}
+        if not copy:
+            if self.http:
+                out["http"] = self.http
+            if self.dns:
+                out["dns"] = self.dns
+            if self.tls:
+                out["tls"] = self.tls
+            return out
         if self.http:
             out["http"] = [dict(x) for x in self.http]
         if self.dns:

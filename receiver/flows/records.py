@@ -45,6 +45,7 @@ def build_records(
     if not flows.size:
         return []
     c = table.cols
+    interim = reason == "active"  # the flow goes on (its parsers too); else they are dropped after this
     # columns turned to the originator's view in bulk: "in" is originator -> responder, which is
     # endpoint direction ``orig`` (A->B is direction 0, sent by A)
     o = c["orig"][flows].astype(np.intp)
@@ -135,7 +136,7 @@ def build_records(
                 rec["excerpt_out"] = b2a_base64(ex_out[at : at + n], newline=False).decode()
         state = app.get(f)
         if state is not None:
-            meta = state if isinstance(state, dict) else state.to_record()
+            meta = state if isinstance(state, dict) else state.to_record(copy=interim)
             if meta:
                 rec["app"] = meta
         if labeler is not None and vni >= 0:
