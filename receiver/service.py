@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import logs
+from . import logs, native
 from .aws.labels import make_labeler
 from .config import Config
 from .engine import BatchResult, Engine
@@ -74,7 +74,15 @@ TALKERS_KEPT = 50  # talkers each worker reports
 
 
 def worker_count(cfg: Config) -> int:
-    return cfg.listen.workers or os.cpu_count() or 1
+    """``listen.workers``, or by default one per core; one per two cores when each worker has
+    a receive thread beside it (busy too at high rates), so a 2-core target runs one worker,
+    which also lets it use UDP_GRO."""
+    if cfg.listen.workers:
+        return cfg.listen.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cfg.listen.receive_thread and native.available():
+        return max(1, cores // 2)
+    return max(1, cores)
 
 
 def make_forwarders(
@@ -110,8 +118,11 @@ class Worker:
         sockets: list[tuple[socket.socket, Layer, str]],
         conn: Connection | None,
         forwarders_factory: Callable[..., Forwarders] = make_forwarders,
+        alone: bool = False,
     ) -> None:
+        """``alone``: the only worker (every datagram comes here: UDP_GRO cannot split flows)."""
         self.index = index
+        self.alone = alone
         self.cfg = cfg
         self.sockets = sockets
         self.conn = conn
@@ -231,7 +242,9 @@ class Worker:
         self.forwarders = self.forwarders_factory(
             self.cfg, self.index, self.labeler.name if self.labeler is not None else None
         )
-        self.drain = Drain(self.cfg.listen, self.sockets, self.on_batch, SourceFilter(self.cfg.listen.allow_sources))
+        lc = self.cfg.listen
+        gro = lc.udp_gro and self.alone
+        self.drain = Drain(lc, self.sockets, self.on_batch, SourceFilter(lc.allow_sources), gro=gro)
         self.drain.start(loop)
         self.state = "running"
         tick_every, report_every = self.cfg.listen.tick_interval, self.cfg.metrics.snapshot_interval
@@ -300,6 +313,7 @@ def _worker_main(
     log_fmt: str,
     parent_pid: int,
     inherited: list[int],
+    workers: int,
 ) -> None:
     logs.setup(cfg.log.level, log_fmt, worker=index)
     for fd in inherited:  # other workers' pipe ends: holding them would keep those pipes open
@@ -311,7 +325,7 @@ def _worker_main(
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        code = loop.run_until_complete(Worker(index, cfg, sockets, conn).run())
+        code = loop.run_until_complete(Worker(index, cfg, sockets, conn, alone=workers == 1).run())
     except Exception:
         log.exception("worker failed")
         code = 1
@@ -356,7 +370,7 @@ class Supervisor:
             receiver, sender = ctx.Pipe(duplex=False)  # the worker sends, the supervisor receives
             socks = [(ep.sockets[w], ep.layer, ep.label) for ep in self.endpoints]
             inherited = [c.fileno() for c in self.conns]
-            args = (w, self.cfg, socks, sender, fmt, os.getpid(), inherited)
+            args = (w, self.cfg, socks, sender, fmt, os.getpid(), inherited, self.workers)
             p = ctx.Process(target=_worker_main, args=args, name=f"vxmirror-w{w}")
             p.start()
             sender.close()

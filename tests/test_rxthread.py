@@ -113,3 +113,26 @@ def test_the_eventfd_wakes_an_idle_consumer_and_stop_ends_the_thread() -> None:
     assert not t.running
     t.close()
     s.close()
+
+
+def test_coalesced_datagrams_are_split_again() -> None:
+    """A GSO sender on loopback delivers 64-segment messages to a UDP_GRO socket intact; the
+    thread must hand them over as the original datagrams, in order, with their lengths."""
+    s = _sock()
+    t = RecvThread(s, records=4096, ring_bytes=1 << 22, slot_size=2048, vlen=8, notify_records=64, gro=True)
+    assert t.gro
+    t.start()
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_segment = 103  # linux/udp.h UDP_SEGMENT
+    tx.setsockopt(17, udp_segment, 100)
+    payload = b"".join(i.to_bytes(2, "big") * 50 for i in range(40)) + b"tail"  # 40 x 100 bytes + 4
+    tx.sendto(payload, s.getsockname())
+    tx.setsockopt(17, udp_segment, 0)
+    tx.sendto(b"single", s.getsockname())
+    got = _collect(t, 42, chunk=100)
+    want = [payload[i : i + 100] for i in range(0, len(payload), 100)] + [b"single"]
+    assert got == want
+    assert t.counters()["received"] == 42
+    tx.close()
+    t.close()
+    s.close()

@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
         kinds = ", ".join(getattr(s, "name", type(s).__name__) for s in cfg.forwarder_specs) or "defaults"
         print(
             f"ok: {args.file}: listen {', '.join(cfg.listen.addresses)}; metrics {cfg.metrics.listen}; "
-            f"data_dir {cfg.data_dir}; workers {cfg.listen.workers or 'one per core'}; forwarders {kinds}"
+            f"data_dir {cfg.data_dir}; workers {cfg.listen.workers or 'default'}; forwarders {kinds}"
         )
     return 0

@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics", metavar="HOST:PORT", help="/metrics and /healthz address (port 0: off)")
     p.add_argument("--data-dir", metavar="DIR", help="base directory of outputs (flows/, pcap/), spool")
-    p.add_argument("--workers", metavar="N", type=int, help="worker processes (0: one per core)")
+    p.add_argument("--workers", metavar="N", type=int, help="worker processes (0: the default, see listen.workers)")
     p.add_argument("--log-format", choices=["json", "text"], help="log format (default: from config, json)")
     return p
 

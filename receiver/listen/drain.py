@@ -65,7 +65,9 @@ class Drain:
         sockets: list[tuple[socket.socket, Layer, str]],
         handler: Callable[[PacketBatch], None],
         allow: SourceFilter | None = None,
+        gro: bool = False,
     ) -> None:
+        """``gro``: the caller allows UDP_GRO on these sockets (one worker; ``listen.udp_gro``)."""
         self.cfg = cfg
         self.handler = handler
         self.allow = allow if allow is not None else SourceFilter(cfg.allow_sources)
@@ -76,8 +78,9 @@ class Drain:
             port = int(sock.getsockname()[1])
             rx = None
             if threads:
-                rx = RecvThread(sock, 4 * cfg.ring_slots, cfg.receive_ring_bytes, cfg.slot_size, cfg.recv_batch,
-                                notify_records=cfg.ring_slots)
+                rx = RecvThread(sock, 4 * cfg.ring_slots, cfg.receive_ring_bytes, cfg.slot_size,
+                                min(cfg.recv_batch, 64) if gro else cfg.recv_batch, notify_records=cfg.ring_slots,
+                                gro=gro)
             self.sources.append(Source(sock, layer, label, ring, port=port, rx=rx))
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None

@@ -27,15 +27,21 @@ from ..packets import Layer, PacketBatch
 from .mmsg import IOVEC, MMSGHDR
 
 NAME_SIZE = 32
+CONTROL_LEN = 64  # = CONTROL_LEN in vxrecv.c
+GRO_STAGE = 65536  # a coalesced message is at most 64 KiB
+IPPROTO_UDP = 17
+UDP_GRO = 104  # linux/udp.h
 
 
 _FIELDS = (
-    "fd", "evfd", "vlen", "slot_size", "data", "data_size", "start", "end_abs", "caplen", "wirelen", "ts", "addr",
-    "rec_size", "staging", "msgs", "iov", "names", "notify_records", "head_rec", "head_byte", "tail_rec",
-    "tail_byte", "stop", "waiting", "received", "bytes", "truncated", "ring_full_waits", "errors", "last_errno",
-    "running",
+    "fd", "evfd", "vlen", "slot_size", "stage_size", "control", "data", "data_size", "start", "end_abs", "caplen",
+    "wirelen", "ts", "addr", "rec_size", "staging", "msgs", "iov", "names", "notify_records", "head_rec",
+    "head_byte", "tail_rec", "tail_byte", "stop", "waiting", "received", "bytes", "truncated", "ring_full_waits",
+    "errors", "last_errno", "running",
 )
-_POINTERS = {"data", "start", "end_abs", "caplen", "wirelen", "ts", "addr", "staging", "msgs", "iov", "names"}
+_POINTERS = {
+    "control", "data", "start", "end_abs", "caplen", "wirelen", "ts", "addr", "staging", "msgs", "iov", "names",
+}
 
 
 class _Rx(ctypes.Structure):
@@ -51,7 +57,8 @@ class RecvThread:
     """The receive thread of one socket and its ring (``records`` datagrams, ``ring_bytes``)."""
 
     def __init__(self, sock: socket.socket, records: int, ring_bytes: int, slot_size: int, vlen: int,
-                 notify_records: int) -> None:
+                 notify_records: int, gro: bool = False) -> None:
+        """``gro``: ask the kernel to coalesce datagrams (UDP_GRO); the thread splits them again."""
         lib = native.library()
         if lib is None:
             raise RuntimeError("the C library (receiver/native) is not built")
@@ -66,18 +73,21 @@ class RecvThread:
         self.wirelen = np.zeros(records, np.uint32)
         self.ts = np.zeros(records, np.float64)
         self.addr = np.zeros((records, 16), np.uint8)
-        self.staging = np.zeros(vlen * slot_size, np.uint8)
+        self.gro = gro and _enable_gro(sock)
+        stage = GRO_STAGE if self.gro else slot_size
+        self.staging = np.zeros(vlen * stage, np.uint8)
+        self.control = np.zeros(vlen * CONTROL_LEN, np.uint8)
         self.msgs = np.zeros(vlen, MMSGHDR)
         self.iov = np.zeros(vlen, IOVEC)
         self.names = np.zeros(vlen * NAME_SIZE, np.uint8)
         self.evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         rx = self.rx = _Rx()
-        rx.fd, rx.evfd, rx.vlen, rx.slot_size = sock.fileno(), self.evfd, vlen, slot_size
+        rx.fd, rx.evfd, rx.vlen, rx.slot_size, rx.stage_size = sock.fileno(), self.evfd, vlen, slot_size, stage
         rx.data_size, rx.rec_size, rx.notify_records = ring_bytes, records, notify_records
         arrays: dict[str, np.ndarray] = {
             "data": self.data, "start": self.offsets, "end_abs": self.end_abs, "caplen": self.caplen,
             "wirelen": self.wirelen, "ts": self.ts, "addr": self.addr, "staging": self.staging, "msgs": self.msgs,
-            "iov": self.iov, "names": self.names,
+            "iov": self.iov, "names": self.names, "control": self.control,
         }
         assert set(arrays) == _POINTERS
         for name, a in arrays.items():
@@ -150,3 +160,11 @@ class RecvThread:
 
     def counters(self) -> dict[str, int]:
         return {k: int(getattr(self.rx, k)) for k in COUNTERS}
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(IPPROTO_UDP, UDP_GRO, 1)
+    except OSError:  # an old kernel: datagrams come one by one
+        return False
+    return True

@@ -67,11 +67,19 @@ class ListenConfig:
         "receive in a C thread per socket into a ring (receive_ring_bytes), so the socket is emptied while the "
         "worker processes a batch (needs the C library; without it the event loop receives)",
     )
+    udp_gro: bool = opt(
+        True,
+        "let the kernel coalesce datagrams of one sender (UDP_GRO) for the receive thread, which splits them "
+        "again: far less kernel work per datagram. Used with one worker only: a coalesced datagram can carry "
+        "packets of inner flows that steering would send to different workers",
+    )
     receive_ring_bytes: int = opt(
         64 << 20, "bytes of the receive thread's ring per socket (datagrams packed; 4 x ring_slots of them)", 1 << 16
     )
     flush_interval: float = opt(0.01, "a partly filled ring goes to the engine after this many seconds", 0.0001)
-    workers: int = opt(0, "worker processes (0: one per CPU core)", 0, 256)
+    workers: int = opt(
+        0, "worker processes (0: one per two cores with the receive thread, else one per core)", 0, 256
+    )
     steering: bool = opt(True, "steer both directions of a flow to one worker with a reuseport BPF program")
     allow_sources: list[str] = opt(DEFAULT_ALLOW, "networks datagrams are accepted from (CIDR)")
     tick_interval: float = opt(1.0, "how often open flows are checked for timeouts, seconds", 0.05)

@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
@@ -23,12 +24,18 @@
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
+#define CONTROL_LEN 64
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 struct vx_rx {
     /* set up by Python before the thread starts */
     int64_t fd, evfd;
     int64_t vlen;       /* datagrams per recvmmsg */
     int64_t slot_size;  /* bytes kept per datagram (longer ones are truncated, and counted) */
+    int64_t stage_size; /* bytes per staging slot: slot_size, or 65536 with UDP_GRO */
+    uint8_t *control;   /* vlen * CONTROL_LEN: where the kernel says a message holds coalesced datagrams */
     uint8_t *data;      /* byte ring */
     int64_t data_size;
     int64_t *start;     /* per record: offset of the datagram in data */
@@ -97,20 +104,67 @@ static int64_t place(struct vx_rx *rx, int64_t n) {
     return pos;
 }
 
+/* the segment size of a message the kernel coalesced (UDP_GRO), or 0 */
+static int64_t gro_size(struct msghdr *h) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
+            int v;
+            memcpy(&v, CMSG_DATA(c), sizeof v);
+            return v > 0 ? v : 0;
+        }
+    }
+    return 0;
+}
+
+/* one datagram into the ring (waits while the ring is full); 0 when stopping instead */
+static int put(struct vx_rx *rx, const uint8_t *src, int64_t wire, const uint8_t *name, double t) {
+    int64_t cap = wire < rx->slot_size ? wire : rx->slot_size;
+    int64_t pos;
+    while ((pos = place(rx, cap)) < 0) { /* ring full: Python is behind; wait for it */
+        rx->ring_full_waits++;
+        wake(rx);
+        struct timespec nap = {0, 50000};
+        nanosleep(&nap, NULL);
+        if (load_acq(&rx->stop)) return 0;
+    }
+    memcpy(rx->data + pos, src, (size_t)cap);
+    int64_t r = rx->head_rec % rx->rec_size;
+    rx->start[r] = pos;
+    rx->caplen[r] = (uint32_t)cap;
+    rx->wirelen[r] = (uint32_t)wire;
+    rx->ts[r] = t;
+    uint8_t *a = rx->addr + 16 * r;
+    sa_family_t fam;
+    memcpy(&fam, name, sizeof fam);
+    if (fam == AF_INET6) memcpy(a, name + 8, 16);           /* sin6_addr */
+    else { memcpy(a, name + 4, 4); memset(a + 4, 0, 12); }  /* sin_addr */
+    rx->truncated += cap < wire;
+    rx->bytes += wire;
+    rx->received++;
+    rx->head_byte += cap;
+    rx->end_abs[r] = rx->head_byte;
+    store_rel(&rx->head_rec, rx->head_rec + 1);
+    return 1;
+}
+
 EXPORT int64_t vx_rx_run(struct vx_rx *rx) {
-    const int64_t vlen = rx->vlen, slot = rx->slot_size;
+    const int64_t vlen = rx->vlen, stage = rx->stage_size;
     store_rel(&rx->running, 1);
     for (int64_t k = 0; k < vlen; k++) {
-        rx->iov[k].iov_base = rx->staging + k * slot;
-        rx->iov[k].iov_len = (size_t)slot;
+        rx->iov[k].iov_base = rx->staging + k * stage;
+        rx->iov[k].iov_len = (size_t)stage;
         memset(&rx->msgs[k], 0, sizeof rx->msgs[k]);
         rx->msgs[k].msg_hdr.msg_iov = &rx->iov[k];
         rx->msgs[k].msg_hdr.msg_iovlen = 1;
         rx->msgs[k].msg_hdr.msg_name = rx->names + 32 * k;
+        rx->msgs[k].msg_hdr.msg_control = rx->control + CONTROL_LEN * k;
     }
     int64_t since_wake = 0;
     while (!load_acq(&rx->stop)) {
-        for (int64_t k = 0; k < vlen; k++) rx->msgs[k].msg_hdr.msg_namelen = 32;
+        for (int64_t k = 0; k < vlen; k++) {
+            rx->msgs[k].msg_hdr.msg_namelen = 32;
+            rx->msgs[k].msg_hdr.msg_controllen = CONTROL_LEN;
+        }
         int got = recvmmsg((int)rx->fd, rx->msgs, (unsigned)vlen, MSG_DONTWAIT | MSG_TRUNC, NULL);
         if (got <= 0) {
             if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -128,37 +182,23 @@ EXPORT int64_t vx_rx_run(struct vx_rx *rx) {
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
         double t = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
-        for (int k = 0; k < got; k++) {
-            int64_t wire = rx->msgs[k].msg_len;
-            int64_t cap = wire < slot ? wire : slot;
-            int64_t pos;
-            while ((pos = place(rx, cap)) < 0) { /* ring full: Python is behind; wait for it */
-                rx->ring_full_waits++;
-                wake(rx);
-                struct timespec nap = {0, 50000};
-                nanosleep(&nap, NULL);
-                if (load_acq(&rx->stop)) break;
-            }
-            if (pos < 0) break;
-            memcpy(rx->data + pos, rx->staging + k * slot, (size_t)cap);
-            int64_t r = rx->head_rec % rx->rec_size;
-            rx->start[r] = pos;
-            rx->caplen[r] = (uint32_t)cap;
-            rx->wirelen[r] = (uint32_t)wire;
-            rx->ts[r] = t;
-            uint8_t *a = rx->addr + 16 * r;
+        int stopping = 0;
+        for (int k = 0; k < got && !stopping; k++) {
+            const uint8_t *src = rx->staging + k * stage;
             const uint8_t *name = rx->names + 32 * k;
-            sa_family_t fam;
-            memcpy(&fam, name, sizeof fam);
-            if (fam == AF_INET6) memcpy(a, name + 8, 16);           /* sin6_addr */
-            else { memcpy(a, name + 4, 4); memset(a + 4, 0, 12); }  /* sin_addr */
-            rx->truncated += cap < wire;
-            rx->bytes += wire;
-            rx->received++;
-            rx->head_byte += cap;
-            rx->end_abs[r] = rx->head_byte;
-            store_rel(&rx->head_rec, rx->head_rec + 1);
-            since_wake++;
+            int64_t len = rx->msgs[k].msg_len;
+            int64_t seg = gro_size(&rx->msgs[k].msg_hdr);
+            if (seg <= 0 || seg >= len) { /* one datagram */
+                stopping = !put(rx, src, len, name, t);
+                since_wake++;
+                continue;
+            }
+            if (len > stage) len = stage; /* cannot happen: coalesced messages stay under 64 KiB */
+            for (int64_t off = 0; off < len && !stopping; off += seg) { /* coalesced: split them again */
+                int64_t n = len - off < seg ? len - off : seg;
+                stopping = !put(rx, src + off, n, name, t);
+                since_wake++;
+            }
         }
         if (since_wake >= rx->notify_records || got < vlen) {
             wake(rx);
