@@ -4,8 +4,11 @@
     .venv/bin/python bench/live_sweep.py --quick            # 512 bytes, 1 s trials
     .venv/bin/python bench/live_sweep.py --receivers c --sizes 128
 
-For each receiver (``c``: bench/c/recv_ref.c, recvmmsg batch 256, counting only; ``serve``:
-``vxmirror serve`` with its default forwarders, JSON flow records and rolling pcap) and each
+For each receiver (``c``: bench/c/recv_ref.c, recvmmsg batch 256, counting only, the reference;
+``c_gro``: the same with UDP_GRO, so the kernel hands over coalesced datagrams; ``serve``:
+``vxmirror serve`` with its default forwarders, JSON flow records and rolling pcap, and its
+default worker count, one per two cores, which lets its receive thread use UDP_GRO; ``serveN``:
+N workers, steered, without UDP_GRO) and each
 datagram size (bytes of UDP payload: the VXLAN header and the inner frame), trials send a paced
 stream from bench/c/send_ref.c (sendmmsg with UDP GSO, 64 segments per send, many inner flows)
 over loopback for ``--seconds``. A trial passes when under 0.1 % of what was sent was lost:
@@ -15,8 +18,12 @@ rate is searched: doubled from 100 k/s while trials pass (up to what the sender 
 then bisected. Every trial is a point of the plot (received against offered rate).
 
 Writes ``bench/out/live_sweep.json`` (trials, loss-free rates, ratios, machine) and
-``bench/out/live_sweep.png``. Both receivers run on the same machine in the same run; the
-sender needs one of the cores, so on a 2-core machine the receiver has the other one.
+``bench/out/live_sweep.png``. All receivers run on the same machine in the same run; the
+sender needs one of the cores, so on a 2-core machine the receiver has the other one. With
+UDP_GRO the GSO sender's 64-segment messages cross loopback whole: the kernel work per
+datagram shrinks for sender and receiver alike (on EC2 the kernel coalesces consecutive
+datagrams of one mirror session instead). Kernel drops of coalesced messages count once in
+RcvbufErrors however many datagrams they held: loss is taken from the counts.
 """
 
 from __future__ import annotations
@@ -117,13 +124,16 @@ def scrape(port: int) -> dict[str, float]:
 
 
 class CReceiver:
-    name = "c"
+    """bench/c/recv_ref.c: plain recvmmsg (``c``, the reference), or with UDP_GRO (``c_gro``)."""
 
-    def __init__(self, bins: dict[str, Path]) -> None:
+    def __init__(self, bins: dict[str, Path], gro: bool = False) -> None:
         self.bins = bins
+        self.gro = gro
+        self.name = "c_gro" if gro else "c"
 
     def trial(self, size: int, rate: float, seconds: float) -> dict[str, Any]:
-        proc = subprocess.Popen([str(self.bins["recv_ref"]), "--port", "0"], stdout=subprocess.PIPE, text=True)
+        cmd = [str(self.bins["recv_ref"]), "--port", "0", *(["--gro"] if self.gro else [])]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         port = int(proc.stdout.readline().split()[1])
         before = rcvbuf_errors()
@@ -136,7 +146,7 @@ class CReceiver:
 
 
 class ServeReceiver:
-    """``vxmirror serve`` with its default forwarders; ``workers`` None: one per core."""
+    """``vxmirror serve`` with its default forwarders; ``workers`` None: the default count."""
 
     def __init__(self, bins: dict[str, Path], workers: int | None = None) -> None:
         self.bins = bins
@@ -290,9 +300,11 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
                 continue
             pts = sorted((t["offered"], t["received_rate"]) for t in r["trials"])
             top = max(top, *(p[0] for p in pts))
-            label = {"c": "C recvmmsg reference", "serve": "vxmirror serve (all workers)"}.get(
-                r["receiver"], f"vxmirror serve ({r['receiver'][5:]} worker)"
-            )
+            label = {
+                "c": "C recvmmsg reference",
+                "c_gro": "C recvmmsg with UDP_GRO",
+                "serve": "vxmirror serve (default workers)",
+            }.get(r["receiver"], f"vxmirror serve ({r['receiver'][5:]} workers)")
             ax.plot([p[0] / 1e3 for p in pts], [p[1] / 1e3 for p in pts], "o-", label=label)
             ax.axvline(r["loss_free_rate"] / 1e3, ls=":", color=ax.lines[-1].get_color())
         ax.plot([0, top / 1e3], [0, top / 1e3], "k--", lw=0.8, label="received = offered")
@@ -309,7 +321,11 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="128,512,1400")
-    ap.add_argument("--receivers", default="c,serve,serve1", help="c, serve (all workers), serve1")
+    ap.add_argument(
+        "--receivers",
+        default="c,c_gro,serve,serve2",
+        help="c (plain recvmmsg), c_gro (with UDP_GRO), serve (default workers), serve1, serve2 (N workers)",
+    )
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--max-trials", type=int, default=8)
     ap.add_argument("--start", type=float, default=100_000)
@@ -322,8 +338,10 @@ def main() -> int:
     bins = build()
     makers: dict[str, Any] = {
         "c": CReceiver,
+        "c_gro": lambda b: CReceiver(b, gro=True),
         "serve": ServeReceiver,
         "serve1": lambda b: ServeReceiver(b, workers=1),
+        "serve2": lambda b: ServeReceiver(b, workers=2),
     }
     results = []
     t0 = time.time()
@@ -341,11 +359,13 @@ def main() -> int:
     for size in sorted({r["size"] for r in results}):
         by = {r["receiver"]: r for r in results if r["size"] == size}
         row: dict[str, Any] = {k: round(v["loss_free_rate"]) for k, v in by.items()}
-        for name in ("serve", "serve1"):
+        for name in ("serve", "serve1", "serve2"):
             if "c" in by and name in by and by["c"]["loss_free_rate"]:
                 ratio = round(by[name]["loss_free_rate"] / by["c"]["loss_free_rate"], 3)
                 row[f"{name}_ratio"] = ratio
                 row[f"{name}_goal_0.8x_met"] = ratio >= 0.8
+            if "c_gro" in by and name in by and by["c_gro"]["loss_free_rate"]:
+                row[f"{name}_ratio_c_gro"] = round(by[name]["loss_free_rate"] / by["c_gro"]["loss_free_rate"], 3)
         row["c_limited_by_sender"] = by.get("c", {}).get("limited_by_sender")
         summary[str(size)] = row
     doc = {

@@ -39,7 +39,7 @@ def checks(doc: dict[str, Any]) -> dict[str, tuple[float, bool]]:
     live = _ok(s, "live")
     if live:
         for size, row in live.get("summary", {}).items():
-            for name in ("serve", "serve1"):
+            for name in ("serve", "serve1", "serve2"):
                 if f"{name}_ratio" in row:
                     out[f"live.{size}.{name}_ratio"] = (float(row[f"{name}_ratio"]), True)
     mem = _ok(s, "memory")
@@ -93,7 +93,7 @@ def needed_records_per_second(doc: dict[str, Any]) -> tuple[float | None, float 
     best = None
     if live:
         rates = [float(v) for row in live.get("summary", {}).values() for k, v in row.items()
-                 if k in ("serve", "serve1") and isinstance(v, int | float)]
+                 if k in ("serve", "serve1", "serve2") and isinstance(v, int | float)]
         best = max(rates) if rates else None
     if best is None or not off:
         return None, best
@@ -146,14 +146,18 @@ def headline_rows(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
                 v = lossy.get(name)
                 return f" (lost at {fmt_rate(v)})" if v else ""
 
-            for name, label in (("serve", "all workers"), ("serve1", "1 worker")):
+            for name, label in (("serve", "default workers"), ("serve1", "1 worker"), ("serve2", "2 workers")):
                 if name not in row:
                     continue
                 ratio = row.get(f"{name}_ratio")
+                gro = ""
+                if row.get("c_gro"):
+                    gro = (f"; C with UDP_GRO {fmt_rate(row['c_gro'])}{bracket('c_gro')}, ratio "
+                           f"{row.get(f'{name}_ratio_c_gro', 0):.2f}x")
                 rows.append((
                     f"`vxmirror serve` loss-free rate, {size}-byte datagrams, {label}",
                     f"{fmt_rate(row[name])}{bracket(name)}; C reference {fmt_rate(c)}{bracket('c')}{capped}; ratio "
-                    + (f"{ratio:.2f}x" if ratio is not None else "n/a"),
+                    + (f"{ratio:.2f}x" if ratio is not None else "n/a") + gro,
                     _goal(None if ratio is None else ratio >= GOAL_LIVE_RATIO, f">= {GOAL_LIVE_RATIO}x C"),
                 ))
     else:
