@@ -37,9 +37,19 @@ def qtype_name(t: int) -> str:
 
 def _name(msg: bytes, pos: int, depth: int = 0) -> tuple[str, int]:
     """A (possibly compressed) domain name at ``pos``; returns (name, position after it)."""
+    name, end, _ = _resolve(msg, pos, depth, {})
+    return name, end
+
+
+def _resolve(msg: bytes, pos: int, depth: int, memo: dict[int, tuple[str, int]]) -> tuple[str, int, int]:
+    """``_name`` plus the number of compression pointers followed. ``memo`` keeps, per position of
+    one message, the name there and its pointer count, so answers that point at the question (the
+    usual case) do not decode it again; the depth limit is applied as if they did."""
+    start = pos
     labels: list[bytes] = []
     rest = ""
     end = -1
+    hops = 0
     n = len(msg)
     for _ in range(128):
         if pos >= n:
@@ -56,7 +66,14 @@ def _name(msg: bytes, pos: int, depth: int = 0) -> tuple[str, int]:
                 end = pos + 2
             if ptr >= pos or depth > 16:
                 raise _Cut
-            rest = _name(msg, ptr, depth + 1)[0]
+            hit = memo.get(ptr)
+            if hit is None:
+                rest, _, sub = _resolve(msg, ptr, depth + 1, memo)
+            else:
+                rest, sub = hit
+                if depth + sub > 16:  # following its pointers from here would pass the limit
+                    raise _Cut
+            hops = 1 + sub
             pos = -1
             break
         if ln & 0xC0:
@@ -69,7 +86,8 @@ def _name(msg: bytes, pos: int, depth: int = 0) -> tuple[str, int]:
     name = b".".join(labels).decode("ascii", "backslashreplace").lower() if labels else ""
     if rest:
         name = f"{name}.{rest}" if labels else rest
-    return name, (end if end >= 0 else pos)
+    memo[start] = (name, hops)  # the same from wherever (and however deep) it is reached
+    return name, (end if end >= 0 else pos), hops
 
 
 def netbios_name(encoded: str) -> str:
@@ -86,18 +104,19 @@ def _ipv6_text(packed: bytes) -> str:
     return str(ipaddress.IPv6Address(packed))  # cached: answers repeat, and this costs microseconds
 
 
-def _rdata(msg: bytes, rtype: int, pos: int, rdlen: int) -> str:
+def _rdata(msg: bytes, rtype: int, pos: int, rdlen: int, memo: dict[int, tuple[str, int]] | None = None) -> str:
+    memo = {} if memo is None else memo
     rd = msg[pos : pos + rdlen]
     if rtype == 1 and rdlen == 4:
         return f"{rd[0]}.{rd[1]}.{rd[2]}.{rd[3]}"  # as str(ipaddress.IPv4Address(rd))
     if rtype == 28 and rdlen == 16:
         return _ipv6_text(rd)
     if rtype in (2, 5, 12, 39):
-        return _name(msg, pos)[0]
+        return _resolve(msg, pos, 0, memo)[0]
     if rtype == 15 and rdlen > 2:
-        return _name(msg, pos + 2)[0]
+        return _resolve(msg, pos + 2, 0, memo)[0]
     if rtype == 33 and rdlen > 6:
-        return _name(msg, pos + 6)[0]
+        return _resolve(msg, pos + 6, 0, memo)[0]
     if rtype == 16:
         out, i = [], 0
         while i < len(rd):
@@ -137,9 +156,10 @@ def parse(payload: bytes, tcp: bool = False, netbios: bool = False) -> dict[str,
         "ttls": [],
     }
     pos = 12
+    memo: dict[int, tuple[str, int]] = {}
     try:
         for i in range(qd):
-            name, pos = _name(payload, pos)
+            name, pos, _ = _resolve(payload, pos, 0, memo)
             if pos + 4 > len(payload):
                 raise _Cut
             (qt,) = struct.unpack_from("!H", payload, pos)
@@ -148,7 +168,7 @@ def parse(payload: bytes, tcp: bool = False, netbios: bool = False) -> dict[str,
                 out["query"] = name
                 out["qtype"] = qtype_name(qt)
         for _ in range(min(an, MAX_ANSWERS)):
-            name, pos = _name(payload, pos)
+            name, pos, _ = _resolve(payload, pos, 0, memo)
             if pos + 10 > len(payload):
                 raise _Cut
             rtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", payload, pos)
@@ -158,7 +178,7 @@ def parse(payload: bytes, tcp: bool = False, netbios: bool = False) -> dict[str,
             if out["query"] is None:  # mDNS answers without a question section
                 out["query"] = name
             if rtype != 41:
-                out["answers"].append(_rdata(payload, rtype, pos, rdlen))
+                out["answers"].append(_rdata(payload, rtype, pos, rdlen, memo))
                 out["ttls"].append(ttl)
             pos += rdlen
     except (_Cut, struct.error, ValueError):
