@@ -137,14 +137,23 @@ class AppState:
                 self._tls_done[d] = True
             self._nothing()
             return
+        # a message that is complete in this segment (the common case) is parsed without a buffer
         if first == 0x16 and self._seen[d] <= 2 and tls.looks_like_tls_handshake(data):
             self._kind = self._kind or "tls"
-            self._start(d, _TLS, data)
-            self._feed_tls(d, self._buf[d])  # type: ignore[arg-type]
+            self._mode[d], self._segs[d] = _TLS, 1
+            if self._tls_hello(bytes(data), len(data)):
+                self._tls_done[d] = True
+            else:
+                self._buf[d] = bytearray(data)
             return
         if http.looks_like_http(data):
-            self._start(d, _HTTP, data)
-            self._http_progress(d, self._buf[d])  # type: ignore[arg-type]
+            self._mode[d], self._segs[d] = _HTTP, 1
+            if self._http_head_done(data, 1):
+                if data[:5] == b"HTTP/":
+                    self._flush_http(1 - d)  # a request still being gathered comes first
+                self._feed_http(bytes(data))
+            else:
+                self._buf[d] = bytearray(data)
             return
         if len(data) < _PROBE_LEN and self._segs_probe_ok(d) and http.could_start_http(data):
             self._start(d, _PROBE, data)  # e.g. "G" then "ET / HTTP/1.0" in the next segment
@@ -161,13 +170,21 @@ class AppState:
         self._mode[d] = mode
         self._segs[d] = 1
 
+    @staticmethod
+    def _http_head_done(buf: bytes | bytearray, segs: int) -> bool:
+        """Whether a message head gathered from ``segs`` segments is to be parsed now: complete
+        (a status line, or a request's headers), or too long, or from too many segments."""
+        if buf[:5] == b"HTTP/":
+            done = b"\n" in buf
+        else:
+            done = b"\r\n\r\n" in buf or b"\n\n" in buf
+        return done or len(buf) >= http.MAX_HEAD or segs >= _MAX_SEGMENTS
+
     def _http_progress(self, d: int, buf: bytearray) -> None:
         """An HTTP message head is being gathered: parse it once complete (or too long)."""
-        is_resp = buf[:5] == b"HTTP/"
-        done = (b"\n" in buf) if is_resp else (b"\r\n\r\n" in buf or b"\n\n" in buf)
-        if done or len(buf) >= http.MAX_HEAD or self._segs[d] >= _MAX_SEGMENTS:
+        if self._http_head_done(buf, self._segs[d]):
             self._buf[d] = None
-            if is_resp:
+            if buf[:5] == b"HTTP/":
                 self._flush_http(1 - d)  # a request still being gathered comes first
             self._feed_http(bytes(buf))
 
@@ -237,7 +254,14 @@ class AppState:
             self._dns_pending.setdefault(tid, []).append(item)
 
     def _feed_tls(self, d: int, buf: bytearray) -> None:
-        parsed = tls.parse_hello(bytes(buf))
+        if self._tls_hello(bytes(buf), len(buf)):
+            self._buf[d] = None
+            self._tls_done[d] = True
+
+    def _tls_hello(self, data: bytes, size: int) -> bool:
+        """Take what a hello at the start of ``data`` says; True when this direction is finished
+        (no hello, a complete one, or ``size`` bytes gathered reach ``tls_buffer``)."""
+        parsed = tls.parse_hello(data)
         hello = None
         if parsed is not None:
             kind, hello = parsed
@@ -250,9 +274,7 @@ class AppState:
                 self.tls["cipher"] = hello["cipher"]
                 if hello["alpn"] is not None:
                     self.tls["alpn_selected"] = hello["alpn"]
-        if hello is None or hello["complete"] or len(buf) >= self.tls_buffer:
-            self._buf[d] = None
-            self._tls_done[d] = True
+        return hello is None or bool(hello["complete"]) or size >= self.tls_buffer
 
     # -- results ---------------------------------------------------------------------------
 
