@@ -136,3 +136,32 @@ def test_coalesced_datagrams_are_split_again() -> None:
     tx.close()
     t.close()
     s.close()
+
+
+def test_stopping_reads_the_coalesced_backlog_through_the_thread() -> None:
+    """At shutdown the socket may still hold coalesced messages: the thread reads and splits
+    them (a plain recvmmsg would see one long datagram each)."""
+    s = _sock()
+    t = RecvThread(s, records=64, ring_bytes=1 << 16, slot_size=256, vlen=8, notify_records=8, gro=True)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(17, 103, 50)  # UDP_SEGMENT: 50-byte datagrams
+    for k in range(10):  # 10 messages x 40 datagrams, sent before the thread runs: all in the backlog
+        tx.sendto(bytes([k]) * 2000, s.getsockname())
+    t.start()
+    got: list[bytes] = []
+
+    def consume() -> None:
+        first, end = t.take(1000)
+        if end > first:
+            b = t.batch(first, end, Layer.VXLAN, 1)
+            got.extend(b.frame(i) for i in range(b.count))
+            t.release(end)
+
+    t.drain_and_stop(consume)
+    while t.pending():
+        consume()
+    assert not t.running
+    assert got == [bytes([k]) * 50 for k in range(10) for _ in range(40)]
+    tx.close()
+    t.close()
+    s.close()

@@ -111,11 +111,12 @@ class Drain:
             self._timer = None
         for i, src in enumerate(self.sources):
             if src.rx is not None:
-                src.rx.stop()
                 if drain_backlog:
+                    src.rx.drain_and_stop(functools.partial(self._take, i))
                     self._take(i)
                 src.rx.close()
-                src.rx = None  # what is left in the socket is read below
+                src.rx = None
+                continue  # the receive thread read the backlog (it may hold coalesced datagrams)
             if drain_backlog:
                 while src.ring.recv(src.sock.fileno(), self.cfg.recv_batch) > 0:
                     if src.ring.free == 0:

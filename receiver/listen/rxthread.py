@@ -19,6 +19,8 @@ import ctypes
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from ..packets import Layer, PacketBatch
 from .mmsg import IOVEC, MMSGHDR
 
 NAME_SIZE = 32
+STOP_NOW, STOP_DRAINED = 1, 2  # = the enum in vxrecv.c
 CONTROL_LEN = 64  # = CONTROL_LEN in vxrecv.c
 GRO_STAGE = 65536  # a coalesced message is at most 64 KiB
 IPPROTO_UDP = 17
@@ -105,10 +108,22 @@ class RecvThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread (within ~50 ms); what it already received stays in the ring."""
-        self.rx.stop = 1
+        self.rx.stop = STOP_NOW
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def drain_and_stop(self, consume: Callable[[], None], timeout: float = 10.0) -> None:
+        """Let the thread empty the socket (at most 16 rings' worth more) and stop, calling
+        ``consume`` meanwhile so that it never waits on a full ring; what is left after it
+        stopped is for the caller's last ``consume``. The socket may hold coalesced datagrams
+        only this thread can split, so it, not a plain recvmmsg, reads the backlog."""
+        self.rx.stop = STOP_DRAINED
+        deadline = time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
+            consume()
+            self._thread.join(0.001)
+        self.stop()
 
     def close(self) -> None:
         self.stop()

@@ -52,11 +52,13 @@ struct vx_rx {
     /* shared */
     int64_t head_rec, head_byte;   /* written by the thread */
     int64_t tail_rec, tail_byte;   /* written by Python */
-    int64_t stop;                  /* set by Python */
+    int64_t stop;                  /* set by Python: STOP_NOW, or STOP_DRAINED (empty the socket first) */
     int64_t waiting;               /* Python sleeps on evfd (1) or is working (0) */
     /* counters, written by the thread */
     int64_t received, bytes, truncated, ring_full_waits, errors, last_errno, running;
 };
+
+enum { RUN = 0, STOP_NOW = 1, STOP_DRAINED = 2 };
 
 static inline int64_t load_acq(int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void store_rel(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -125,7 +127,7 @@ static int put(struct vx_rx *rx, const uint8_t *src, int64_t wire, const uint8_t
         wake(rx);
         struct timespec nap = {0, 50000};
         nanosleep(&nap, NULL);
-        if (load_acq(&rx->stop)) return 0;
+        if (load_acq(&rx->stop) == STOP_NOW) return 0;
     }
     memcpy(rx->data + pos, src, (size_t)cap);
     int64_t r = rx->head_rec % rx->rec_size;
@@ -159,8 +161,16 @@ EXPORT int64_t vx_rx_run(struct vx_rx *rx) {
         rx->msgs[k].msg_hdr.msg_name = rx->names + 32 * k;
         rx->msgs[k].msg_hdr.msg_control = rx->control + CONTROL_LEN * k;
     }
-    int64_t since_wake = 0;
-    while (!load_acq(&rx->stop)) {
+    int64_t since_wake = 0, drain_until = -1;
+    for (;;) {
+        int64_t stop = load_acq(&rx->stop);
+        if (stop == STOP_NOW) break;
+        if (stop == STOP_DRAINED) {
+            /* shutting down: what the socket holds now still goes to the ring (bounded, in case
+             * senders keep sending: 16 rings' worth of records), then stop */
+            if (drain_until < 0) drain_until = rx->head_rec + 16 * rx->rec_size;
+            if (rx->head_rec >= drain_until) break;
+        }
         for (int64_t k = 0; k < vlen; k++) {
             rx->msgs[k].msg_hdr.msg_namelen = 32;
             rx->msgs[k].msg_hdr.msg_controllen = CONTROL_LEN;
@@ -175,6 +185,7 @@ EXPORT int64_t vx_rx_run(struct vx_rx *rx) {
                 wake(rx);
                 since_wake = 0;
             }
+            if (stop == STOP_DRAINED) break; /* the socket is empty */
             struct pollfd p = {.fd = (int)rx->fd, .events = POLLIN};
             poll(&p, 1, 50);
             continue;
@@ -205,6 +216,7 @@ EXPORT int64_t vx_rx_run(struct vx_rx *rx) {
             since_wake = 0;
         }
     }
+    wake(rx);
     store_rel(&rx->running, 0);
     return 0;
 }
