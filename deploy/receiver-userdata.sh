@@ -3,7 +3,7 @@
 # dollar-brace names below are CloudFormation parameters, filled in at stack creation.
 set -euo pipefail
 exec > >(tee -a /var/log/vxmirror-bootstrap.log) 2>&1
-dnf install -y -q python3.11 python3.11-pip tar gzip
+dnf install -y -q python3.11 python3.11-pip tar gzip gcc
 install -d -m 0755 /opt/vxmirror/src /etc/vxmirror /var/lib/vxmirror
 aws s3 cp "s3://${ArtifactBucket}/${ReceiverSourceKey}" /opt/vxmirror/vxmirror-src.tar.gz --region "${AWS::Region}"
 tar -xzf /opt/vxmirror/vxmirror-src.tar.gz -C /opt/vxmirror/src

@@ -422,6 +422,11 @@ class Supervisor:
                     "workers": self.workers,
                     "steering": all(ep.steered for ep in self.endpoints) if self.workers > 1 else None,
                     "rcvbuf": {ep.label: ep.rcvbuf for ep in self.endpoints},
+                    # the C loops (receiver/native): off means numpy does their work, slower
+                    "native": native.available(),
+                    "receive_thread": self.cfg.listen.receive_thread and native.available(),
+                    "udp_gro": self.cfg.listen.receive_thread and native.available() and self.cfg.listen.udp_gro
+                    and self.workers == 1,
                     "metrics": "off" if self.metrics_address is None else "{}:{}".format(*self.metrics_address),
                     "data_dir": self.cfg.data_dir,
                     "config": self.cfg.source,
