@@ -25,6 +25,7 @@ RCODES = {
     7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE",
 }  # fmt: skip
 MAX_ANSWERS = 32
+_RCODE_NAMES = tuple(RCODES.get(c) or str(c) for c in range(16))
 
 
 class _Cut(Exception):
@@ -32,7 +33,7 @@ class _Cut(Exception):
 
 
 def qtype_name(t: int) -> str:
-    return QTYPES.get(t, str(t))
+    return QTYPES.get(t) or str(t)
 
 
 def _name(msg: bytes, pos: int, depth: int = 0) -> tuple[str, int]:
@@ -151,7 +152,7 @@ def parse(payload: bytes, tcp: bool = False, netbios: bool = False) -> dict[str,
         "opcode": opcode,
         "query": None,
         "qtype": None,
-        "rcode": RCODES.get(flags & 0xF, str(flags & 0xF)) if qr else None,
+        "rcode": _RCODE_NAMES[flags & 0xF] if qr else None,
         "answers": [],
         "ttls": [],
     }
@@ -162,7 +163,7 @@ def parse(payload: bytes, tcp: bool = False, netbios: bool = False) -> dict[str,
             name, pos, _ = _resolve(payload, pos, 0, memo)
             if pos + 4 > len(payload):
                 raise _Cut
-            (qt,) = struct.unpack_from("!H", payload, pos)
+            qt = (payload[pos] << 8) | payload[pos + 1]
             pos += 4
             if i == 0:
                 out["query"] = name
