@@ -187,17 +187,21 @@ class Capture:
             pos = nxt
 
     def _pcap_scan(self, pos: int, batch_size: int) -> tuple[Iterable[_Records], int, bool, bool]:
-        """Records from header ``pos`` on (a batch's worth with the C loop, a window's worth with
-        numpy) as column chunks of at most ``batch_size``, where scanning stopped, and whether
-        it stopped at a truncated or a bad record."""
+        """Records from header ``pos`` on (a window's worth) as column chunks of at most
+        ``batch_size``, where scanning stopped, and whether it stopped at a truncated or a bad
+        record."""
         arr = self._arr
-        if native.available():
-            start, cap, wire, ts, nxt, status = native.pcap_scan(
-                arr, pos, self.big_endian, self.nanoseconds, capture_pcap.MAX_RECORD_LEN, batch_size
-            )
-            chunk = [(start, cap, wire, ts)] if start.shape[0] else []
-            return chunk, nxt, status == native.SCAN_TRUNCATED, status == native.SCAN_BAD
         frac_lim = 1_000_000_000 if self.nanoseconds else 1_000_000
+        if native.available():
+            stop = min(arr.shape[0], pos + capture_pcap.WINDOW_LEN)
+            offs, nxt, status = native.pcap_scan(
+                arr, pos, stop, self.big_endian, capture_pcap.MAX_RECORD_LEN, frac_lim
+            )
+            chunks_c = (
+                native.pcap_columns(arr, offs[i : i + batch_size], self.big_endian, self.nanoseconds)
+                for i in range(0, offs.shape[0], batch_size)
+            )
+            return chunks_c, nxt, status == native.SCAN_TRUNCATED, status == native.SCAN_BAD
         res = capture_pcap.scan(arr, pos, arr.shape[0], self.big_endian, frac_lim)
         offs = res.offsets
         chunks = (

@@ -311,3 +311,47 @@ def test_engine_matches_numpy_on_generated_traffic_and_zeek_traces() -> None:
     for t in sorted(ZEEK.rglob("*.pcap*")):
         with open_capture(t) as cap:
             _engines_agree(list(cap.batches(512)))
+
+
+def _tricky_capture(seed: int) -> tuple[np.ndarray, int]:
+    """Records whose data is full of fake record headers (so lane guesses go wrong), maybe a bad
+    record and a cut end."""
+    rng = np.random.default_rng(seed)
+    out = bytearray(pcap_bytes([]))
+    n = int(rng.integers(1500, 3000))
+    bad = int(rng.integers(0, n)) if rng.random() < 0.3 else -1
+    for i in range(n):
+        size = int(rng.integers(0, 1200))
+        body = bytearray(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        for _ in range(size // 64):  # plausible-looking headers inside the data
+            at = int(rng.integers(0, max(1, size - 16)))
+            fake = int(rng.integers(0, 600))
+            struct.pack_into("<IIII", body, at, 1_700_000_000, int(rng.integers(0, 10**6)), fake, fake + 4)
+        incl = (1 << 30) if i == bad else size
+        out += struct.pack("<IIII", 1_700_000_000 + i, i, incl, size) + body
+    cut = int(rng.integers(0, 300)) if rng.random() < 0.5 else 0
+    data = np.frombuffer(bytes(out[: len(out) - cut]), np.uint8)
+    return data, len(data)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lane_scan_equals_one_chain_on_tricky_captures(seed: int) -> None:
+    from receiver import capture_pcap
+
+    arr, end = _tricky_capture(seed)
+    pos = 24
+    window = [64 * 1024, 300 * 1024, 10**9][seed % 3]
+    got: list[int] = []
+    want: list[int] = []
+    p = pos
+    while p < end:  # the C lanes, window by window, as the capture reader calls them
+        offs, nxt, status = native.pcap_scan(arr, p, min(end, p + window), False, capture_pcap.MAX_RECORD_LEN, 10**6)
+        got += offs.tolist()
+        if status != native.SCAN_OK or nxt <= p:
+            break
+        p = nxt
+    loop = capture_pcap.scan_loop(arr, pos, end, False)
+    want = loop.offsets.tolist()
+    assert got == want
+    assert (nxt, status) == (loop.next_pos, native.SCAN_BAD if loop.bad else
+                             native.SCAN_TRUNCATED if loop.truncated else native.SCAN_OK)

@@ -43,7 +43,7 @@ ACCOUNT_INPUTS = (
     ("tcpflags", np.int64), ("proto", np.int64), ("truncated", np.bool_), ("fragment", np.bool_),
 )
 SCAN_OK, SCAN_TRUNCATED, SCAN_BAD = 0, 1, 2
-ABI = 5  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+ABI = 6  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
@@ -73,8 +73,10 @@ def _load() -> ctypes.CDLL | None:
     if abi != ABI:  # pragma: no cover - built from another version of vxnative.c
         log.warning("%s is stale (ABI %d, want %d; reinstall): using the numpy loops (slower)", path, abi, ABI)
         return None
-    lib.vx_pcap_scan.restype = _I64
-    lib.vx_pcap_scan.argtypes = [_P, _I64, _I64, ctypes.c_int, ctypes.c_int, _I64, _I64, _P, _P, _P, _P, _P]
+    lib.vx_pcap_scan_lanes.restype = _I64
+    lib.vx_pcap_scan_lanes.argtypes = [_P, _I64, _I64, _I64, ctypes.c_int, _I64, _I64, _I64, _P, _P, _P]
+    lib.vx_pcap_columns.restype = None
+    lib.vx_pcap_columns.argtypes = [_P, _P, _I64, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P]
     lib.vx_decode_common.restype = _I64
     lib.vx_decode_common.argtypes = [_P, _I64, _P, _P, _I64, ctypes.c_int, _P, _I64, _P, _I64, _I64, _P, _P]
     lib.vx_group.restype = _I64
@@ -112,22 +114,37 @@ def _ptr(a: np.ndarray) -> int:
 
 
 def pcap_scan(
-    arr: U8, pos: int, big_endian: bool, nanos: bool, max_len: int, max_n: int
-) -> tuple[I64, U32, U32, F64, int, int]:
-    """Up to ``max_n`` records from record header ``pos``: data offsets, caplen, wirelen, time,
-    where scanning stopped, and SCAN_OK / SCAN_TRUNCATED / SCAN_BAD."""
+    arr: U8, pos: int, stop: int, big_endian: bool, max_len: int, frac_lim: int, lanes: int = 8
+) -> tuple[I64, int, int]:
+    """Header offsets of the records starting in ``[pos, stop)`` (``pos`` is a record header),
+    the next record after them (or where scanning stopped), and SCAN_OK / SCAN_TRUNCATED /
+    SCAN_BAD. ``lanes`` chains are followed at once."""
     assert _lib is not None
     assert arr.flags.c_contiguous and arr.dtype == np.uint8
-    start = np.empty(max_n, np.int64)
-    caplen = np.empty(max_n, np.uint32)
-    wirelen = np.empty(max_n, np.uint32)
-    ts = np.empty(max_n, np.float64)
+    words = (stop - pos) // 16 + 2
+    offs = np.empty(words, np.int64)
+    scratch = np.empty(2 * words + 64, np.int64)
     state = np.zeros(2, np.int64)
-    n = _lib.vx_pcap_scan(
-        _ptr(arr), arr.shape[0], pos, int(big_endian), int(nanos), max_len, max_n,
-        _ptr(start), _ptr(caplen), _ptr(wirelen), _ptr(ts), _ptr(state),
+    n = _lib.vx_pcap_scan_lanes(
+        _ptr(arr), arr.shape[0], pos, stop, int(big_endian), max_len, frac_lim, lanes, _ptr(offs), _ptr(scratch),
+        _ptr(state),
     )
-    return start[:n], caplen[:n], wirelen[:n], ts[:n], int(state[0]), int(state[1])
+    return offs[:n], int(state[0]), int(state[1])
+
+
+def pcap_columns(arr: U8, offs: I64, big_endian: bool, nanos: bool) -> tuple[I64, U32, U32, F64]:
+    """Data offset, caplen, wirelen and time of the records at header offsets ``offs``."""
+    assert _lib is not None
+    offs = np.ascontiguousarray(offs, np.int64)
+    n = offs.shape[0]
+    start = np.empty(n, np.int64)
+    caplen = np.empty(n, np.uint32)
+    wirelen = np.empty(n, np.uint32)
+    ts = np.empty(n, np.float64)
+    _lib.vx_pcap_columns(
+        _ptr(arr), _ptr(offs), n, int(big_endian), int(nanos), _ptr(start), _ptr(caplen), _ptr(wirelen), _ptr(ts)
+    )
+    return start, caplen, wirelen, ts
 
 
 def decode_common(

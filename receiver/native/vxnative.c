@@ -16,7 +16,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define PREFETCH_AHEAD 16
-#define VX_ABI 5 /* = receiver.native.ABI */
+#define VX_ABI 6 /* = receiver.native.ABI */
 
 EXPORT int vx_abi(void) { return VX_ABI; }
 
@@ -31,46 +31,11 @@ static inline uint64_t be32(const uint8_t *p) {
 }
 
 /* ---- classic pcap records ------------------------------------------------------------------
- * Follow the record chain from `pos` (a record header) for at most `max_n` records; write each
- * record's data offset, incl_len, orig_len and time. state[0] = where scanning stopped,
- * state[1] = SCAN_OK (max_n reached or the end), SCAN_TRUNCATED (a record runs past `end`) or
- * SCAN_BAD (incl_len above max_len: the chain cannot be followed). Mirrors scan_loop followed
- * by record_columns in receiver/capture_pcap.py. */
+ * A record is a 16-byte header (ts_sec, ts_frac, incl_len, orig_len) and incl_len bytes of data.
+ * SCAN_OK: the scan reached its stop or the end; SCAN_TRUNCATED: a record runs past the end of
+ * the data (its header or its data); SCAN_BAD: incl_len above max_len, the chain cannot be
+ * followed. Mirrors receiver/capture_pcap.py (scan_loop, scan_lanes, record_columns). */
 enum { SCAN_OK = 0, SCAN_TRUNCATED = 1, SCAN_BAD = 2 };
-
-EXPORT int64_t vx_pcap_scan(const uint8_t *buf, int64_t end, int64_t pos, int big_endian, int nanos,
-                            int64_t max_len, int64_t max_n, int64_t *start, uint32_t *caplen,
-                            uint32_t *wirelen, double *ts, int64_t *state) {
-    const double frac = nanos ? 1e-9 : 1e-6;
-    int64_t n = 0;
-    int status = SCAN_OK;
-    while (n < max_n) {
-        if (pos > end - 16) {
-            status = pos != end ? SCAN_TRUNCATED : SCAN_OK;
-            break;
-        }
-        const uint8_t *h = buf + pos;
-        uint32_t incl = rd32(h + 8, big_endian);
-        if ((int64_t)incl > max_len) {
-            status = SCAN_BAD;
-            break;
-        }
-        int64_t nxt = pos + 16 + (int64_t)incl;
-        if (nxt > end) {
-            status = SCAN_TRUNCATED;
-            break;
-        }
-        start[n] = pos + 16;
-        caplen[n] = incl;
-        wirelen[n] = rd32(h + 12, big_endian);
-        ts[n] = (double)rd32(h, big_endian) + (double)rd32(h + 4, big_endian) * frac;
-        pos = nxt;
-        n++;
-    }
-    state[0] = pos;
-    state[1] = status;
-    return n;
-}
 
 /* ---- the common shapes of mirrored traffic ------------------------------------------------
  * Outside: Ethernet / IPv4 without options, not a fragment / UDP to a VXLAN port / VXLAN with
@@ -351,5 +316,189 @@ EXPORT void vx_account(void **cols, void **in, int64_t n) {
         int fin_both = ((hb >> (2 * L_FIN)) & 3) == 3;
         int rst_any = ((hb >> (2 * L_RST)) & 3) != 0;
         if ((fin_both || rst_any) && close_ts[f] == 0) close_ts[f] = t_last[f];
+    }
+}
+
+/* ---- classic pcap records, several chains at once -------------------------------------------
+ * Following one chain of record headers waits on memory at every record (each header is a
+ * cache miss, and where the next one is depends on it). Here the window [pos, stop) is cut into
+ * `lanes` parts; in each part after the first a plausible record start is guessed (the header and
+ * the two after it look like pcap record headers), and all chains are walked in turn, so their
+ * misses overlap. Then the lanes are checked in order: lane 0 starts at a known record, and each
+ * lane's chain must arrive exactly at the next lane's guess. Where it does not, the true chain is
+ * walked from there until it meets that lane's chain (chains that meet coincide from then on).
+ * A wrong guess costs time, never correctness: the result is that of following one chain.
+ *
+ * Writes the record header offsets of the records starting before `stop` into offs (capacity
+ * (stop - pos) / 16 + 1), returns their number; state[0] = the next record after them (or where
+ * scanning stopped), state[1] = SCAN_OK, SCAN_TRUNCATED or SCAN_BAD.
+ * `scratch` holds 2 * (stop - pos) / 16 + 64 int64. */
+#define MAX_LANES 16
+#define GUESS_SPAN 2048
+
+static int plausible(const uint8_t *buf, int64_t end, int64_t p, int big_endian, int64_t max_len, int64_t frac_lim) {
+    if (p + 16 > end) return 0;
+    uint32_t frac = rd32(buf + p + 4, big_endian), incl = rd32(buf + p + 8, big_endian);
+    uint32_t orig = rd32(buf + p + 12, big_endian);
+    return incl <= orig && (int64_t)orig <= max_len && (int64_t)frac < frac_lim && p + 16 + (int64_t)incl <= end;
+}
+
+static int64_t guess_start(const uint8_t *buf, int64_t end, int64_t from, int64_t to, int big_endian,
+                           int64_t max_len, int64_t frac_lim) {
+    for (int64_t p = from; p < to; p++) {
+        int64_t q = p;
+        int hops = 0;
+        while (hops < 3 && plausible(buf, end, q, big_endian, max_len, frac_lim)) {
+            q += 16 + (int64_t)rd32(buf + q + 8, big_endian);
+            hops++;
+            if (q == end) hops = 3;
+        }
+        if (hops == 3) return p;
+    }
+    return -1;
+}
+
+/* follow the true chain from p for records starting before `stop`; append to out */
+static int64_t walk(const uint8_t *buf, int64_t end, int64_t p, int64_t stop, int big_endian, int64_t max_len,
+                    int64_t *out, int64_t *n, int *status) {
+    while (p < stop) {
+        if (p > end - 16) {
+            *status = p != end ? SCAN_TRUNCATED : SCAN_OK;
+            return p;
+        }
+        uint32_t incl = rd32(buf + p + 8, big_endian);
+        if ((int64_t)incl > max_len) {
+            *status = SCAN_BAD;
+            return p;
+        }
+        if (p + 16 + (int64_t)incl > end) {
+            *status = SCAN_TRUNCATED;
+            return p;
+        }
+        out[(*n)++] = p;
+        p += 16 + (int64_t)incl;
+    }
+    *status = SCAN_OK;
+    return p;
+}
+
+EXPORT int64_t vx_pcap_scan_lanes(const uint8_t *buf, int64_t end, int64_t pos, int64_t stop, int big_endian,
+                                  int64_t max_len, int64_t frac_lim, int64_t lanes, int64_t *offs, int64_t *scratch,
+                                  int64_t *state) {
+    if (lanes < 1) lanes = 1;
+    if (lanes > MAX_LANES) lanes = MAX_LANES;
+    int64_t span = (stop - pos) / lanes;
+    if (span < 4 * GUESS_SPAN) lanes = 1;
+    int64_t begin[MAX_LANES], cur[MAX_LANES], limit[MAX_LANES], count[MAX_LANES], base[MAX_LANES];
+    int done[MAX_LANES], status[MAX_LANES];
+    int64_t k_used = 0;
+    for (int64_t k = 0; k < lanes; k++) {
+        int64_t from = pos + k * span;
+        int64_t g = k == 0 ? pos : guess_start(buf, end, from, from + GUESS_SPAN, big_endian, max_len, frac_lim);
+        if (g < 0) continue;
+        begin[k_used] = cur[k_used] = g;
+        k_used++;
+    }
+    /* scratch: each lane's offsets, one region per lane sized by its part of the window */
+    int64_t next_base = 0;
+    for (int64_t k = 0; k < k_used; k++) {
+        limit[k] = k + 1 < k_used ? begin[k + 1] : stop;
+        base[k] = next_base;
+        next_base += (limit[k] - begin[k]) / 16 + 2;
+        count[k] = 0;
+        done[k] = 0;
+        status[k] = SCAN_OK;
+    }
+    /* walk all chains in turn, one record each */
+    int64_t active = k_used;
+    while (active) {
+        for (int64_t k = 0; k < k_used; k++) {
+            if (done[k]) continue;
+            int64_t p = cur[k];
+            int st = SCAN_OK;
+            if (p >= limit[k]) {
+                done[k] = 1;
+            } else if (p > end - 16) {
+                st = p != end ? SCAN_TRUNCATED : SCAN_OK;
+                done[k] = 1;
+            } else {
+                uint32_t incl = rd32(buf + p + 8, big_endian);
+                if ((int64_t)incl > max_len) {
+                    st = SCAN_BAD;
+                    done[k] = 1;
+                } else if (p + 16 + (int64_t)incl > end) {
+                    st = SCAN_TRUNCATED;
+                    done[k] = 1;
+                } else {
+                    scratch[base[k] + count[k]++] = p;
+                    cur[k] = p + 16 + (int64_t)incl;
+                    if (cur[k] + 16 <= end) __builtin_prefetch(buf + cur[k] + 8);
+                }
+            }
+            if (done[k]) {
+                status[k] = st;
+                active--;
+            }
+        }
+    }
+    /* check the lanes in order; repair where a guess was wrong */
+    int64_t n = 0, expected = pos;
+    int final = SCAN_OK;
+    for (int64_t k = 0; k < k_used; k++) {
+        const int64_t *lane = scratch + base[k];
+        if (expected == begin[k]) {
+            memcpy(offs + n, lane, (size_t)count[k] * sizeof *offs);
+            n += count[k];
+            expected = cur[k];
+            if (status[k] != SCAN_OK) {
+                final = status[k];
+                break;
+            }
+            continue;
+        }
+        if (expected >= limit[k]) continue; /* the true chain jumps over this whole lane */
+        /* walk the true chain until it lands on one of this lane's records, or leaves the lane */
+        int64_t p = expected, j = 0;
+        int st = SCAN_OK;
+        while (p < limit[k]) {
+            while (j < count[k] && lane[j] < p) j++;
+            if (j < count[k] && lane[j] == p) break;
+            int64_t before = n;
+            p = walk(buf, end, p, p + 1, big_endian, max_len, offs, &n, &st);
+            if (st != SCAN_OK || n == before) break;
+        }
+        if (st != SCAN_OK) {
+            expected = p;
+            final = st;
+            break;
+        }
+        if (p < limit[k] && j < count[k] && lane[j] == p) { /* met: the rest of the lane is right */
+            memcpy(offs + n, lane + j, (size_t)(count[k] - j) * sizeof *offs);
+            n += count[k] - j;
+            expected = cur[k];
+            if (status[k] != SCAN_OK) {
+                final = status[k];
+                break;
+            }
+        } else {
+            expected = p;
+        }
+    }
+    state[0] = expected;
+    state[1] = final;
+    return n;
+}
+
+/* data offset, caplen, wirelen and time of the records whose headers are at offs[0..n) */
+EXPORT void vx_pcap_columns(const uint8_t *buf, const int64_t *offs, int64_t n, int big_endian, int nanos,
+                            int64_t *start, uint32_t *caplen, uint32_t *wirelen, double *ts) {
+    const double frac = nanos ? 1e-9 : 1e-6;
+    for (int64_t i = 0; i < n; i++) {
+        if (i + PREFETCH_AHEAD < n) __builtin_prefetch(buf + offs[i + PREFETCH_AHEAD]);
+        const uint8_t *h = buf + offs[i];
+        start[i] = offs[i] + 16;
+        caplen[i] = rd32(h + 8, big_endian);
+        wirelen[i] = rd32(h + 12, big_endian);
+        ts[i] = (double)rd32(h, big_endian) + (double)rd32(h + 4, big_endian) * frac;
     }
 }
