@@ -191,7 +191,8 @@ class Aggregator:
             e.add(
                 "vxmirror_kernel_drops_total",
                 "counter",
-                "Datagrams the kernel dropped (socket buffer full), from /proc/net/udp",
+                "Datagrams the kernel dropped (socket buffer full), from /proc/net/udp; with UDP_GRO each "
+                "count can be a coalesced run of up to 64 datagrams",
                 t["kernel_drops"].get(ep.label, 0),
                 **lab,
             )
