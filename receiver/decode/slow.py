@@ -11,8 +11,6 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import dpkt
-
 from ..decap.geneve import GENEVE
 from ..decap.vxlan import FLAG_I, VXLAN
 from ..packets import Layer, PacketBatch
@@ -210,6 +208,8 @@ def _ip(data: bytes, pos: int, stop: int, row: dict[str, int], config: EngineCon
 
 def _ipv6_extensions(data: bytes, nxt: int, l4: int, ip_end: int, stop: int) -> tuple[int, int, Frag, int]:
     """Walk the extension-header chain (dpkt's header classes) to the upper-layer protocol."""
+    import dpkt  # only here: a rare path, and dpkt costs start-up time
+
     frag, ipid = Frag.NONE, 0
     for _ in range(ipv6.MAX_EXTENSION_HEADERS):
         if nxt not in ipv6.EXTENSION_HEADERS:
