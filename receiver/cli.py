@@ -8,7 +8,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from . import commands
+from . import commands, memtune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    memtune.tune()  # before numpy is imported (the command modules import it when they run)
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

@@ -355,3 +355,35 @@ def test_lane_scan_equals_one_chain_on_tricky_captures(seed: int) -> None:
     assert got == want
     assert (nxt, status) == (loop.next_pos, native.SCAN_BAD if loop.bad else
                              native.SCAN_TRUNCATED if loop.truncated else native.SCAN_OK)
+
+
+# -- byte ranges (forwarders: pcap, pcapng, frame blocks) ---------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 700), min_size=0, max_size=60), st.integers(0, 2**32 - 1))
+def test_copy_ranges_matches_numpy(lengths: list[int], seed: int) -> None:
+    from forwarders.gather import copy_ranges_numpy
+
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, 5000, dtype=np.uint8)
+    n = np.array(lengths, np.int64)
+    s = np.array([int(rng.integers(0, 5001 - k)) for k in lengths], np.int64)  # sources may overlap
+    d = np.zeros(len(lengths), np.int64)  # destinations one after another, with gaps
+    if len(lengths) > 1:
+        d[1:] = np.cumsum(n[:-1] + rng.integers(0, 5, len(lengths) - 1))
+    size = int(d[-1] + n[-1]) + 3 if len(lengths) else 3
+    a, b = np.zeros(size, np.uint8), np.zeros(size, np.uint8)
+    native.copy_ranges(src, s, a, d, n)
+    copy_ranges_numpy(src, s, b, d, n)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_copy_ranges_refuses_a_range_outside_the_buffers() -> None:
+    src, dst = np.zeros(10, np.uint8), np.zeros(10, np.uint8)
+    one = np.ones(1, np.int64)
+    with pytest.raises(IndexError):
+        native.copy_ranges(src, one * 5, dst, one * 0, one * 6)
+    with pytest.raises(IndexError):
+        native.copy_ranges(src, one * 0, dst, one * 8, one * 3)
+    native.copy_ranges(src, one * 9, dst, one * 9, one * 0 + 1)  # the last byte is fine

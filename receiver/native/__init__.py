@@ -43,7 +43,7 @@ ACCOUNT_INPUTS = (
     ("tcpflags", np.int64), ("proto", np.int64), ("truncated", np.bool_), ("fragment", np.bool_),
 )
 SCAN_OK, SCAN_TRUNCATED, SCAN_BAD = 0, 1, 2
-ABI = 6  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+ABI = 7  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
@@ -87,6 +87,8 @@ def _load() -> ctypes.CDLL | None:
     lib.vx_insert.argtypes = [_P, _I64, _P, _P, _I64, _P]
     lib.vx_account.restype = None
     lib.vx_account.argtypes = [_P, _P, _I64]
+    lib.vx_copy_ranges.restype = None
+    lib.vx_copy_ranges.argtypes = [_P, _P, _P, _P, _P, _I64]
     lib.vx_rx_run.restype = _I64
     lib.vx_rx_run.argtypes = [_P]
     lib.vx_rx_pending.restype = _I64
@@ -168,6 +170,22 @@ def decode_common(
         gn.shape[0], max_depth, _ptr(handled), ptrs,
     )
     return handled
+
+
+def copy_ranges(src: U8, s: I64, dst: U8, d: I64, n: I64) -> None:
+    """``dst[d[i]:d[i]+n[i]] = src[s[i]:s[i]+n[i]]`` for every ``i`` (bounds checked here)."""
+    assert _lib is not None
+    s, d, n = (np.ascontiguousarray(a, np.int64) for a in (s, d, n))
+    if not n.shape[0]:
+        return
+    assert src.dtype == np.uint8 and dst.dtype == np.uint8 and src.flags.c_contiguous and dst.flags.c_contiguous
+    assert dst.flags.writeable
+    some = n > 0
+    if some.any():  # a bad range would write outside dst: refuse it rather than corrupt memory
+        ss, dd, nn = s[some], d[some], n[some]
+        if ss.min() < 0 or dd.min() < 0 or (ss + nn).max() > src.shape[0] or (dd + nn).max() > dst.shape[0]:
+            raise IndexError("copy_ranges: a range is outside its buffer")
+    _lib.vx_copy_ranges(_ptr(src), _ptr(s), _ptr(dst), _ptr(d), _ptr(n), n.shape[0])
 
 
 def group(h: np.ndarray) -> tuple[I64, I64]:

@@ -16,7 +16,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define PREFETCH_AHEAD 16
-#define VX_ABI 6 /* = receiver.native.ABI */
+#define VX_ABI 7 /* = receiver.native.ABI */
 
 EXPORT int vx_abi(void) { return VX_ABI; }
 
@@ -500,5 +500,15 @@ EXPORT void vx_pcap_columns(const uint8_t *buf, const int64_t *offs, int64_t n, 
         caplen[i] = rd32(h + 8, big_endian);
         wirelen[i] = rd32(h + 12, big_endian);
         ts[i] = (double)rd32(h, big_endian) + (double)rd32(h + 4, big_endian) * frac;
+    }
+}
+
+/* ---- byte ranges (forwarders/gather.py copy_ranges) ------------------------------------------
+ * dst[d[i] : d[i] + n[i]] = src[s[i] : s[i] + n[i]] for every i (ranges checked by the caller). */
+EXPORT void vx_copy_ranges(const uint8_t *src, const int64_t *s, uint8_t *dst, const int64_t *d, const int64_t *n,
+                           int64_t count) {
+    for (int64_t i = 0; i < count; i++) {
+        if (i + PREFETCH_AHEAD < count) __builtin_prefetch(src + s[i + PREFETCH_AHEAD]);
+        if (n[i] > 0) memcpy(dst + d[i], src + s[i], (size_t)n[i]);
     }
 }
