@@ -387,3 +387,25 @@ def test_copy_ranges_refuses_a_range_outside_the_buffers() -> None:
     with pytest.raises(IndexError):
         native.copy_ranges(src, one * 0, dst, one * 8, one * 3)
     native.copy_ranges(src, one * 9, dst, one * 9, one * 0 + 1)  # the last byte is fine
+
+
+@pytest.mark.parametrize("layer", [Layer.ETHERNET, Layer.VXLAN])
+def test_decode_matches_numpy_on_vlan_stacks_and_ipv6(layer: Layer) -> None:
+    frames = []
+    for inner in (
+        pf.tcp("10.0.0.1", "10.0.0.2", 1234, 80, flags=0x18, payload=b"x" * 30),
+        pf.udp("fd00::1", "fd00::2", 5000, 53, b"q" * 20),
+        pf.tcp("2001:db8::1", "2001:db8::2", 443, 50000, flags=0x12),
+    ):
+        for tags in range(4):  # MAX_VLAN_TAGS is 2: a third tag makes the frame non-IP
+            for tpid in (0x8100, 0x88A8, 0x9100):
+                f = inner
+                for _ in range(tags):
+                    f = pf.vlan(f, 7, tpid)
+                frames.append(pf.vxlan(f, vni=3))
+                frames += [pf.vxlan(f, vni=3)[:n] for n in (50 + 14 + 4 * tags, 50 + 14 + 4 * tags + 39)]
+    if layer == Layer.VXLAN:
+        frames = [f[42:] for f in frames]
+    status = _same_columns(PacketBatch.from_frames(frames, layer=layer))
+    assert (status == 0).sum() >= 3 * 3 * 3  # up to two tags, all three shapes, decoded
+    assert (status == 1).any()  # three tags: not IP

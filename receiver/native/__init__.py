@@ -43,7 +43,7 @@ ACCOUNT_INPUTS = (
     ("tcpflags", np.int64), ("proto", np.int64), ("truncated", np.bool_), ("fragment", np.bool_),
 )
 SCAN_OK, SCAN_TRUNCATED, SCAN_BAD = 0, 1, 2
-ABI = 7  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+ABI = 8  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 

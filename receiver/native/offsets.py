@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..decode import ethernet, fast, ipv4, tcp, udp
+from ..decode import ethernet, fast, ipv4, ipv6, tcp, udp
 from ..decode.fast import FLAG_I
 from ..packets import Layer
 
@@ -42,6 +42,16 @@ def values() -> dict[str, int]:
         "VX_RES2": fast.VX_RES2,
         "VXLAN_FLAG_I": FLAG_I,
         "ETH_IPV4": ethernet.ETH_IPV4,
+        "ETH_IPV6": ethernet.ETH_IPV6,
+        "VLAN_LEN": ethernet.VLAN.size,
+        "VLAN_TYPE_OFF": fast.VLAN_TYPE,
+        "MAX_VLAN_TAGS": ethernet.MAX_VLAN_TAGS,
+        **{f"VLAN_TYPE_{k}": t for k, t in enumerate(ethernet.VLAN_TYPES)},
+        "IPV6_LEN": ipv6.IPV6.size,
+        "V6_PLEN": fast.V6_PLEN,
+        "V6_NXT": fast.V6_NXT,
+        "V6_SRC": fast.V6_SRC,
+        "V6_DST": fast.V6_DST,
         "PROTO_TCP": tcp.PROTO,
         "PROTO_UDP": udp.PROTO,
         "IPV4_NO_OPTIONS": fast.IPV4_NO_OPTIONS,

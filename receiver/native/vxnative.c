@@ -16,7 +16,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define PREFETCH_AHEAD 16
-#define VX_ABI 7 /* = receiver.native.ABI */
+#define VX_ABI 8 /* = receiver.native.ABI */
 
 EXPORT int vx_abi(void) { return VX_ABI; }
 
@@ -28,6 +28,10 @@ static inline int64_t be16(const uint8_t *p) { return ((int64_t)p[0] << 8) | p[1
 static inline int64_t be24(const uint8_t *p) { return ((int64_t)p[0] << 16) | ((int64_t)p[1] << 8) | p[2]; }
 static inline uint64_t be32(const uint8_t *p) {
     return ((uint64_t)p[0] << 24) | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 8) | p[3];
+}
+static inline uint64_t be64(const uint8_t *p) { return (be32(p) << 32) | be32(p + 4); }
+static inline int is_vlan(int64_t etype) {
+    return etype == VLAN_TYPE_0 || etype == VLAN_TYPE_1 || etype == VLAN_TYPE_2;
 }
 
 /* ---- classic pcap records ------------------------------------------------------------------
@@ -103,19 +107,43 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
         }
         if (!(vx[VX_FLAGS] & VXLAN_FLAG_I)) continue;
 
-        /* inside */
-        if (p + I_L4 > e) continue;
-        const uint8_t *h = buf + p;
-        const uint8_t *ip = h + ETH_LEN;
-        if (be16(h + ETH_TYPE) != ETH_IPV4 || ip[V4_VHL] != IPV4_NO_OPTIONS) continue;
-        if ((ip[V4_FRAG] & 0x3F) != 0 || ip[V4_FRAG + 1] != 0) continue;
-        int proto = ip[V4_PROTO];
+        /* inside: Ethernet, up to MAX_VLAN_TAGS tags, IPv4 without options or IPv6 without
+         * extension headers, not a fragment, TCP or UDP (not to a tunnel port) */
+        if (p + ETH_LEN > e) continue;
+        int64_t etype = be16(buf + p + ETH_TYPE), l3 = p + ETH_LEN;
+        int cut = 0;
+        for (int tag = 0; tag < MAX_VLAN_TAGS && is_vlan(etype); tag++) {
+            if (l3 + VLAN_LEN > e) {
+                cut = 1;
+                break;
+            }
+            etype = be16(buf + l3 + VLAN_TYPE_OFF);
+            l3 += VLAN_LEN;
+        }
+        if (cut) continue;
+        const uint8_t *ip = buf + l3;
+        int proto, ipver;
+        int64_t ip_end, l4;
+        if (etype == ETH_IPV4) {
+            if (l3 + IPV4_LEN > e || ip[V4_VHL] != IPV4_NO_OPTIONS) continue;
+            if ((ip[V4_FRAG] & 0x3F) != 0 || ip[V4_FRAG + 1] != 0) continue;
+            ipver = 4;
+            proto = ip[V4_PROTO];
+            ip_end = l3 + be16(ip + V4_LEN);
+            l4 = l3 + IPV4_LEN;
+        } else if (etype == ETH_IPV6) {
+            if (l3 + IPV6_LEN > e || (ip[0] >> 4) != 6) continue;
+            ipver = 6;
+            proto = ip[V6_NXT]; /* extension headers (and everything but TCP/UDP) are left to numpy */
+            l4 = l3 + IPV6_LEN;
+            ip_end = l4 + be16(ip + V6_PLEN);
+        } else {
+            continue;
+        }
+        if (etype == ETH_IPV4 && (ip[0] >> 4) != 4) continue;
         int is_tcp = proto == PROTO_TCP;
         if (!is_tcp && proto != PROTO_UDP) continue;
         int64_t hdr = is_tcp ? TCP_LEN : UDP_LEN;
-        int64_t total = be16(ip + V4_LEN);
-        int64_t ip_end = p + ETH_LEN + total;
-        int64_t l4 = p + I_L4;
         if (l4 + hdr > ip_end || l4 + hdr > e) continue;
         const uint8_t *t = buf + l4;
         int64_t dport = be16(t + TCP_DPORT); /* UDP's ports sit where TCP's do */
@@ -141,22 +169,30 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
         COL(uint8_t, C_VXLAN_RESERVED)[i] =
             ((vx[VX_FLAGS] & (0xFF ^ VXLAN_FLAG_I)) | vx[VX_RES1] | vx[VX_RES1 + 1] | vx[VX_RES1 + 2] |
              vx[VX_RES2]) != 0;
-        COL(uint8_t, C_IPVER)[i] = 4;
-        COL(uint64_t, C_SRC_HI)[i] = 0;
-        COL(uint64_t, C_SRC_LO)[i] = v4_mapped | be32(ip + V4_SRC);
-        COL(uint64_t, C_DST_HI)[i] = 0;
-        COL(uint64_t, C_DST_LO)[i] = v4_mapped | be32(ip + V4_DST);
+        COL(uint8_t, C_IPVER)[i] = (uint8_t)ipver;
+        if (ipver == 4) {
+            COL(uint64_t, C_SRC_HI)[i] = 0;
+            COL(uint64_t, C_SRC_LO)[i] = v4_mapped | be32(ip + V4_SRC);
+            COL(uint64_t, C_DST_HI)[i] = 0;
+            COL(uint64_t, C_DST_LO)[i] = v4_mapped | be32(ip + V4_DST);
+            COL(int64_t, C_IPID)[i] = be16(ip + V4_ID);
+        } else {
+            COL(uint64_t, C_SRC_HI)[i] = be64(ip + V6_SRC);
+            COL(uint64_t, C_SRC_LO)[i] = be64(ip + V6_SRC + 8);
+            COL(uint64_t, C_DST_HI)[i] = be64(ip + V6_DST);
+            COL(uint64_t, C_DST_LO)[i] = be64(ip + V6_DST + 8);
+            COL(int64_t, C_IPID)[i] = 0;
+        }
         COL(int64_t, C_PROTO)[i] = proto;
         COL(int64_t, C_SPORT)[i] = be16(t + TCP_SPORT);
         COL(int64_t, C_DPORT)[i] = dport;
-        COL(int64_t, C_IPLEN)[i] = total;
+        COL(int64_t, C_IPLEN)[i] = ip_end - l3;
         COL(int64_t, C_TCPFLAGS)[i] = is_tcp ? t[TCP_FLAGS] : 0;
         COL(int64_t, C_PAY_OFF)[i] = pay_off;
         COL(int64_t, C_PAY_LEN)[i] = pay_len;
         COL(int64_t, C_PAY_CAP)[i] = cap;
         COL(uint8_t, C_TRUNCATED)[i] = e < ip_end;
         COL(uint8_t, C_FRAG)[i] = 0;
-        COL(int64_t, C_IPID)[i] = be16(ip + V4_ID);
     }
     return done;
 }
