@@ -165,3 +165,50 @@ def test_stopping_reads_the_coalesced_backlog_through_the_thread() -> None:
     tx.close()
     t.close()
     s.close()
+
+
+def test_drain_gives_the_event_loop_turns_under_sustained_load() -> None:
+    """With more queued than a few batches, the drain hands over a bounded number per turn of
+    the event loop: timers (expiry, metrics, the watchdog) keep running between batches."""
+    import asyncio
+
+    from receiver.listen.drain import MAX_BATCHES_PER_WAKEUP, Drain
+    from receiver.listen.settings import ListenConfig
+
+    s = _sock()
+    cfg = ListenConfig(ring_slots=16, recv_batch=16, slot_size=256, receive_thread=True)
+    events: list[str] = []
+
+    def handler(b: object) -> None:
+        events.append("batch")
+        time.sleep(0.001)
+
+    d = Drain(cfg, [(s, Layer.VXLAN, "t")], handler)
+    send_all([b"x%05d" % i for i in range(3000)], s.getsockname()[1], pace_every=0)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:  # once per turn of the loop
+            events.append("tick")
+            loop.call_soon(tick)
+
+        tick()
+        d.start(loop)
+        deadline = time.monotonic() + 10
+        while d.sources[0].counters.datagrams < 3000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        d.stop()
+
+    asyncio.run(main())
+    s.close()
+    assert d.sources[0].counters.datagrams == 3000
+    first, last = events.index("batch"), len(events) - 1 - events[::-1].index("batch")
+    ticks_between = events[first:last].count("tick")
+    assert ticks_between > 0
+    # never more than the budget of batches in one turn of the loop
+    run = longest = 0
+    for e in events:
+        run = run + 1 if e == "batch" else 0
+        longest = max(longest, run)
+    assert longest <= MAX_BATCHES_PER_WAKEUP

@@ -33,6 +33,7 @@ from .settings import ListenConfig
 log = logging.getLogger("vxmirror.listen")
 
 MAX_CALLS_PER_WAKEUP = 64
+MAX_BATCHES_PER_WAKEUP = 8  # receive thread: batches handed over before the loop gets a turn
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Source:
     counters: ListenCounters = field(default_factory=ListenCounters)
     port: int = 0
     rx: RecvThread | None = None  # the receive thread, when in use
+    rx_counters: dict[str, int] = field(default_factory=dict)  # its last counters, once stopped
 
 
 class Drain:
@@ -86,6 +88,7 @@ class Drain:
         self._timer: asyncio.TimerHandle | None = None
         self._running = False
         self._warned_sources: set[str] = set()
+        self._continuing: set[int] = set()  # sources with a _take continuation scheduled
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -101,7 +104,8 @@ class Drain:
 
     def stop(self, drain_backlog: bool = True) -> None:
         """Stop receiving. With ``drain_backlog`` the datagrams already queued in the sockets
-        are read (bounded to one ring each) and every ring is flushed to the handler."""
+        are read (bounded: one ring each, 16 with the receive thread) and every ring is flushed
+        to the handler."""
         if self.loop is not None and self._running:
             for src in self.sources:
                 self.loop.remove_reader(src.rx.evfd if src.rx is not None else src.sock.fileno())
@@ -112,9 +116,10 @@ class Drain:
         for i, src in enumerate(self.sources):
             if src.rx is not None:
                 if drain_backlog:
-                    src.rx.drain_and_stop(functools.partial(self._take, i))
-                    self._take(i)
+                    src.rx.drain_and_stop(functools.partial(self._take, i, None))
+                    self._take(i, None)
                 src.rx.close()
+                src.rx_counters = src.rx.counters()
                 src.rx = None
                 continue  # the receive thread read the backlog (it may hold coalesced datagrams)
             if drain_backlog:
@@ -146,21 +151,36 @@ class Drain:
         if rx is None:  # pragma: no cover - stopped
             return
         rx.clear_wakeup()
-        self._take(i)
+        if i not in self._continuing:  # else the scheduled continuation takes it
+            self._take(i)
 
-    def _take(self, i: int) -> None:
-        """Hand everything the receive thread has queued to the handler, then ask to be woken."""
+    def _continue(self, i: int) -> None:
+        self._continuing.discard(i)
+        if self.sources[i].rx is not None and self._running:
+            self._take(i)
+
+    def _take(self, i: int, budget: int | None = MAX_BATCHES_PER_WAKEUP) -> None:
+        """Hand what the receive thread has queued to the handler, then ask to be woken. At most
+        ``budget`` batches per call: under sustained load the rest is taken in a later turn of the
+        event loop, so its timers (expiry, metrics, the systemd watchdog) and signals still run."""
         src = self.sources[i]
         rx = src.rx
         assert rx is not None
+        batches = 0
         while True:
             first, end = rx.take(self.cfg.ring_slots)
             while end > first:
+                if budget is not None and batches >= budget:
+                    if self.loop is not None and self._running and i not in self._continuing:
+                        self._continuing.add(i)  # one continuation per source, however it was woken
+                        self.loop.call_soon(self._continue, i)
+                    return
                 try:
                     batch = rx.batch(first, end, src.layer, src.port)
                     self._deliver(src, batch, functools.partial(rx.src_ipv6, first, end))
                 finally:
                     rx.release(end)
+                batches += 1
                 first, end = rx.take(self.cfg.ring_slots)
             if not rx.pending(idle=True):
                 return
@@ -173,7 +193,7 @@ class Drain:
         now = time.monotonic()
         for i, src in enumerate(self.sources):
             if src.rx is not None:
-                if src.rx.pending():  # a missed wakeup costs at most one flush_interval
+                if src.rx.pending() and i not in self._continuing:  # a missed wakeup costs one interval
                     self._take(i)
             elif src.ring.fill and now - src.ring.first_ts >= self.cfg.flush_interval:
                 self.flush(i)
@@ -226,8 +246,9 @@ class Drain:
         out = {}
         for src in self.sources:
             c = dict(vars(src.counters))
-            if src.rx is not None:
-                c["ring_full_waits"] = src.rx.counters()["ring_full_waits"]
-                c["recv_errors"] += src.rx.counters()["errors"]
+            rx = src.rx.counters() if src.rx is not None else src.rx_counters
+            if rx:
+                c["ring_full_waits"] = rx["ring_full_waits"]
+                c["recv_errors"] += rx["errors"]
             out[src.label] = c
         return out
