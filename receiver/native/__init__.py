@@ -1,13 +1,20 @@
 """vxnative: the sequential loops of the data path in C, loaded with ctypes.
 
-Two loops are sequential by nature and cost numpy many passes: following the chain of pcap
-record headers (``pcap_scan``; numpy twin: ``receiver.capture_pcap.scan`` + ``record_columns``)
-and reading the headers of the common packet shape, several layers at once
-(``decode_common``; numpy twin: the shortcuts ``_common_outer``/``_common_inner`` in
-``receiver.decode.fast``). The C source is ``vxnative.c``, built at install time as
-``receiver/native/_vxnative*.so`` (setup.py). When it is absent (no compiler at install time)
-or ``VXMIRROR_NATIVE=0`` is set, the numpy twins do the work: the results are the same, only
-slower; tests/test_native.py compares both on the same inputs.
+Each function here has a numpy twin that does the same work where this library is missing:
+
+- ``pcap_scan`` / ``pcap_columns``: the pcap record chain and its header fields (twins:
+  ``receiver.capture_pcap.scan`` and ``record_columns``);
+- ``decode_common``: the common packet shapes, several layers in one pass (twins: the stages
+  of ``receiver.decode.fast``, whose shortcuts ``_common_outer``/``_common_inner`` cover part);
+- ``group``, ``lookup``, ``insert``, ``account``: the flow table's per-packet work (twins: in
+  ``receiver.flows.table``);
+- ``copy_ranges``: byte ranges for the pcap writers (twin: ``forwarders.gather``);
+- the receive thread (``vxrecv.c``, used by ``receiver.listen.rxthread``; twin: the event
+  loop's own ``recvmmsg`` in ``receiver.listen.mmsg``).
+
+The C sources are built at install time as ``receiver/native/_vxnative*.so`` (setup.py). When
+it is absent (no compiler then) or ``VXMIRROR_NATIVE=0`` is set, the twins do the work: the
+results are the same, only slower; tests/test_native.py compares both on the same inputs.
 """
 
 from __future__ import annotations
