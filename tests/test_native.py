@@ -409,3 +409,18 @@ def test_decode_matches_numpy_on_vlan_stacks_and_ipv6(layer: Layer) -> None:
     status = _same_columns(PacketBatch.from_frames(frames, layer=layer))
     assert (status == 0).sum() >= 3 * 3 * 3  # up to two tags, all three shapes, decoded
     assert (status == 1).any()  # three tags: not IP
+
+
+def test_account_refuses_flow_indices_outside_the_table() -> None:
+    from receiver.flows.table import FlowTable
+
+    t = FlowTable(16)
+    one = np.ones(1, np.int64)
+    kw = dict(direction=one * 0, ts=np.ones(1), iplen=one, paylen=one, tcpflags=one * 0, proto=one * 6,
+              truncated=np.zeros(1, bool), fragment=np.zeros(1, bool))
+    with pytest.raises(IndexError):
+        native.account(t.cols, flow=one * t.capacity, **kw)
+    with pytest.raises(IndexError):
+        native.account(t.cols, flow=-one, **kw)
+    native.account(t.cols, flow=one * 0, **kw)
+    assert t.cols["pkts"][0].tolist() == [1, 0]

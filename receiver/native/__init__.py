@@ -238,6 +238,9 @@ def account(cols: dict[str, np.ndarray], **inputs: np.ndarray) -> None:
     arrays = [np.ascontiguousarray(inputs[name], dtype) for name, dtype in ACCOUNT_INPUTS]
     n = arrays[0].shape[0]
     assert all(a.shape[0] == n for a in arrays)
+    flow = arrays[0]
+    if n and (int(flow.min()) < 0 or int(flow.max()) >= targets[0].shape[0]):  # C writes at these rows
+        raise IndexError("account: a flow index is outside the table")
     col_ptrs = (ctypes.c_void_p * len(targets))(*[_ptr(c) for c in targets])
     in_ptrs = (ctypes.c_void_p * len(arrays))(*[_ptr(a) for a in arrays])
     _lib.vx_account(col_ptrs, in_ptrs, n)
