@@ -159,6 +159,9 @@ class Aggregator:
             up = self.alive.get(w, False) and age is not None and age < stale_after
             detail["workers"][str(w)] = {"up": up, "snapshot_age": None if age is None else round(age, 3)}
             ok &= up
+            if self.snapshots.get(w, {}).get("receive_threads_alive") is False:  # nothing is being received
+                detail["workers"][str(w)]["receive_threads_alive"] = False
+                ok = False
             for name, h in self.snapshots.get(w, {}).get("health", {}).items():
                 detail.setdefault("forwarders", {})[name] = h
                 if isinstance(h, dict) and h.get("ok") is False:

@@ -192,6 +192,7 @@ class Worker:
             "time": time.time(),
             "state": self.state,
             "listen": self.drain.counters(),
+            "receive_threads_alive": self.drain.threads_alive(),
             "engine": engine,
             "records_exported": self.records_exported,
             "forwarders": fwd,

@@ -67,6 +67,38 @@ def test_health_needs_every_worker_and_forwarder() -> None:
     assert not ok and detail["forwarders"]["kafka"]["detail"] == "broker unreachable"
     c = Aggregator([], workers=1)  # no snapshot yet
     assert not c.health()[0]
+    d = _agg()
+    s = _snap(0, 1)
+    s["receive_threads_alive"] = False  # a worker whose receive thread ended: nothing arrives there
+    d.update(s)
+    ok, detail = d.health()
+    assert not ok and detail["workers"]["0"]["receive_threads_alive"] is False
+
+
+def test_drain_reports_whether_its_receive_threads_run() -> None:
+    import socket as socket_mod
+
+    from receiver.listen.drain import Drain
+    from receiver.listen.settings import ListenConfig
+    from receiver.packets import Layer
+
+    s = socket_mod.socket(socket_mod.AF_INET, socket_mod.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    d = Drain(ListenConfig(ring_slots=16, recv_batch=8), [(s, Layer.VXLAN, "t")], lambda b: None)
+    assert d.threads_alive() is None  # not started
+
+    async def main() -> None:
+        d.start(asyncio.get_running_loop())
+        assert d.threads_alive() is True
+        rx = d.sources[0].rx
+        assert rx is not None
+        rx.stop()  # as if the thread had ended
+        assert d.threads_alive() is False
+        d.stop(drain_backlog=False)
+
+    asyncio.run(main())
+    assert d.threads_alive() is None
+    s.close()
 
 
 def test_http_endpoint() -> None:

@@ -242,6 +242,13 @@ class Drain:
             extra={"fields": {"listen": src.label, "source": addr}},
         )
 
+    def threads_alive(self) -> bool | None:
+        """Whether every receive thread still runs (None: none in use, or stopped)."""
+        threads = [src.rx for src in self.sources if src.rx is not None]
+        if not threads or not self._running:
+            return None
+        return all(rx.running for rx in threads)
+
     def counters(self) -> dict[str, dict[str, int]]:
         out = {}
         for src in self.sources:
