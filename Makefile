@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt setup.py receiver/native/vxnative.c rec
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# bytecode, as a regular pip install writes it (an editable install does not; commands start faster)
+	$(PY) -m compileall -q receiver forwarders mirror_sessions >/dev/null
 	touch $@
 
 # Debian packages the tests and the run use (tshark reads pcaps back; gcc builds the C loops of
