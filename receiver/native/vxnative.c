@@ -394,28 +394,15 @@ static int64_t guess_start(const uint8_t *buf, int64_t end, int64_t from, int64_
     return -1;
 }
 
-/* follow the true chain from p for records starting before `stop`; append to out */
-static int64_t walk(const uint8_t *buf, int64_t end, int64_t p, int64_t stop, int big_endian, int64_t max_len,
-                    int64_t *out, int64_t *n, int *status) {
-    while (p < stop) {
-        if (p > end - 16) {
-            *status = p != end ? SCAN_TRUNCATED : SCAN_OK;
-            return p;
-        }
-        uint32_t incl = rd32(buf + p + 8, big_endian);
-        if ((int64_t)incl > max_len) {
-            *status = SCAN_BAD;
-            return p;
-        }
-        if (p + 16 + (int64_t)incl > end) {
-            *status = SCAN_TRUNCATED;
-            return p;
-        }
-        out[(*n)++] = p;
-        p += 16 + (int64_t)incl;
-    }
-    *status = SCAN_OK;
-    return p;
+/* the record at p: SCAN_OK with *next set, or why a chain stops there (SCAN_END: at the end) */
+enum { SCAN_END = 3 };
+static int record_at(const uint8_t *buf, int64_t end, int64_t p, int big_endian, int64_t max_len, int64_t *next) {
+    if (p > end - 16) return p != end ? SCAN_TRUNCATED : SCAN_END;
+    uint32_t incl = rd32(buf + p + 8, big_endian);
+    if ((int64_t)incl > max_len) return SCAN_BAD;
+    if (p + 16 + (int64_t)incl > end) return SCAN_TRUNCATED;
+    *next = p + 16 + (int64_t)incl;
+    return SCAN_OK;
 }
 
 EXPORT int64_t vx_pcap_scan_lanes(const uint8_t *buf, int64_t end, int64_t pos, int64_t stop, int big_endian,
@@ -450,26 +437,17 @@ EXPORT int64_t vx_pcap_scan_lanes(const uint8_t *buf, int64_t end, int64_t pos, 
     while (active) {
         for (int64_t k = 0; k < k_used; k++) {
             if (done[k]) continue;
-            int64_t p = cur[k];
+            int64_t p = cur[k], next = 0;
             int st = SCAN_OK;
             if (p >= limit[k]) {
                 done[k] = 1;
-            } else if (p > end - 16) {
-                st = p != end ? SCAN_TRUNCATED : SCAN_OK;
+            } else if ((st = record_at(buf, end, p, big_endian, max_len, &next)) != SCAN_OK) {
+                if (st == SCAN_END) st = SCAN_OK;
                 done[k] = 1;
             } else {
-                uint32_t incl = rd32(buf + p + 8, big_endian);
-                if ((int64_t)incl > max_len) {
-                    st = SCAN_BAD;
-                    done[k] = 1;
-                } else if (p + 16 + (int64_t)incl > end) {
-                    st = SCAN_TRUNCATED;
-                    done[k] = 1;
-                } else {
-                    scratch[base[k] + count[k]++] = p;
-                    cur[k] = p + 16 + (int64_t)incl;
-                    if (cur[k] + 16 <= end) __builtin_prefetch(buf + cur[k] + 8);
-                }
+                scratch[base[k] + count[k]++] = p;
+                cur[k] = next;
+                if (next + 16 <= end) __builtin_prefetch(buf + next + 8);
             }
             if (done[k]) {
                 status[k] = st;
@@ -494,14 +472,17 @@ EXPORT int64_t vx_pcap_scan_lanes(const uint8_t *buf, int64_t end, int64_t pos, 
         }
         if (expected >= limit[k]) continue; /* the true chain jumps over this whole lane */
         /* walk the true chain until it lands on one of this lane's records, or leaves the lane */
-        int64_t p = expected, j = 0;
+        int64_t p = expected, j = 0, next = 0;
         int st = SCAN_OK;
         while (p < limit[k]) {
             while (j < count[k] && lane[j] < p) j++;
             if (j < count[k] && lane[j] == p) break;
-            int64_t before = n;
-            p = walk(buf, end, p, p + 1, big_endian, max_len, offs, &n, &st);
-            if (st != SCAN_OK || n == before) break;
+            if ((st = record_at(buf, end, p, big_endian, max_len, &next)) != SCAN_OK) {
+                if (st == SCAN_END) st = SCAN_OK;
+                break;
+            }
+            offs[n++] = p;
+            p = next;
         }
         if (st != SCAN_OK) {
             expected = p;
