@@ -97,6 +97,7 @@ class Capture:
         self.counters = counters
         self._data: mmap.mmap | bytes | bytearray | None = data
         self._arr: U8 = np.frombuffer(data, np.uint8)
+        self._scan_buffers: dict[str, np.ndarray] = {}  # the C record scan's work arrays, kept across windows
         head = bytes(self._arr[:4])
         self.format: Literal["pcap", "pcapng"]
         self.big_endian = False
@@ -195,7 +196,7 @@ class Capture:
         if native.available():
             stop = min(arr.shape[0], pos + capture_pcap.WINDOW_LEN)
             offs, nxt, status = native.pcap_scan(
-                arr, pos, stop, self.big_endian, capture_pcap.MAX_RECORD_LEN, frac_lim
+                arr, pos, stop, self.big_endian, capture_pcap.MAX_RECORD_LEN, frac_lim, buffers=self._scan_buffers
             )
             chunks_c = (
                 native.pcap_columns(arr, offs[i : i + batch_size], self.big_endian, self.nanoseconds)
