@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import socket
 import threading
@@ -52,6 +53,9 @@ class _Rx(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_void_p if name in _POINTERS else ctypes.c_int64) for name in _FIELDS]
 
+
+_STUCK: list[RecvThread] = []  # receive threads that would not stop (their buffers are kept)
+log = logging.getLogger("vxmirror.listen")
 
 COUNTERS = ("received", "bytes", "truncated", "ring_full_waits", "errors")
 
@@ -111,6 +115,10 @@ class RecvThread:
         self.rx.stop = STOP_NOW
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # pragma: no cover - it checks the flag every 50 ms
+                # it still writes into our arrays: they must outlive it, whatever happens to us
+                _STUCK.append(self)
+                log.error("receive thread did not stop", extra={"fields": {"socket": self.sock.fileno()}})
             self._thread = None
 
     def drain_and_stop(self, consume: Callable[[], None], timeout: float = 10.0) -> None:
