@@ -198,18 +198,16 @@ class Capture:
             offs, nxt, status = native.pcap_scan(
                 arr, pos, stop, self.big_endian, capture_pcap.MAX_RECORD_LEN, frac_lim, buffers=self._scan_buffers
             )
-            chunks_c = (
-                native.pcap_columns(arr, offs[i : i + batch_size], self.big_endian, self.nanoseconds)
-                for i in range(0, offs.shape[0], batch_size)
-            )
-            return chunks_c, nxt, status == native.SCAN_TRUNCATED, status == native.SCAN_BAD
-        res = capture_pcap.scan(arr, pos, arr.shape[0], self.big_endian, frac_lim)
-        offs = res.offsets
+            truncated, bad, columns = status == native.SCAN_TRUNCATED, status == native.SCAN_BAD, native.pcap_columns
+        else:
+            res = capture_pcap.scan(arr, pos, arr.shape[0], self.big_endian, frac_lim)
+            offs, nxt, truncated, bad = res.offsets, res.next_pos, res.truncated, res.bad
+            columns = capture_pcap.record_columns
         chunks = (
-            capture_pcap.record_columns(arr, offs[i : i + batch_size], self.big_endian, self.nanoseconds)
+            columns(arr, offs[i : i + batch_size], self.big_endian, self.nanoseconds)
             for i in range(0, offs.shape[0], batch_size)
         )
-        return chunks, res.next_pos, res.truncated, res.bad
+        return chunks, nxt, truncated, bad
 
     def _pcapng_batches(self, batch_size: int) -> Iterator[PacketBatch]:
         arr = self._arr

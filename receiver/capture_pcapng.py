@@ -106,8 +106,11 @@ def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Ite
         if unpack(e + "I", mv, body_end)[0] != blen:
             count("bad_blocks", 1)
         try:
-            if btype == EPB:
-                iid, hi, lo, cap, orig = unpack(e + "IIIII", mv, body)
+            if btype in (EPB, OPB):  # the obsolete packet block has a 16-bit interface and a drop count
+                if btype == EPB:
+                    iid, hi, lo, cap, orig = unpack(e + "IIIII", mv, body)
+                else:
+                    iid, _drops, hi, lo, cap, orig = unpack(e + "HHIIII", mv, body)
                 data = body + 20
                 if iid >= len(ifaces) or data + cap > body_end:
                     count("bad_blocks", 1)
@@ -125,15 +128,6 @@ def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Ite
                     if itf.snaplen:
                         cap = min(cap, itf.snaplen)
                     yield Packet(itf, body + 4, cap, orig, last_ts)
-            elif btype == OPB:
-                iid, _drops, hi, lo, cap, orig = unpack(e + "HHIIII", mv, body)
-                data = body + 20
-                if iid >= len(ifaces) or data + cap > body_end:
-                    count("bad_blocks", 1)
-                else:
-                    itf = ifaces[iid]
-                    last_ts = itf.offset + ((hi << 32) | lo) * itf.scale
-                    yield Packet(itf, data, cap, orig, last_ts)
             elif btype == IDB:
                 if body + 8 > body_end:
                     count("bad_blocks", 1)

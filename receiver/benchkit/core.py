@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -23,6 +21,7 @@ from ..engine import Engine
 from ..packets import PacketBatch
 from ..settings import EngineConfig
 from ..traffic import TrafficSpec, generate
+from .child import run_module
 from .profiles import Profile
 from .stats import summary
 
@@ -33,15 +32,10 @@ def batches(packets: int, flows: int, batch: int, seed: int) -> list[PacketBatch
 
 
 def run(profile: Profile, log: Any = print) -> dict[str, Any]:
-    r = subprocess.run(
-        [sys.executable, "-m", "receiver.benchkit.core", "--packets", str(profile.core_packets), "--flows",
-         str(profile.offline_flows), "--batch", str(profile.core_batch), "--seed", str(profile.seed),
-         "--repeats", str(profile.repeats)],
-        capture_output=True, text=True, check=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
-    )
-    for line in r.stderr.splitlines():
-        log(line)
-    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    args = ["--packets", str(profile.core_packets), "--flows", str(profile.offline_flows), "--batch",
+            str(profile.core_batch), "--seed", str(profile.seed), "--repeats", str(profile.repeats)]
+    # OpenBLAS kept to one thread, as the CLI does before numpy loads
+    return run_module("receiver.benchkit.core", args, log, env={"OPENBLAS_NUM_THREADS": "1"})
 
 
 def measure(packets: int, flows: int, batch: int, seed: int, repeats: int, log: Any = print) -> dict[str, Any]:
@@ -84,5 +78,5 @@ def main() -> int:
 if __name__ == "__main__":
     from .. import memtune
 
-    memtune.tune()  # malloc thresholds; OPENBLAS_NUM_THREADS comes from run()'s environment
+    memtune.tune()  # malloc thresholds; OPENBLAS_NUM_THREADS comes from run_module's environment
     sys.exit(main())

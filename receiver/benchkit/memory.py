@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import numpy as np
 from ..engine import Engine
 from ..packets import Layer, PacketBatch
 from ..settings import EngineConfig
+from .child import run_module
 from .profiles import Profile
 
 SLOT = 128
@@ -128,12 +128,8 @@ def measure(flows: int, excerpt_bytes: int, app_metadata: bool, mode: str) -> di
 
 
 def measure_in_subprocess(flows: int, excerpt_bytes: int, app_metadata: bool, mode: str) -> dict[str, Any]:
-    r = subprocess.run(
-        [sys.executable, "-m", "receiver.benchkit.memory", "--flows", str(flows), "--excerpt-bytes",
-         str(excerpt_bytes), "--mode", mode, *([] if app_metadata else ["--no-app-metadata"])],
-        capture_output=True, text=True, check=True,
-    )
-    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    return run_module("receiver.benchkit.memory", ["--flows", str(flows), "--excerpt-bytes", str(excerpt_bytes),
+                                                   "--mode", mode, *([] if app_metadata else ["--no-app-metadata"])])
 
 
 def run(profile: Profile, log: Any = print) -> dict[str, Any]:

@@ -140,7 +140,6 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
         } else {
             continue;
         }
-        if (etype == ETH_IPV4 && (ip[0] >> 4) != 4) continue;
         int is_tcp = proto == PROTO_TCP;
         if (!is_tcp && proto != PROTO_UDP) continue;
         int64_t hdr = is_tcp ? TCP_LEN : UDP_LEN;
