@@ -265,17 +265,27 @@ def _read_gzip(path: str, counters: dict[str, int]) -> bytearray:
     return out
 
 
-def open_capture(path: str | os.PathLike[str]) -> Capture:
-    """Open a pcap or pcapng file (maybe gzip-compressed). Raises :class:`CaptureError`."""
+def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) -> Capture:
+    """Open a pcap or pcapng file (maybe gzip-compressed). Raises :class:`CaptureError`.
+
+    ``mapped``: the file already mapped (by a :class:`receiver.prefetch.Prefetcher`)."""
     p = os.fspath(path)
     counters = dict.fromkeys(COUNTER_NAMES, 0)
+    if mapped is not None:
+        data: mmap.mmap | bytes | bytearray = mapped
+        try:
+            return Capture(p, data, False, counters)
+        except CaptureError:
+            with contextlib.suppress(BufferError):
+                mapped.close()
+            raise
     try:
         with open(p, "rb") as f:
             head = f.read(4)
             if not head:
                 raise CaptureError(f"{p}: empty file, not a capture")
             if head[:2] == _GZIP_MAGIC:
-                data: mmap.mmap | bytes | bytearray = _read_gzip(p, counters)
+                data = _read_gzip(p, counters)
                 if not data:
                     raise CaptureError(f"{p}: gzip file holds no data")
                 return Capture(p, data, True, counters)

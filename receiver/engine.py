@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import native
 from .appmeta.state import DNS_TCP_PORTS, DNS_UDP_PORTS, START_BYTES, TCP, UDP, AppState, worth_parsing
 from .decode import Decoded, Frag, Status, decode
 from .flows.excerpts import ExcerptPool
-from .flows.keys import make_keys
+from .flows.keys import Keys, make_keys
 from .flows.record import EndReason, FlowRecord
 from .flows.records import build_records, talkers
-from .flows.table import FlowTable
+from .flows.table import FlowTable, Grouped, group_keys
 from .packets import I64, B, Decapsulated, PacketBatch
 from .settings import EngineConfig
 
@@ -69,6 +70,25 @@ NOTES = frozenset({"vxlan_reserved_bits", "capture_truncated_records", "capture_
 
 
 @dataclass
+class Prepared:
+    """The stateless half of :meth:`Engine.process` for one batch: what depends on the batch and
+    the config only, so another thread can compute it ahead (``receiver.readahead``)."""
+
+    decoded: Decoded
+    slow: int  # packets that took the slow path
+    # the flow keys of the whole batch and their grouping, when every packet decoded and none is an
+    # IP fragment (a later fragment takes its ports from the engine's fragment map)
+    keys: Keys | None = None
+    grouped: Grouped | None = None
+    # per packet (None with fragments in the batch), for the application parsers' screening (see
+    # Engine._app): a packet to show them
+    # after a direction's first packets (DNS by port, or the start of an HTTP message), and a
+    # packet that may start something they understand (a superset of worth_parsing)
+    app_later: B | None = None
+    app_maybe: B | None = None
+
+
+@dataclass
 class BatchResult:
     records: list[FlowRecord]  # flows that ended (or interim records) while processing the batch
     decap: Decapsulated  # where each packet's inner frame starts, and its VNI (for packet sinks)
@@ -93,9 +113,16 @@ class Engine:
         self._pending: list[FlowRecord] = []
 
     # -- public API ---------------------------------------------------------------------------
-    def process(self, batch: PacketBatch) -> BatchResult:
+    def prepare(self, batch: PacketBatch) -> Prepared:
+        """The part of :meth:`process` that needs no engine state (safe on another thread)."""
+        return prepare(batch, self.config)
+
+    def process(self, batch: PacketBatch, prepared: Prepared | None = None) -> BatchResult:
+        """Take one batch; ``prepared``: ``self.prepare(batch)`` if the caller computed it already."""
         cfg = self.config
-        d, slow = decode(batch, cfg)
+        if prepared is None:
+            prepared = prepare(batch, cfg)
+        d, slow = prepared.decoded, prepared.slow
         c = self._counters
         c["packets"] += batch.count
         c["bytes"] += int(batch.wirelen.sum())
@@ -116,7 +143,7 @@ class Engine:
             if now >= self._next_expire:
                 self._expire(now)
                 self._next_expire = now + cfg.expire_interval
-            self._count(batch, d, sel)
+            self._count(batch, d, sel, prepared)
         records, self._pending = self._pending, []
         return BatchResult(records, Decapsulated(d.inner_start, d.vni))
 
@@ -153,14 +180,12 @@ class Engine:
         return out
 
     # -- steps --------------------------------------------------------------------------------
-    def _count(self, batch: PacketBatch, d: Decoded, sel: I64 | slice) -> None:
-        v6 = (d.ipver[sel] == 6).astype(np.int64)
+    def _count(self, batch: PacketBatch, d: Decoded, sel: I64 | slice, prepared: Prepared) -> None:
         proto, tcpflags, ts = d.proto[sel], d.tcpflags[sel], batch.ts[sel]
-        keys = make_keys(
-            d.vni[sel], proto + 256 * v6, d.src_hi[sel], d.src_lo[sel], d.sport[sel],
-            d.dst_hi[sel], d.dst_lo[sel], d.dport[sel],
-        )
-        flow, new, drops, grouping = self.table.find_or_add(keys, ts, tcpflags, self._evict)
+        keys, grouped = prepared.keys, prepared.grouped
+        if keys is None or not isinstance(sel, slice):
+            keys, grouped = _keys(d, sel), None
+        flow, new, drops, grouping = self.table.find_or_add(keys, ts, tcpflags, self._evict, grouped)
         for k, v in drops.items():
             if v:
                 self._counters[k] += v
@@ -184,7 +209,7 @@ class Engine:
         if self.excerpts is not None and has_payload.any():
             self._excerpts(batch, d, idx, flow, direction, has_payload)
         if self.config.app_metadata and has_payload.any():
-            self._app(batch, d, idx, flow, direction, has_payload)
+            self._app(batch, d, idx, flow, direction, has_payload, prepared)
 
     def _excerpts(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
         assert self.excerpts is not None
@@ -229,7 +254,9 @@ class Engine:
             pool_rows[np.repeat(row, n), np.repeat(at, n) + inner] = buf[np.repeat(off, n) + inner]
         np.maximum.at(exc, (f, dr), end.astype(exc.dtype))
 
-    def _app(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
+    def _app(
+        self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any, prepared: Prepared
+    ) -> None:
         seen = self.table.cols["app_pkts"]
         key = flow * 2 + direction
         count = seen.reshape(-1)[key]
@@ -248,33 +275,14 @@ class Engine:
         rest = np.flatnonzero(~want)
         if rest.size:
             rp = idx[live[rest]]
-            sport, dport = d.sport[rp], d.dport[rp]
-            dns = _DNS_PORT[sport] | _DNS_PORT[dport]
-            o = d.pay_off[rp]
-            b = batch.buf
-            # the first byte screens out almost everything; the four-byte word is read for the rest
-            http = np.flatnonzero(_HTTP_FIRST[b[o]] & (d.pay_cap[rp] >= 4))
-            if http.size:
-                oh = o[http]
-                last = b.shape[0] - 1
-                word = (
-                    (b[oh].astype(np.int64) << 24) | (b[np.minimum(oh + 1, last)].astype(np.int64) << 16)
-                    | (b[np.minimum(oh + 2, last)].astype(np.int64) << 8) | b[np.minimum(oh + 3, last)]
-                )
-                dns[http] |= np.isin(word, HTTP_WORDS)
-            want[rest] = dns
+            want[rest] = prepared.app_later[rp] if prepared.app_later is not None else _app_later(batch, d, rp)
         sel = live[want]
         if not sel.size:
             return
         p = idx[sel]
         f_sel = flow[sel]
         proto, sport, dport, off = d.proto[p], d.sport[p], d.dport[p], d.pay_off[p]
-        # a superset of worth_parsing(): packets outside it need no bytes object while their flow has no parser
-        maybe = np.where(
-            proto == TCP,
-            _APP_TCP_PORT[sport] | _APP_TCP_PORT[dport] | _APP_START[batch.buf[off]],
-            (proto == UDP) & (_APP_UDP_PORT[sport] | _APP_UDP_PORT[dport]),
-        )
+        maybe = prepared.app_maybe[p] if prepared.app_maybe is not None else _app_maybe(batch, d, p)
         orig = self.table.cols["orig"][f_sel].tolist()
         mv = batch.buf.data  # a memoryview: slices without numpy objects
         done: set[int] = set()
@@ -381,6 +389,62 @@ class Engine:
             rows = c["exc_row"][flows].reshape(-1).astype(np.int64)
             self.excerpts.release(rows[rows > 0] - 1)
         self.table.release(flows)
+
+
+def prepare(batch: PacketBatch, config: EngineConfig) -> Prepared:
+    """:meth:`Engine.prepare` (a function of the batch and the config only)."""
+    d, slow = decode(batch, config)
+    p = Prepared(d, slow)
+    if not batch.count or (d.frag != Frag.NONE).any():  # fragments take their ports in process()
+        return p
+    if (d.status == Status.OK).all():
+        p.keys = Keys(d.vni, **native.flow_keys(d)) if native.available() else _keys(d, slice(None))
+        p.grouped = group_keys(p.keys)
+    if config.app_metadata and native.available():  # (the numpy twins screen only the packets _app looks at)
+        p.app_later, p.app_maybe = native.app_hints(
+            batch.buf, d, _DNS_PORT, _APP_UDP_PORT, _APP_TCP_PORT, _APP_START, _HTTP_FIRST, HTTP_WORDS
+        )
+    return p
+
+
+def _keys(d: Decoded, sel: I64 | slice) -> Keys:
+    """The flow keys of the packets ``sel``."""
+    v6 = (d.ipver[sel] == 6).astype(np.int64)
+    return make_keys(
+        d.vni[sel], d.proto[sel] + 256 * v6, d.src_hi[sel], d.src_lo[sel], d.sport[sel],
+        d.dst_hi[sel], d.dst_lo[sel], d.dport[sel],
+    )
+
+
+def _app_later(batch: PacketBatch, d: Decoded, p: I64) -> B:
+    """Of the payload packets ``p``: those shown to the parsers even after their direction's first
+    packets: DNS (by port), or the start of an HTTP message."""
+    sport, dport = d.sport[p], d.dport[p]
+    later = _DNS_PORT[sport] | _DNS_PORT[dport]
+    o = d.pay_off[p]
+    b = batch.buf
+    # the first byte screens out almost everything; the four-byte word is read for the rest
+    http = np.flatnonzero(_HTTP_FIRST[b[o]] & (d.pay_cap[p] >= 4))
+    if http.size:
+        oh = o[http]
+        last = b.shape[0] - 1
+        word = (
+            (b[oh].astype(np.int64) << 24) | (b[np.minimum(oh + 1, last)].astype(np.int64) << 16)
+            | (b[np.minimum(oh + 2, last)].astype(np.int64) << 8) | b[np.minimum(oh + 3, last)]
+        )
+        later[http] |= np.isin(word, HTTP_WORDS)
+    return later
+
+
+def _app_maybe(batch: PacketBatch, d: Decoded, p: I64) -> B:
+    """Of the payload packets ``p``: a superset of those passing worth_parsing() (the others need no
+    bytes object while their flow has no parser)."""
+    proto, sport, dport = d.proto[p], d.sport[p], d.dport[p]
+    return np.where(
+        proto == TCP,
+        _APP_TCP_PORT[sport] | _APP_TCP_PORT[dport] | _APP_START[batch.buf[d.pay_off[p]]],
+        (proto == UDP) & (_APP_UDP_PORT[sport] | _APP_UDP_PORT[dport]),
+    )
 
 
 def _stable_order(key: I64) -> I64:

@@ -20,6 +20,8 @@ from .capture import Capture, open_capture
 from .engine import BatchResult, Engine
 from .flows.record import FlowRecord
 from .packets import PacketBatch
+from .prefetch import Prefetcher
+from .readahead import work_ahead
 from .settings import EngineConfig
 
 Progress = Callable[[str, int, int, int], None]  # (path, bytes done, bytes total, packets so far)
@@ -36,26 +38,34 @@ class Analysis:
     on_batch: Callable[[PacketBatch, BatchResult], None] | None = None
     capture_counters: Counter[str] = field(default_factory=Counter)
     engine: Engine | None = None
+    prefetch: Prefetcher | None = None  # maps the files and faults them in ahead (made here when None)
 
     def records(self) -> Iterator[FlowRecord]:
         """Every flow record of the files; open flows end with ``end_of_input``."""
         self.engine = engine = Engine(self.config, self.labeler, self.sensor)
+        prefetch = self.prefetch if self.prefetch is not None else Prefetcher(self.paths)
         packets = 0
-        for path in self.paths:
-            cap = open_capture(path)
-            total = os.path.getsize(path)
-            try:
-                for batch in cap.batches(self.batch_size):
-                    result = engine.process(batch)
-                    if self.on_batch is not None:
-                        self.on_batch(batch, result)
-                    packets += batch.count
-                    if self.progress is not None:
-                        self.progress(str(path), _done_bytes(cap, batch, total), total, packets)
-                    yield from result.records
-            finally:
-                self.capture_counters.update({k: v for k, v in cap.counters.items() if v})
-                cap.close()
+        try:
+            for i, path in enumerate(self.paths):
+                cap = open_capture(path, prefetch.mapping(i))
+                total = os.path.getsize(path)
+                try:
+                    for batch, prepared in work_ahead(cap.batches(self.batch_size), engine.prepare):
+                        if batch.count:
+                            prefetch.reached(i, int(batch.start[-1]))
+                        result = engine.process(batch, prepared)
+                        if self.on_batch is not None:
+                            self.on_batch(batch, result)
+                        packets += batch.count
+                        if self.progress is not None:
+                            self.progress(str(path), _done_bytes(cap, batch, total), total, packets)
+                        yield from result.records
+                finally:
+                    self.capture_counters.update({k: v for k, v in cap.counters.items() if v})
+                    cap.close()
+        finally:
+            if self.prefetch is None:
+                prefetch.close()
         yield from engine.finish("end_of_input")
 
     def summary(self) -> dict[str, int]:

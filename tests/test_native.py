@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver import native
+from receiver import engine, native
 from receiver.capture import open_capture
 from receiver.decode import Decoded, decode_fast
 from receiver.engine import Engine
+from receiver.flows.keys import make_keys
 from receiver.flows.table import COLUMNS
 from receiver.native import offsets
 from receiver.packets import Layer, PacketBatch
@@ -424,3 +425,74 @@ def test_account_refuses_flow_indices_outside_the_table() -> None:
         native.account(t.cols, flow=-one, **kw)
     native.account(t.cols, flow=one * 0, **kw)
     assert t.cols["pkts"][0].tolist() == [1, 0]
+
+
+# -- flow keys and the application parsers' screening ------------------------------------------
+
+
+def _numpy_keys(d: Decoded) -> dict[str, np.ndarray]:
+    k = make_keys(
+        d.vni, d.proto + 256 * (d.ipver == 6), d.src_hi, d.src_lo, d.sport, d.dst_hi, d.dst_lo, d.dport
+    )
+    return {name: getattr(k, name) for name, _ in native.FLOW_KEY_OUTPUTS}
+
+
+def _same_keys(d: Decoded) -> None:
+    got, want = native.flow_keys(d), _numpy_keys(d)
+    for name, dtype in native.FLOW_KEY_OUTPUTS:
+        assert got[name].dtype == dtype, name
+        np.testing.assert_array_equal(got[name], want[name].astype(dtype), err_msg=name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(packets(), min_size=1, max_size=40))
+def test_flow_keys_and_app_hints_match_numpy_on_random_frames(frames: list[bytes]) -> None:
+    batch = PacketBatch.from_frames(frames)
+    d = decode_fast(batch, CFG)
+    _same_keys(d)
+    _same_hints(batch, d)
+
+
+def test_flow_keys_match_numpy_where_endpoints_tie() -> None:
+    # equal high or low address halves and equal ports: every branch of the canonical order
+    rng = np.random.default_rng(3)
+    n = 5000
+    d = Decoded.empty(n)
+    pool = rng.integers(0, 2**64, 4, dtype=np.uint64)
+    for name in ("src_hi", "src_lo", "dst_hi", "dst_lo"):
+        getattr(d, name)[:] = pool[rng.integers(0, 4, n)]
+    d.sport[:] = rng.integers(0, 3, n)
+    d.dport[:] = rng.integers(0, 3, n)
+    d.vni[:] = rng.integers(-1, 2**24, n)
+    d.ipver[:] = rng.choice([4, 6], n)
+    d.proto[:] = rng.choice([1, 6, 17, 58, 132], n)
+    _same_keys(d)
+    assert native.flow_keys(d)["direction"].any() and not native.flow_keys(d)["direction"].all()
+
+
+def _same_hints(batch: PacketBatch, d: Decoded) -> tuple[np.ndarray, np.ndarray]:
+    later, maybe = native.app_hints(
+        batch.buf, d, engine._DNS_PORT, engine._APP_UDP_PORT, engine._APP_TCP_PORT, engine._APP_START,
+        engine._HTTP_FIRST, engine.HTTP_WORDS,
+    )
+    pay = np.flatnonzero(d.pay_cap > 0)
+    assert not later[d.pay_cap <= 0].any() and not maybe[d.pay_cap <= 0].any()
+    np.testing.assert_array_equal(later[pay], engine._app_later(batch, d, pay))
+    np.testing.assert_array_equal(maybe[pay], engine._app_maybe(batch, d, pay))
+    return later, maybe
+
+
+def test_app_hints_match_numpy_on_app_payloads() -> None:
+    a, b = "10.0.0.1", "10.0.0.2"
+    payloads = [b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"GETX", b"G", b"GE", b"\x16\x03\x01\x00", b"x" * 40,
+                b"POST", b"HEAD /"]
+    frames = []
+    for p in payloads:
+        frames += [pf.tcp(a, b, 40000, 80, flags=0x18, payload=p), pf.tcp(a, b, 40000, 9999, flags=0x18, payload=p),
+                   pf.tcp(a, b, 53, 40000, flags=0x18, payload=p), pf.udp(a, b, 40000, 5353, p),
+                   pf.udp(a, b, 40000, 9999, p), pf.tcp(a, b, 40000, 80, flags=0x10)]
+    # the last frame ends with the first bytes of an HTTP word: the word is read up to the buffer's end
+    frames.append(pf.tcp(a, b, 40000, 80, flags=0x18, payload=b"HTT"))
+    batch = PacketBatch.from_frames(frames)
+    later, maybe = _same_hints(batch, decode_fast(batch, CFG))
+    assert later.sum() >= 12 and maybe.sum() >= 20

@@ -28,6 +28,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..prefetch import Prefetcher
+
+    # the files are mapped and faulted in on another core while numpy and the engine load
+    with Prefetcher(args.files) as prefetch:
+        return _run(args, prefetch)
+
+
+def _run(args: argparse.Namespace, prefetch: Any) -> int:
     # imported here, not at the top: the CLI imports every command's module to build its parser
     import orjson
 
@@ -54,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     show_progress = sys.stderr.isatty() and not args.no_progress
     analysis = Analysis(
         list(args.files), engine_cfg, sensor=sensor,
-        progress=_Progress(sys.stderr) if show_progress else None,
+        progress=_Progress(sys.stderr) if show_progress else None, prefetch=prefetch,
     )
     out: IO[bytes] = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
     started = time.monotonic()

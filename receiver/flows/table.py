@@ -223,7 +223,7 @@ class FlowTable:
 
     # -- the batch update ---------------------------------------------------------------------
     def find_or_add(
-        self, keys: Keys, ts: F64, tcpflags: I64, evict: Callable[[I64], None]
+        self, keys: Keys, ts: F64, tcpflags: I64, evict: Callable[[I64], None], grouped: Grouped | None = None
     ) -> tuple[I64, I64, dict[str, int], tuple[I64, I64] | None]:
         """Flow index of every packet (-1: dropped and counted), the new flows, drop counts, and
         the grouping (distinct flows, packet -> group) for ``account`` when no packet was dropped.
@@ -232,10 +232,10 @@ class FlowTable:
         SYN without ACK is in the batch: then its sender. When the table is at ``max_flows``,
         the least recently seen flows are handed to ``evict`` (which emits and releases them).
         A packet whose 64-bit key hash equals another flow's with a different key cannot be
-        placed and is counted as ``hash_collision``.
+        placed and is counted as ``hash_collision``. ``grouped``: ``group_keys(keys)``, if the
+        caller has it.
         """
-        uh, first, inv = _group(keys.hash)
-        same = _same_key(keys, first[inv])
+        uh, first, inv, same = grouped if grouped is not None else group_keys(keys)
         found = self._lookup(uh)
         c = self.cols
         f_found = np.maximum(found, 0)
@@ -406,6 +406,17 @@ class FlowTable:
         np.bitwise_or.at(add, u, (bit + 1).astype(np.uint64) << (4 * nib).astype(np.uint64))
         c["hist"][uf] |= add
         c["hbits"][uf] |= new.astype(np.uint16)
+
+
+Grouped = tuple[np.ndarray, I64, I64, np.ndarray]
+
+
+def group_keys(keys: Keys) -> Grouped:
+    """The packets' flows as groups (needs no table, so it can run ahead on another thread):
+    distinct hashes in order of first appearance, the first packet of each, each packet's group,
+    and whether each packet's whole key equals its group's first (False: a hash collision)."""
+    uh, first, inv = _group(keys.hash)
+    return uh, first, inv, _same_key(keys, first[inv])
 
 
 def _group(h: np.ndarray) -> tuple[np.ndarray, I64, I64]:

@@ -51,7 +51,7 @@ ACCOUNT_INPUTS = (
 )
 SCAN_OK, SCAN_TRUNCATED, SCAN_BAD = 0, 1, 2
 MAX_LANES = 16  # = MAX_LANES in vxnative.c
-ABI = 8  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+ABI = 9  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
@@ -87,6 +87,10 @@ def _load() -> ctypes.CDLL | None:
     lib.vx_pcap_columns.argtypes = [_P, _P, _I64, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P]
     lib.vx_decode_common.restype = _I64
     lib.vx_decode_common.argtypes = [_P, _I64, _P, _P, _I64, ctypes.c_int, _P, _I64, _P, _I64, _I64, _P, _P]
+    lib.vx_flow_keys.restype = None
+    lib.vx_flow_keys.argtypes = [_P, _P, _I64]
+    lib.vx_app_hints.restype = None
+    lib.vx_app_hints.argtypes = [_P, _I64, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _I64, _P, _P]
     lib.vx_group.restype = _I64
     lib.vx_group.argtypes = [_P, _I64, _P, _P, _P, _I64]
     lib.vx_lookup.restype = None
@@ -204,6 +208,50 @@ def copy_ranges(src: U8, s: I64, dst: U8, d: I64, n: I64) -> None:
         if ss.min() < 0 or dd.min() < 0 or (ss + nn).max() > src.shape[0] or (dd + nn).max() > dst.shape[0]:
             raise IndexError("copy_ranges: a range is outside its buffer")
     _lib.vx_copy_ranges(_ptr(src), _ptr(s), _ptr(dst), _ptr(d), _ptr(n), n.shape[0])
+
+
+FLOW_KEY_INPUTS = ("vni", "ipver", "proto", "src_hi", "src_lo", "sport", "dst_hi", "dst_lo", "dport")
+FLOW_KEY_OUTPUTS = (
+    ("proto", np.int64), ("a_hi", np.uint64), ("a_lo", np.uint64), ("a_port", np.int64), ("b_hi", np.uint64),
+    ("b_lo", np.uint64), ("b_port", np.int64), ("direction", np.int64), ("hash", np.uint64),
+)
+
+
+def flow_keys(d: Any) -> dict[str, np.ndarray]:
+    """The flow key columns of every packet of ``d`` (a Decoded), named as ``Keys``' fields
+    (without ``vni``, which is ``d.vni``)."""
+    assert _lib is not None
+    cols = [getattr(d, name) for name in FLOW_KEY_INPUTS]
+    n = cols[0].shape[0]
+    for c in cols:
+        assert c.flags.c_contiguous and c.shape[0] == n and c.itemsize in (1, 8)
+    out = {name: np.empty(n, dtype) for name, dtype in FLOW_KEY_OUTPUTS}
+    in_ptrs = (ctypes.c_void_p * len(cols))(*[_ptr(c) for c in cols])
+    out_ptrs = (ctypes.c_void_p * len(out))(*[_ptr(a) for a in out.values()])
+    _lib.vx_flow_keys(in_ptrs, out_ptrs, n)
+    return out
+
+
+def app_hints(
+    buf: U8, d: Any, dns_port: np.ndarray, udp_port: np.ndarray, tcp_port: np.ndarray, start: np.ndarray,
+    http_first: np.ndarray, words: I64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's per-packet screening for the application parsers (``later``, ``maybe``; bool
+    arrays, False for packets without payload), from its lookup tables."""
+    assert _lib is not None
+    assert buf.dtype == np.uint8 and buf.flags.c_contiguous
+    tables = (dns_port, udp_port, tcp_port, start, http_first)
+    assert all(t.dtype == np.bool_ and t.flags.c_contiguous for t in tables)
+    assert dns_port.shape == udp_port.shape == tcp_port.shape == (65536,) and start.shape == http_first.shape == (256,)
+    words = np.ascontiguousarray(words, np.int64)
+    n = d.proto.shape[0]
+    later = np.empty(n, np.bool_)
+    maybe = np.empty(n, np.bool_)
+    _lib.vx_app_hints(
+        _ptr(buf), buf.shape[0], _ptr(d.proto), _ptr(d.sport), _ptr(d.dport), _ptr(d.pay_off), _ptr(d.pay_cap), n,
+        *(_ptr(t) for t in tables), _ptr(words), words.shape[0], _ptr(later), _ptr(maybe),
+    )
+    return later, maybe
 
 
 def group(h: np.ndarray) -> tuple[I64, I64]:

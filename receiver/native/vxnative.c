@@ -16,7 +16,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define PREFETCH_AHEAD 16
-#define VX_ABI 8 /* = receiver.native.ABI */
+#define VX_ABI 9 /* = receiver.native.ABI */
 
 EXPORT int vx_abi(void) { return VX_ABI; }
 
@@ -194,6 +194,81 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
         COL(uint8_t, C_FRAG)[i] = 0;
     }
     return done;
+}
+
+/* ---- flow keys (receiver/flows/keys.py) ---------------------------------------------------- */
+
+static inline uint64_t mix64(uint64_t x) { /* splitmix64's finaliser, as keys.mix64 */
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+/* The flow key of each packet: endpoints in canonical order, the direction, the 64-bit hash.
+ * in: vni i64, ipver u8, proto i64, src_hi u64, src_lo u64, sport i64, dst_hi u64, dst_lo u64,
+ * dport i64 (Decoded columns); out: kproto i64 (proto + 256 for IPv6), a_hi u64, a_lo u64,
+ * a_port i64, b_hi u64, b_lo u64, b_port i64, direction i64, hash u64. Mirrors make_keys. */
+EXPORT void vx_flow_keys(const void **in, void **out, int64_t n) {
+    const int64_t *vni = in[0], *proto = in[2], *sport = in[5], *dport = in[8];
+    const uint8_t *ipver = in[1];
+    const uint64_t *s_hi = in[3], *s_lo = in[4], *d_hi = in[6], *d_lo = in[7];
+    int64_t *kproto = out[0], *a_port = out[3], *b_port = out[6], *direction = out[7];
+    uint64_t *a_hi = out[1], *a_lo = out[2], *b_hi = out[4], *b_lo = out[5], *hash = out[8];
+    const uint64_t M1 = 0x9E3779B97F4A7C15ULL, M2 = 0xBF58476D1CE4E5B9ULL, M3 = 0x94D049BB133111EBULL;
+    for (int64_t i = 0; i < n; i++) {
+        int swap = s_hi[i] > d_hi[i] ||
+                   (s_hi[i] == d_hi[i] && (s_lo[i] > d_lo[i] || (s_lo[i] == d_lo[i] && sport[i] > dport[i])));
+        uint64_t ahi = swap ? d_hi[i] : s_hi[i], alo = swap ? d_lo[i] : s_lo[i];
+        uint64_t bhi = swap ? s_hi[i] : d_hi[i], blo = swap ? s_lo[i] : d_lo[i];
+        int64_t ap = swap ? dport[i] : sport[i], bp = swap ? sport[i] : dport[i];
+        int64_t kp = proto[i] + (ipver[i] == 6 ? 256 : 0);
+        uint64_t ports = ((uint64_t)ap << 16) | (uint64_t)bp;
+        uint64_t tag = (((uint64_t)vni[i] & 0xFFFFFFFFULL) << 16) | (uint64_t)kp;
+        uint64_t h = alo * M1;
+        h ^= mix64(blo + M2);
+        h += (ahi ^ (bhi * M3)) * M2;
+        h ^= (ports << 24) ^ (tag * M1);
+        kproto[i] = kp;
+        a_hi[i] = ahi, a_lo[i] = alo, a_port[i] = ap;
+        b_hi[i] = bhi, b_lo[i] = blo, b_port[i] = bp;
+        direction[i] = swap;
+        hash[i] = mix64(h);
+    }
+}
+
+/* ---- the application parsers' screening (receiver/engine.py) -------------------------------- */
+
+static inline int port_in(const uint8_t *lut, int64_t port) { return port >= 0 && port < 65536 && lut[port]; }
+
+/* For each packet with payload (pay_cap > 0): later[i], shown to the parsers after its direction's
+ * first packets (a DNS port, or the payload starts with one of the `n_words` HTTP words), and
+ * maybe[i], could start something they understand (TCP: an app port or a start byte; UDP: an app
+ * port). Packets without payload get 0. Tables (bool arrays): dns_port, udp_port, tcp_port
+ * (65536 each), start (256), http_first (256). Mirrors _app_later and _app_maybe. */
+EXPORT void vx_app_hints(const uint8_t *buf, int64_t buflen, const int64_t *proto, const int64_t *sport,
+                         const int64_t *dport, const int64_t *pay_off, const int64_t *pay_cap, int64_t n,
+                         const uint8_t *dns_port, const uint8_t *udp_port, const uint8_t *tcp_port,
+                         const uint8_t *start, const uint8_t *http_first, const int64_t *words, int64_t n_words,
+                         uint8_t *later, uint8_t *maybe) {
+    for (int64_t i = 0; i < n; i++) {
+        later[i] = maybe[i] = 0;
+        int64_t o = pay_off[i];
+        if (pay_cap[i] <= 0 || o < 0 || o >= buflen) continue;
+        uint8_t b0 = buf[o];
+        int l = port_in(dns_port, sport[i]) || port_in(dns_port, dport[i]);
+        if (!l && http_first[b0] && pay_cap[i] >= 4) {
+            int64_t last = buflen - 1;
+            int64_t w = ((int64_t)b0 << 24) | ((int64_t)buf[o + 1 < last ? o + 1 : last] << 16) |
+                        ((int64_t)buf[o + 2 < last ? o + 2 : last] << 8) | buf[o + 3 < last ? o + 3 : last];
+            for (int64_t k = 0; k < n_words; k++)
+                if (words[k] == w) l = 1;
+        }
+        later[i] = (uint8_t)l;
+        if (proto[i] == 6)
+            maybe[i] = port_in(tcp_port, sport[i]) || port_in(tcp_port, dport[i]) || start[b0];
+        else if (proto[i] == 17)
+            maybe[i] = port_in(udp_port, sport[i]) || port_in(udp_port, dport[i]);
+    }
 }
 
 /* ---- the flow table (receiver/flows/table.py) ----------------------------------------------- */
