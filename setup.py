@@ -10,7 +10,7 @@ setup(
     ext_modules=[
         Extension(
             "receiver.native._vxnative",
-            sources=["receiver/native/vxnative.c", "receiver/native/vxrecv.c"],
+            sources=["receiver/native/vxnative.c", "receiver/native/vxrecv.c", "receiver/native/vxread.c"],
             depends=["receiver/native/vxoffsets.h"],
             include_dirs=["receiver/native"],
             extra_compile_args=["-O2", "-ffp-contract=off", "-fvisibility=hidden"],

@@ -150,11 +150,12 @@ class Capture:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _count(self, name: str, n: int) -> None:
+    def count(self, name: str, n: int) -> None:
+        """Add ``n`` to counter ``name`` (one of COUNTER_NAMES)."""
         self.counters[name] = self.counters.get(name, 0) + n
 
     def _unsupported(self, linktype: int, n: int) -> None:
-        self._count("unsupported_linktype", n)
+        self.count("unsupported_linktype", n)
         if linktype not in self._warned:
             self._warned.add(linktype)
             log.warning("%s: link type %d is not supported; its packets are skipped", self.path, linktype)
@@ -171,21 +172,33 @@ class Capture:
                 if layer is None:
                     self._unsupported(self.linktype, int(start.shape[0]))
                     continue
-                self._count("records", int(start.shape[0]))
+                self.count("records", int(start.shape[0]))
                 yield PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
-            if truncated:
-                self._count("truncated_records", 1)
-                log.warning("%s: the last record is cut short at offset %d", self.path, nxt)
-                break
-            if bad:
-                self._count("bad_records", 1)
-                log.warning(
-                    "%s: record header at offset %d has an impossible length; reading stopped", self.path, nxt
-                )
+            if truncated or bad:
+                self.scan_stopped(nxt, bad)
                 break
             if nxt <= pos:  # pragma: no cover - defensive
                 break
             pos = nxt
+
+    def scan_stopped(self, at: int, bad: bool) -> None:
+        """The pcap record scan stopped at offset ``at``: at a record cut short, or (``bad``) at a
+        record header with an impossible length. Counted and logged (also for receiver.native.reader)."""
+        if bad:
+            self.count("bad_records", 1)
+            log.warning("%s: record header at offset %d has an impossible length; reading stopped", self.path, at)
+        else:
+            self.count("truncated_records", 1)
+            log.warning("%s: the last record is cut short at offset %d", self.path, at)
+
+    def pcap_layer(self) -> Layer | None:
+        """What the records of a classic pcap hold (None: a link type not supported, or pcapng)."""
+        return LINKTYPE_LAYERS.get(self.linktype) if self.format == "pcap" and self.linktype is not None else None
+
+    @property
+    def data(self) -> U8:
+        """The whole file as bytes (mapped, or decompressed)."""
+        return self._arr
 
     def _pcap_scan(self, pos: int, batch_size: int) -> tuple[Iterable[_Records], int, bool, bool]:
         """Records from header ``pos`` on (a window's worth) as column chunks of at most
@@ -217,14 +230,14 @@ class Capture:
         def flush() -> PacketBatch:
             assert cur is not None
             start, cap, wire, ts = capture_pcapng.packet_arrays(pending)
-            self._count("records", len(pending))
+            self.count("records", len(pending))
             pending.clear()
             return PacketBatch(
                 buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=LINKTYPE_LAYERS[cur.linktype]
             )
 
         try:
-            for pkt in capture_pcapng.walk(arr, arr.shape[0], self._count, self.path):
+            for pkt in capture_pcapng.walk(arr, arr.shape[0], self.count, self.path):
                 itf = pkt.iface
                 if itf.linktype not in LINKTYPE_LAYERS:
                     self._unsupported(itf.linktype, 1)

@@ -7,26 +7,39 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import commands, memtune
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only`` (a command module's name), just that subcommand (the
+    other command modules are not imported: the benchmark's, for one, is slow to import)."""
     parser = argparse.ArgumentParser(
         prog="vxmirror",
         description="VXLAN/GENEVE receiver and flow analytics for AWS VPC Traffic Mirroring",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    names = [only] if only else sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+    for name in names:
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _command_module(argv: Sequence[str]) -> str | None:
+    """The command module ``argv`` names first (``check-config`` -> ``check_config``), if any."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    name = argv[0].replace("-", "_")
+    return name if name.isidentifier() and (Path(commands.__file__).parent / f"{name}.py").is_file() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     memtune.tune()  # before numpy is imported (the command modules import it when they run)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command_module(argv)).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

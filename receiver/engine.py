@@ -30,6 +30,7 @@ from .flows.keys import Keys, make_keys
 from .flows.record import EndReason, FlowRecord
 from .flows.records import build_records, talkers
 from .flows.table import FlowTable, Grouped, group_keys
+from .native.tables import AppTables
 from .packets import I64, B, Decapsulated, PacketBatch
 from .settings import EngineConfig
 
@@ -57,6 +58,7 @@ HTTP_WORDS = np.array(
     np.int64,
 )
 _HTTP_FIRST = _lut(256, (w >> 24 for w in HTTP_WORDS.tolist()))
+APP_TABLES = AppTables(_DNS_PORT, _APP_UDP_PORT, _APP_TCP_PORT, _APP_START, _HTTP_FIRST, HTTP_WORDS)
 FRAGMENT_MAP_MAX = 65536
 BASE_COUNTERS = ("packets", "bytes", "decoded", "slow_path", "flows_created", "records")
 # counters naming packets that did not reach a flow (every packet is either decoded or one of these)
@@ -393,7 +395,11 @@ class Engine:
 
 def prepare(batch: PacketBatch, config: EngineConfig) -> Prepared:
     """:meth:`Engine.prepare` (a function of the batch and the config only)."""
-    d, slow = decode(batch, config)
+    return prepare_decoded(batch, *decode(batch, config), config)
+
+
+def prepare_decoded(batch: PacketBatch, d: Decoded, slow: int, config: EngineConfig) -> Prepared:
+    """The rest of :func:`prepare` once the batch is decoded."""
     p = Prepared(d, slow)
     if not batch.count or (d.frag != Frag.NONE).any():  # fragments take their ports in process()
         return p
@@ -401,8 +407,9 @@ def prepare(batch: PacketBatch, config: EngineConfig) -> Prepared:
         p.keys = Keys(d.vni, **native.flow_keys(d)) if native.available() else _keys(d, slice(None))
         p.grouped = group_keys(p.keys)
     if config.app_metadata and native.available():  # (the numpy twins screen only the packets _app looks at)
+        t = APP_TABLES
         p.app_later, p.app_maybe = native.app_hints(
-            batch.buf, d, _DNS_PORT, _APP_UDP_PORT, _APP_TCP_PORT, _APP_START, _HTTP_FIRST, HTTP_WORDS
+            batch.buf, d, t.dns_port, t.udp_port, t.tcp_port, t.start_byte, t.http_first, t.words
         )
     return p
 

@@ -1,18 +1,22 @@
 """Mapping capture files and faulting their pages in on another core, ahead of the reader.
 
 Reading a mapped 1 GB capture from the page cache costs the kernel about 0.1 s of page faults
-(one per 4 KiB page, or per fault-around block), all on the thread that reads. A
-:class:`Prefetcher` maps the files itself and a background thread asks the kernel to fill the
-page tables ahead of the reader (``madvise(MADV_POPULATE_READ)``, called through ctypes so the GIL
-is released while the kernel works): the faults move to the other core, and they start while
-the CLI is still importing numpy. On a cold cache the same call reads the file from disk ahead
-of the reader.
+(one per fault-around block of pages), all on the thread that reads. A :class:`Prefetcher` maps
+the files itself and a background thread faults the pages in ahead of the reader, so the faults
+move to the other core; they start while the CLI is still importing numpy. On a cold cache the
+same faults read the file from disk ahead of the reader.
+
+The thread touches one byte per page in C (``vx_touch`` of the native library, called through
+ctypes: the GIL is released). A page fault on a file mapping locks only that mapping, where
+``madvise(MADV_POPULATE_READ)`` holds the address space's lock for reading while it works,
+which stalls every ``mmap`` and ``brk`` of the other threads: measured here, it slowed the CLI's
+imports by 70 ms. madvise is the fallback when the library is not built.
 
 It stays at most ``ahead`` bytes in front of the position the reader reports (``reached``), so
 a capture larger than memory is not pulled in whole. Compressed files are not mapped (the
 capture reader decompresses them); a file that cannot be opened is left to the capture reader,
-which reports it. Only the standard library is imported here: the CLI starts this before numpy
-is loaded. Nothing here changes what is read.
+which reports it. Only the standard library is imported here (and the native library through
+ctypes): the CLI starts this before numpy is loaded. Nothing here changes what is read.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from . import nativelib
 
 log = logging.getLogger("vxmirror.prefetch")
 
 MADV_POPULATE_READ = 22  # Linux 5.14
-CHUNK = 16 << 20  # bytes populated per call: small enough to follow the reader's window closely
+CHUNK = 16 << 20  # bytes faulted in per call: small enough to follow the reader's window closely
+PAGE = mmap.PAGESIZE
 AHEAD = 1 << 30  # at most this far in front of the reader
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -53,14 +60,31 @@ def _address(m: mmap.mmap) -> int:
         ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
-def _madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _faulter() -> Callable[[int, int], bool] | None:
+    """A function that faults in ``n`` bytes at an address (True: done), or None."""
+    lib = nativelib.load()
+    if lib is not None:
+        touch = lib.vx_touch
+
+        def by_touch(addr: int, n: int) -> bool:
+            touch(addr, n, PAGE)
+            return True
+
+        return by_touch
     try:
-        f = ctypes.CDLL(None, use_errno=True).madvise
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
         return None
-    f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    f.restype = ctypes.c_int
-    return f
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+
+    def by_madvise(addr: int, n: int) -> bool:
+        if madvise(addr, n, MADV_POPULATE_READ) == 0:
+            return True
+        log.debug("madvise(MADV_POPULATE_READ) failed: errno %d", ctypes.get_errno())  # an old kernel: EINVAL
+        return False
+
+    return by_madvise
 
 
 def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
@@ -91,7 +115,7 @@ class Prefetcher:
         self._reader = (0, 0)  # (file, position) the reader reported
         self._stop = False
         self._cond = threading.Condition()
-        self._madvise = _madvise()
+        self._fault_in = _faulter()
         self._thread = threading.Thread(target=self._run, name="vxmirror-prefetch", daemon=True)
         self._thread.start()
 
@@ -136,7 +160,7 @@ class Prefetcher:
                         return
                     self._maps[i] = m
                     self._cond.notify_all()
-                if m is not None and self._madvise is not None and not self._populate(i, m):
+                if m is not None and self._fault_in is not None and not self._populate(i, m):
                     return
                 del m  # (a mapping its Capture closed while populated is unmapped here)
         except Exception:  # pragma: no cover - prefetching only saves time: never fail the read
@@ -148,7 +172,7 @@ class Prefetcher:
     def _populate(self, i: int, m: mmap.mmap) -> bool:
         """Populate file ``i`` in chunks, staying within ``ahead`` of the reader, until its end or
         until the reader moves past it. False: stop altogether."""
-        assert self._madvise is not None
+        assert self._fault_in is not None
         pos, size = 0, len(m)
         while pos < size:
             with self._cond:
@@ -160,12 +184,11 @@ class Prefetcher:
                 n = min(self.chunk, size - pos, self._limit(i) - pos)
             if m.closed:  # the reader is done with this file
                 return True
-            # a buffer export while the kernel works: the mapping cannot be unmapped under it (its
-            # Capture's close() then leaves it to be unmapped when this thread lets go)
+            # a buffer export while faulting: the mapping cannot be unmapped under it (its Capture's
+            # close() then leaves it to be unmapped when this thread lets go)
             with memoryview(m):
-                ok = self._madvise(_address(m) + pos, n, MADV_POPULATE_READ) == 0
-            if not ok:  # (an old kernel: EINVAL) prefetching just ends
-                log.debug("madvise(MADV_POPULATE_READ) failed: errno %d", ctypes.get_errno())
+                ok = self._fault_in(_address(m) + pos, n)
+            if not ok:  # prefetching just ends
                 return False
             pos += n
             self.populated += n

@@ -21,7 +21,7 @@ from .engine import BatchResult, Engine
 from .flows.record import FlowRecord
 from .packets import PacketBatch
 from .prefetch import Prefetcher
-from .readahead import work_ahead
+from .readahead import prepared_batches
 from .settings import EngineConfig
 
 Progress = Callable[[str, int, int, int], None]  # (path, bytes done, bytes total, packets so far)
@@ -50,7 +50,7 @@ class Analysis:
                 cap = open_capture(path, prefetch.mapping(i))
                 total = os.path.getsize(path)
                 try:
-                    for batch, prepared in work_ahead(cap.batches(self.batch_size), engine.prepare):
+                    for batch, prepared in prepared_batches(cap, engine.config, self.batch_size):
                         if batch.count:
                             prefetch.reached(i, int(batch.start[-1]))
                         result = engine.process(batch, prepared)

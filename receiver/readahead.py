@@ -1,13 +1,19 @@
-"""Running the stateless half of the engine on a second thread, one step ahead.
+"""Running the stateless half of the engine on a second thread, ahead of the first.
 
 Reading a capture is a pipeline of two halves: finding the records, decoding them and keying
-them (pure functions of each batch, mostly in C with the GIL released: ``Engine.prepare``),
-then the flow table, the excerpts and the application parsers (state kept across batches,
-mostly Python: ``Engine.process``). :func:`work_ahead` runs the first half on a thread so the
-two overlap on two cores; the results are the same as running both in turn on one thread.
+them (pure functions of each batch: ``Engine.prepare``), then the flow table, the excerpts and
+the application parsers (state kept across batches, mostly Python: ``Engine.process``).
+:func:`prepared_batches` runs the first half on another thread so the two overlap on two cores;
+the results are the same as running both in turn on one thread.
 
-The thread stays at most ``depth`` items ahead. An exception in it (a capture error) is raised
-in the consumer when it reaches that point; a consumer that stops early stops the thread.
+- A classic pcap, with the C library built: the C reading thread (``receiver.native.reader``)
+  does it all without the GIL, a few batches ahead. Packets of shapes the C decode does not
+  take are finished here, on the consumer's thread.
+- Anything else (pcapng, another link type, no C library): :func:`work_ahead` calls
+  ``Engine.prepare`` on a Python thread (mostly C and numpy calls, which release the GIL).
+
+The thread stays a bounded number of batches ahead. An exception in it (a capture error) is
+raised in the consumer when it reaches that point; a consumer that stops early stops the thread.
 """
 
 from __future__ import annotations
@@ -16,6 +22,15 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
+
+from . import native
+from .capture import Capture
+from .capture_pcap import HEADER_LEN, MAX_RECORD_LEN, WINDOW_LEN
+from .decode import Decoded, decode
+from .engine import APP_TABLES, Prepared, prepare, prepare_decoded
+from .flows.keys import Keys
+from .packets import Layer, PacketBatch
+from .settings import EngineConfig
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,3 +82,53 @@ def work_ahead(items: Iterator[T], work: Callable[[T], R], depth: int = DEPTH) -
     finally:
         stop.set()
         thread.join()
+
+
+def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Iterator[tuple[PacketBatch, Prepared]]:
+    """Every batch of ``cap`` (as ``cap.batches(batch_size)``) with ``Engine.prepare``'s result,
+    computed ahead on another thread. A batch is valid until the next one is taken."""
+    layer = cap.pcap_layer()
+    if layer is None or not native.available() or cap.data.shape[0] <= HEADER_LEN:
+        yield from work_ahead(cap.batches(batch_size), lambda b: prepare(b, config))
+        return
+    from .native.reader import PcapReader
+
+    reader = PcapReader(
+        cap.data, HEADER_LEN, big_endian=cap.big_endian, nanos=cap.nanoseconds, max_len=MAX_RECORD_LEN,
+        frac_lim=1_000_000_000 if cap.nanoseconds else 1_000_000, window=WINDOW_LEN, layer=int(layer),
+        vxlan_ports=tuple(config.vxlan_ports), geneve_ports=tuple(config.geneve_ports),
+        max_depth=config.max_tunnel_depth, tables=APP_TABLES if config.app_metadata else None, batch=batch_size,
+    )
+    try:
+        for slot in reader.slots():
+            c = slot.cols
+            batch = PacketBatch(buf=cap.data, start=c["start"], caplen=c["caplen"], wirelen=c["wirelen"], ts=c["ts"],
+                                layer=layer)
+            cap.count("records", slot.n)
+            yield batch, _prepared(batch, slot, layer, config)
+            reader.release(slot)
+    finally:
+        reader.close()
+    if reader.status != native.SCAN_OK:
+        cap.scan_stopped(reader.end_pos, bad=reader.status == native.SCAN_BAD)
+
+
+def _prepared(batch: PacketBatch, slot: native.reader.Slot, layer: Layer, config: EngineConfig) -> Prepared:
+    """``Engine.prepare(batch)`` from what the C reading thread left in ``slot``."""
+    from .native.reader import F_ALL_OK, F_FRAGMENTS, F_PREPARED
+
+    c = slot.cols
+    d = Decoded(**{name: c[name] for name in native.DECODE_COLUMNS})
+    if not slot.flags & F_PREPARED:  # packets of other shapes: decoded here, then the rest as prepare() does
+        d, slow = decode(batch, config, common=(d, c["handled"]))
+        return prepare_decoded(batch, d, slow, config)
+    p = Prepared(d, 0)  # every packet decoded by the C pass (status OK)
+    if not slot.n or slot.flags & F_FRAGMENTS:
+        return p
+    if slot.flags & F_ALL_OK:
+        keys = Keys(d.vni, **{name: c[f"key_{name}"] for name, _ in native.FLOW_KEY_OUTPUTS})
+        first = c["first"][: slot.groups]
+        p.keys, p.grouped = keys, (keys.hash[first], first, c["inv"], c["same"])
+    if config.app_metadata:
+        p.app_later, p.app_maybe = c["later"], c["maybe"]
+    return p

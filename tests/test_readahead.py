@@ -3,20 +3,28 @@ that prepares batches ahead of the flow table, and that both leave every record 
 
 from __future__ import annotations
 
+import copy
 import gzip
 import re
+import struct
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
+from receiver import prefetch
 from receiver.capture import open_capture
-from receiver.engine import Engine
+from receiver.decode import Decoded
+from receiver.engine import Engine, Prepared, prepare
+from receiver.native import reader as reader_module
+from receiver.packets import PacketBatch
 from receiver.prefetch import Prefetcher
 from receiver.read import Analysis, read_records
-from receiver.readahead import work_ahead
+from receiver.readahead import prepared_batches, work_ahead
 from receiver.settings import EngineConfig
 from receiver.traffic import write_pcap
 from tests import packet_factory as pf
@@ -47,7 +55,15 @@ def _rss_of_mapping(path: Path) -> int:
 # -- the prefetcher ---------------------------------------------------------------------------
 
 
-def test_prefetch_fills_the_page_tables_ahead_of_the_reader_and_no_further(tmp_path: Path) -> None:
+@pytest.mark.parametrize("way", ["touch", "madvise"])
+def test_prefetch_fills_the_page_tables_ahead_of_the_reader_and_no_further(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    # by the C loop that touches each page, or by madvise(MADV_POPULATE_READ) without the library
+    if way == "madvise":
+        monkeypatch.setattr(prefetch.nativelib, "load", lambda: None)
+    else:
+        assert prefetch.nativelib.load() is not None
     path = tmp_path / "big.bin"
     path.write_bytes(b"\xa1" * (40 * MB))
     with Prefetcher([path], ahead=8 * MB, chunk=MB) as p:
@@ -194,3 +210,112 @@ def test_reading_on_two_threads_gives_the_records_of_one(tmp_path: Path, batch: 
     assert got == want
     assert a.engine is not None and a.engine.counters() == counters
     assert counters["fragment_without_first"] == 1 and counters["packets"] > 20_000
+
+
+# -- the C reading thread ----------------------------------------------------------------------
+
+
+def _mixed_frames(seed: int) -> list[bytes]:
+    """Common shapes and others (IPv6, VLAN, GENEVE, ICMP, ARP-like, cut frames), in a random order."""
+    rng = np.random.default_rng(seed)
+    a, b, c6, d6 = "10.0.0.1", "10.0.0.2", "2001:db8::1", "2001:db8::2"
+    shapes = [
+        lambda i: pf.vxlan(pf.tcp(a, b, 1000 + i % 50, 80, flags=0x18, payload=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")),
+        lambda i: pf.vxlan(pf.tcp(b, a, 80, 1000 + i % 50, flags=0x18, payload=b"HTTP/1.1 200 OK\r\n\r\n")),
+        lambda i: pf.vxlan(pf.udp(a, b, 3000 + i % 20, 53, b"\x12\x34" + b"\x00" * 10)),
+        lambda i: pf.vxlan(pf.tcp(c6, d6, 2000 + i % 7, 443, flags=0x02)),
+        lambda i: pf.vxlan(pf.vlan(pf.udp(a, b, 5000, 9999, b"v" * 30))),
+        lambda i: pf.geneve(pf.tcp(a, b, 4000, 22, payload=b"SSH-2.0-x\r\n")),
+        lambda i: pf.vxlan(pf.icmp(a, b)),
+        lambda i: pf.tcp(a, b, 7000, 8080, payload=b"plain ethernet"),
+        lambda i: pf.vxlan(pf.tcp(a, b, 1000, 80, flags=0x18, payload=b"x" * 200))[: 60 + i % 40],  # cut
+        lambda i: b"\xff" * 6 + b"\x00" * 6 + b"\x08\x06" + b"\x00" * 28,  # ARP
+    ]
+    weights = np.array([30, 30, 10, 5, 5, 3, 3, 3, 3, 3], float)
+    picks = rng.choice(len(shapes), 3000, p=weights / weights.sum())
+    return [shapes[k](i) for i, k in enumerate(picks)]
+
+
+def _python_side(cap_path: Path, config: EngineConfig, batch: int) -> tuple[list, dict[str, int]]:
+    with open_capture(cap_path) as cap:
+        out = [(b, prepare(b, config)) for b in cap.batches(batch)]
+        return out, dict(cap.counters)
+
+
+def _same_prepared(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for (gb, gp), (wb, wp) in zip(got, want):
+        for name in ("start", "caplen", "wirelen", "ts"):
+            np.testing.assert_array_equal(getattr(gb, name), getattr(wb, name), err_msg=name)
+        assert gb.layer == wb.layer and gp.slow == wp.slow
+        for name in Decoded.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(gp.decoded, name), getattr(wp.decoded, name), err_msg=name)
+        assert (gp.keys is None) == (wp.keys is None) and (gp.grouped is None) == (wp.grouped is None)
+        if wp.keys is not None:
+            for name in wp.keys.__dataclass_fields__:
+                np.testing.assert_array_equal(getattr(gp.keys, name), getattr(wp.keys, name), err_msg=name)
+            for g, w in zip(gp.grouped, wp.grouped):
+                np.testing.assert_array_equal(g, w)
+        for name in ("app_later", "app_maybe"):
+            g, w = getattr(gp, name), getattr(wp, name)
+            assert (g is None) == (w is None), name
+            if w is not None:
+                np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+def _copied(items: Iterable[tuple[PacketBatch, Prepared]]) -> list:
+    """Deep copies: a batch from the C reader views a slot that is filled again later."""
+    return [(copy.deepcopy(b), copy.deepcopy(p)) for b, p in items]
+
+
+@pytest.mark.parametrize(("batch", "config"), [
+    (7, EngineConfig()), (256, EngineConfig()), (4096, EngineConfig(app_metadata=False)), (32768, EngineConfig()),
+])
+def test_c_reader_prepares_what_python_prepares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int, config: EngineConfig
+) -> None:
+    made: list[object] = []
+    real = reader_module.PcapReader
+    monkeypatch.setattr(reader_module, "PcapReader", lambda *a, **k: made.append(1) or real(*a, **k))
+    frames = _mixed_frames(batch)
+    paths = {
+        "mixed": pcap_bytes([Rec(1_700_000_000 + i, i, f) for i, f in enumerate(frames)]),
+        "fragments": pcap_bytes([Rec(1, i, f) for i, f in enumerate(_fragments() * 50)]),
+        "cut_at_the_end": pcap_bytes([Rec(2, i, f) for i, f in enumerate(frames[:500])])[:-7],
+        "bad_record": pcap_bytes([Rec(3, i, f) for i, f in enumerate(frames[:300])])
+        + struct.pack("<IIII", 4, 0, 1 << 30, 60) + b"x" * 60,
+        "nanoseconds_big_endian": pcap_bytes([Rec(5, i * 1000, f) for i, f in enumerate(frames[:400])],
+                                             big_endian=True, nanos=True),
+        "raw_ip": pcap_bytes([Rec(6, i, f[14:]) for i, f in enumerate(frames[:200]) if f[12:14] == b"\x08\x00"],
+                             linktype=101),
+        "header_only": pcap_bytes([]),
+    }
+    for name, data in paths.items():
+        p = tmp_path / f"{name}.pcap"
+        p.write_bytes(data)
+        want, want_counters = _python_side(p, config, batch)
+        with open_capture(p) as cap:
+            got = _copied(prepared_batches(cap, config, batch))
+            assert dict(cap.counters) == want_counters, name
+        _same_prepared(got, want)
+    assert len(made) == len(paths) - 1  # every classic pcap but the bare header went through the C reader
+
+
+def test_c_reader_waits_for_a_slow_consumer_and_stops_when_it_stops(tmp_path: Path) -> None:
+    p = tmp_path / "gen.pcap"
+    write_pcap(p, 20_000, 100, seed=4)
+    config = EngineConfig()
+    want, _ = _python_side(p, config, 512)
+    with open_capture(p) as cap:
+        got = []
+        for item in prepared_batches(cap, config, 512):
+            time.sleep(0.002)  # the thread fills every slot and waits
+            got += _copied([item])
+    _same_prepared(got, want)
+    before = threading.active_count()
+    with open_capture(p) as cap:
+        gen = prepared_batches(cap, config, 512)
+        next(gen)
+        next(gen)
+        gen.close()  # the consumer stops early: the thread stops too
+    assert threading.active_count() == before

@@ -13,9 +13,12 @@ from .slow import decode_one, decode_slow
 __all__ = ["Decoded", "Frag", "Status", "decode", "decode_fast", "decode_one", "decode_slow"]
 
 
-def decode(batch: PacketBatch, config: EngineConfig) -> tuple[Decoded, int]:
-    """Decode a batch; returns the columns and how many packets took the slow path."""
-    out = decode_fast(batch, config)
+def decode(
+    batch: PacketBatch, config: EngineConfig, common: tuple[Decoded, np.ndarray] | None = None
+) -> tuple[Decoded, int]:
+    """Decode a batch; returns the columns and how many packets took the slow path. ``common``:
+    see ``decode_fast``."""
+    out = decode_fast(batch, config, common=common)
     slow = np.flatnonzero(out.status == Status.SLOW_PATH)
     for i in slow:
         s = int(batch.start[i])

@@ -147,11 +147,15 @@ class _Run:
         return bool(self.idx.size)
 
 
-def decode_fast(batch: PacketBatch, config: EngineConfig, use_native: bool = True) -> Decoded:
+def decode_fast(
+    batch: PacketBatch, config: EngineConfig, use_native: bool = True, common: tuple[Decoded, np.ndarray] | None = None
+) -> Decoded:
     """Decode a batch. With the C library (``receiver.native``) the packets of the common
     shape are read there in one pass and only the others go through the stages below;
-    ``use_native=False`` sends every packet through the stages (what the tests compare)."""
-    out = Decoded.empty(batch.count)
+    ``use_native=False`` sends every packet through the stages (what the tests compare).
+    ``common``: the columns and the handled mask of that C pass, if the caller ran it already
+    (receiver.native.reader); the others are decoded into those columns."""
+    out = common[0] if common is not None else Decoded.empty(batch.count)
     if batch.count == 0:
         return out
     if batch.layer not in FIRST_HEADER:
@@ -160,8 +164,8 @@ def decode_fast(batch: PacketBatch, config: EngineConfig, use_native: bool = Tru
     vxlan_ports = np.asarray(config.vxlan_ports, np.int64)
     geneve_ports = np.asarray(config.geneve_ports, np.int64)
     rest = None
-    if use_native and native.available():
-        handled = native.decode_common(
+    if common is not None or (use_native and native.available()):
+        handled = common[1] if common is not None else native.decode_common(
             batch.buf, batch.start, batch.caplen, batch.layer, vxlan_ports, geneve_ports,
             config.max_tunnel_depth, out,
         )

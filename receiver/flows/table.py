@@ -416,6 +416,10 @@ def group_keys(keys: Keys) -> Grouped:
     distinct hashes in order of first appearance, the first packet of each, each packet's group,
     and whether each packet's whole key equals its group's first (False: a hash collision)."""
     uh, first, inv = _group(keys.hash)
+    if native.available():
+        cols = [keys.a_lo, keys.b_lo, keys.a_port, keys.b_port, keys.a_hi, keys.b_hi, keys.vni, keys.proto]
+        if all(c.flags.c_contiguous and c.itemsize == 8 for c in cols):
+            return uh, first, inv, native.same_key(cols, first, inv)
     return uh, first, inv, _same_key(keys, first[inv])
 
 

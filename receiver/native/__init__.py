@@ -10,7 +10,11 @@ Each function here has a numpy twin that does the same work where this library i
   ``receiver.flows.table``);
 - ``copy_ranges``: byte ranges for the pcap writers (twin: ``forwarders.gather``);
 - the receive thread (``vxrecv.c``, used by ``receiver.listen.rxthread``; twin: the event
-  loop's own ``recvmmsg`` in ``receiver.listen.mmsg``).
+  loop's own ``recvmmsg`` in ``receiver.listen.mmsg``);
+- the pcap reading thread (``vxread.c``, used through ``receiver.native.reader`` by
+  ``receiver.readahead``; twin: the same steps on a Python thread);
+- ``vx_touch``: faulting a mapped capture in ahead of the reader (``receiver.prefetch``; twin:
+  ``madvise(MADV_POPULATE_READ)``).
 
 The C sources are built at install time as ``receiver/native/_vxnative*.so`` (setup.py). When
 it is absent (no compiler then) or ``VXMIRROR_NATIVE=0`` is set, the twins do the work: the
@@ -20,19 +24,17 @@ results are the same, only slower; tests/test_native.py compares both on the sam
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import nativelib
 from ..packets import F64, I64, U8, U32
 
 log = logging.getLogger("vxmirror.native")
 
-HERE = Path(__file__).parent
+HERE = nativelib.HERE
 # the Decoded columns vx_decode_common writes, in the order of its `cols` argument
 DECODE_COLUMNS = (
     "status", "vni", "inner_start", "depth", "vxlan_reserved", "ipver", "src_hi", "src_lo", "dst_hi",
@@ -51,35 +53,14 @@ ACCOUNT_INPUTS = (
 )
 SCAN_OK, SCAN_TRUNCATED, SCAN_BAD = 0, 1, 2
 MAX_LANES = 16  # = MAX_LANES in vxnative.c
-ABI = 9  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+ABI = nativelib.ABI
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
 
-def _library_path() -> Path | None:
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        p = HERE / f"_vxnative{suffix}"
-        if p.exists():
-            return p
-    return None
-
-
 def _load() -> ctypes.CDLL | None:
-    if os.environ.get("VXMIRROR_NATIVE", "1") == "0":
-        return None
-    path = _library_path()
-    if path is None:
-        log.info("vxnative library not built: using the numpy loops (slower)")
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-        lib.vx_abi.restype = ctypes.c_int
-        abi = lib.vx_abi()
-    except (OSError, AttributeError) as e:  # pragma: no cover - a broken build
-        log.warning("cannot load %s (%s): using the numpy loops (slower)", path, e)
-        return None
-    if abi != ABI:  # pragma: no cover - built from another version of vxnative.c
-        log.warning("%s is stale (ABI %d, want %d; reinstall): using the numpy loops (slower)", path, abi, ABI)
+    lib = nativelib.load()
+    if lib is None:
         return None
     lib.vx_pcap_scan_lanes.restype = _I64
     lib.vx_pcap_scan_lanes.argtypes = [_P, _I64, _I64, _I64, ctypes.c_int, _I64, _I64, _I64, _P, _P, _P]
@@ -93,6 +74,8 @@ def _load() -> ctypes.CDLL | None:
     lib.vx_app_hints.argtypes = [_P, _I64, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _I64, _P, _P]
     lib.vx_group.restype = _I64
     lib.vx_group.argtypes = [_P, _I64, _P, _P, _P, _I64]
+    lib.vx_same_key.restype = None
+    lib.vx_same_key.argtypes = [_P, _I64, _I64, _P, _P, _P]
     lib.vx_lookup.restype = None
     lib.vx_lookup.argtypes = [_P, _I64, _P, _P, _I64, _P]
     lib.vx_insert.restype = _I64
@@ -101,6 +84,12 @@ def _load() -> ctypes.CDLL | None:
     lib.vx_account.argtypes = [_P, _P, _I64]
     lib.vx_copy_ranges.restype = None
     lib.vx_copy_ranges.argtypes = [_P, _P, _P, _P, _P, _I64]
+    lib.vx_read_run.restype = _I64
+    lib.vx_read_run.argtypes = [_P]
+    lib.vx_read_ready.restype = _I64
+    lib.vx_read_ready.argtypes = [_P, _I64]
+    lib.vx_read_release.restype = None
+    lib.vx_read_release.argtypes = [_P, _I64]
     lib.vx_rx_run.restype = _I64
     lib.vx_rx_run.argtypes = [_P]
     lib.vx_rx_pending.restype = _I64
@@ -265,6 +254,22 @@ def group(h: np.ndarray) -> tuple[I64, I64]:
     scratch = np.empty(max(16, 1 << (2 * n - 1).bit_length()), np.int64)
     k = _lib.vx_group(_ptr(h), n, _ptr(inv), _ptr(first), _ptr(scratch), scratch.shape[0])
     return first[:k], inv
+
+
+def same_key(cols: list[np.ndarray], first: I64, inv: I64) -> np.ndarray:
+    """Whether each element equals its group's first element in every one of ``cols`` (8-byte
+    columns), the groups as ``group`` gives them."""
+    assert _lib is not None
+    n = inv.shape[0]
+    assert first.dtype == inv.dtype == np.int64 and first.flags.c_contiguous and inv.flags.c_contiguous
+    assert n == 0 or (int(inv.min()) >= 0 and int(inv.max()) < first.shape[0])
+    assert first.shape[0] == 0 or (int(first.min()) >= 0 and int(first.max()) < n)
+    for c in cols:
+        assert c.shape == (n,) and c.itemsize == 8 and c.flags.c_contiguous
+    same = np.empty(n, np.bool_)
+    ptrs = (ctypes.c_void_p * len(cols))(*[_ptr(c) for c in cols])
+    _lib.vx_same_key(ptrs, len(cols), n, _ptr(first), _ptr(inv), _ptr(same))
+    return same
 
 
 def lookup(slots: np.ndarray, khash: np.ndarray, h: np.ndarray) -> I64:

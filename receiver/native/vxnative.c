@@ -196,6 +196,18 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
     return done;
 }
 
+/* ---- page prefetch (receiver/prefetch.py) --------------------------------------------------- */
+
+/* Read one byte every `stride` bytes of [p, p + len): the page faults map the file's cached pages
+ * into this process (the kernel maps a fault-around block per fault). Page faults on a file
+ * mapping take only that mapping's lock, where madvise(MADV_POPULATE_READ) holds the whole
+ * address space's lock for reading, which stalls every mmap and brk of the other threads. */
+EXPORT uint64_t vx_touch(const uint8_t *p, int64_t len, int64_t stride) {
+    uint64_t sum = 0;
+    for (int64_t i = 0; i < len; i += stride) sum += *(const volatile uint8_t *)(p + i);
+    return sum;
+}
+
 /* ---- flow keys (receiver/flows/keys.py) ---------------------------------------------------- */
 
 static inline uint64_t mix64(uint64_t x) { /* splitmix64's finaliser, as keys.mix64 */
@@ -300,6 +312,18 @@ EXPORT int64_t vx_group(const uint64_t *h, int64_t n, int64_t *inv, int64_t *fir
         }
     }
     return groups;
+}
+
+/* Whether each element's key equals its group's first element's key, over the `n_cols` key
+ * columns (8-byte each): same[i] = all(col[i] == col[first[inv[i]]]). Mirrors _same_key. */
+EXPORT void vx_same_key(const void **cols, int64_t n_cols, int64_t n, const int64_t *first, const int64_t *inv,
+                        uint8_t *same) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t r = first[inv[i]];
+        uint8_t eq = 1;
+        for (int64_t k = 0; k < n_cols && eq; k++) eq = ((const uint64_t *)cols[k])[i] == ((const uint64_t *)cols[k])[r];
+        same[i] = eq;
+    }
 }
 
 /* Flow index of each hash in the index `slots` (linear probing from h & mask; EMPTY ends a

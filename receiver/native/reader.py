@@ -1,0 +1,188 @@
+"""The pcap reading thread in C (``receiver/native/vxread.c``): the stateless half of the engine
+(record scan, record columns, common-shape decode, flow keys, grouping, application screening)
+for a whole classic pcap, without the GIL, into a ring of batch slots.
+
+:class:`PcapReader` runs ``vx_read_run`` on a Python thread (ctypes releases the GIL for the
+whole call) and hands out the filled slots in file order as :class:`Slot` objects whose arrays
+view the slot's memory: a slot is valid until it is released, and the thread fills it again
+after that. ``receiver.readahead`` turns slots into (PacketBatch, Prepared) pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..packets import U8
+from . import DECODE_COLUMNS, FLOW_KEY_OUTPUTS, MAX_LANES, library
+from .tables import AppTables
+
+# the slot columns, in vxread.c's order (its C_* enum); the decode columns' types are Decoded's
+_DECODED_DTYPES = {
+    "status": np.uint8, "vxlan_reserved": np.bool_, "ipver": np.uint8, "truncated": np.bool_, "frag": np.uint8,
+    "src_hi": np.uint64, "src_lo": np.uint64, "dst_hi": np.uint64, "dst_lo": np.uint64,
+}
+READ_COLUMNS: tuple[tuple[str, type], ...] = (
+    ("start", np.int64), ("caplen", np.uint32), ("wirelen", np.uint32), ("ts", np.float64),
+    *((name, _DECODED_DTYPES.get(name, np.int64)) for name in DECODE_COLUMNS),
+    ("handled", np.bool_),
+    *((f"key_{name}", dtype) for name, dtype in FLOW_KEY_OUTPUTS),
+    ("inv", np.int64), ("first", np.int64), ("same", np.bool_), ("later", np.bool_), ("maybe", np.bool_),
+)
+F_PREPARED, F_ALL_OK, F_FRAGMENTS = 1, 2, 4  # slot flags (= vxread.c)
+
+_FIELDS = (
+    "buf", "buflen", "pos", "big_endian", "nanos", "max_len", "frac_lim", "lanes", "window", "layer", "max_depth",
+    "app", "vx_ports", "n_vx", "gn_ports", "n_gn", "dns_port", "udp_port", "tcp_port", "start_byte", "http_first",
+    "words", "n_words", "offs", "scan_scratch", "group_scratch", "group_scratch_size", "batch", "n_slots", "cols",
+    "col_size", "slot_n", "slot_unhandled", "slot_groups", "slot_flags", "evfd", "head", "tail", "stop", "waiting",
+    "status", "end_pos", "records", "slot_waits", "running", "done",
+)
+_POINTERS = {
+    "buf", "vx_ports", "gn_ports", "dns_port", "udp_port", "tcp_port", "start_byte", "http_first", "words", "offs",
+    "scan_scratch", "group_scratch", "cols", "col_size", "slot_n", "slot_unhandled", "slot_groups", "slot_flags",
+}
+
+
+class _Read(ctypes.Structure):
+    """``struct vx_read``: every field is 8 bytes wide."""
+
+    _fields_ = [(name, ctypes.c_void_p if name in _POINTERS else ctypes.c_int64) for name in _FIELDS]
+
+
+@dataclass
+class Slot:
+    """One batch as the thread left it (arrays view the slot: valid until released)."""
+
+    number: int  # slots handed out before this one
+    n: int  # packets
+    unhandled: int  # packets the C decode did not take (Python decodes them, then prepares the batch)
+    groups: int  # distinct flows, when the flow keys were made
+    flags: int  # F_PREPARED (nothing left unhandled), F_ALL_OK (every packet decoded), F_FRAGMENTS
+    cols: dict[str, np.ndarray]  # READ_COLUMNS, each cut to n
+
+
+class PcapReader:
+    """The C reading thread over ``data`` (a whole classic pcap) from record header ``pos``."""
+
+    def __init__(
+        self, data: U8, pos: int, *, big_endian: bool, nanos: bool, max_len: int, frac_lim: int, window: int,
+        layer: int, vxlan_ports: tuple[int, ...], geneve_ports: tuple[int, ...], max_depth: int,
+        tables: AppTables | None, batch: int, slots: int = 4,
+    ) -> None:
+        lib = library()
+        if lib is None:
+            raise RuntimeError("the C library (receiver/native) is not built")
+        self._lib = lib
+        assert data.dtype == np.uint8 and data.flags.c_contiguous
+        self.data = data
+        keep: list[np.ndarray] = []  # every array the thread reads or writes: alive as long as this
+
+        def arr(a: np.ndarray) -> int:
+            keep.append(a)
+            return int(a.ctypes.data)
+
+        words = (window // 16) + 2
+        self._slots: list[dict[str, np.ndarray]] = [
+            {name: np.zeros(batch, dtype) for name, dtype in READ_COLUMNS} for _ in range(slots)
+        ]
+        cols = (ctypes.c_void_p * (slots * len(READ_COLUMNS)))(
+            *[arr(s[name]) for s in self._slots for name, _ in READ_COLUMNS]
+        )
+        self._cols = cols
+        self._meta = {k: np.zeros(slots, np.int64) for k in ("n", "unhandled", "groups", "flags")}
+        self._evfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        group_size = max(16, 1 << (2 * batch - 1).bit_length())
+        r = self._r = _Read()
+        r.buf, r.buflen, r.pos = int(data.ctypes.data), data.shape[0], pos
+        r.big_endian, r.nanos, r.max_len, r.frac_lim = int(big_endian), int(nanos), max_len, frac_lim
+        r.lanes, r.window, r.layer, r.max_depth = 8, window, layer, max_depth
+        r.vx_ports, r.n_vx = arr(np.array(vxlan_ports, np.int64)), len(vxlan_ports)
+        r.gn_ports, r.n_gn = arr(np.array(geneve_ports, np.int64)), len(geneve_ports)
+        r.app = int(tables is not None)
+        if tables is not None:
+            for name in ("dns_port", "udp_port", "tcp_port", "start_byte", "http_first"):
+                t = getattr(tables, name)
+                assert t.dtype == np.bool_ and t.flags.c_contiguous
+                assert t.shape == ((65536,) if name.endswith("port") else (256,))
+                setattr(r, name, arr(t))
+            r.words, r.n_words = arr(np.ascontiguousarray(tables.words, np.int64)), tables.words.shape[0]
+        r.offs = arr(np.empty(words, np.int64))
+        r.scan_scratch = arr(np.empty(words + 2 * MAX_LANES + 64, np.int64))
+        r.group_scratch, r.group_scratch_size = arr(np.empty(group_size, np.int64)), group_size
+        r.batch, r.n_slots, r.cols = batch, slots, ctypes.cast(cols, ctypes.c_void_p)
+        r.col_size = arr(np.array([np.dtype(d).itemsize for _, d in READ_COLUMNS], np.int64))
+        r.slot_n, r.slot_unhandled = arr(self._meta["n"]), arr(self._meta["unhandled"])
+        r.slot_groups, r.slot_flags = arr(self._meta["groups"]), arr(self._meta["flags"])
+        r.evfd = self._evfd
+        self._keep = keep
+        self._taken = 0  # slots handed out
+        self._thread = threading.Thread(target=lib.vx_read_run, args=(ctypes.byref(r),), name="vxmirror-read",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- results, once the iteration ended ------------------------------------------------------
+    @property
+    def status(self) -> int:
+        """SCAN_OK, SCAN_TRUNCATED or SCAN_BAD (receiver.native) for where the scan stopped."""
+        return int(self._r.status)
+
+    @property
+    def end_pos(self) -> int:
+        return int(self._r.end_pos)
+
+    @property
+    def slot_waits(self) -> int:
+        """Times the thread waited for a free slot (Python was behind)."""
+        return int(self._r.slot_waits)
+
+    # -- the slots --------------------------------------------------------------------------------
+    def slots(self) -> Iterator[Slot]:
+        """The filled slots in order; the caller releases each (``release``) when done with it."""
+        lib, r = self._lib, ctypes.byref(self._r)
+        while True:
+            if lib.vx_read_ready(r, 0) <= 0:
+                done = bool(self._r.done)  # read before the last look: a slot may come just before
+                if lib.vx_read_ready(r, 1) <= 0:
+                    if done:
+                        lib.vx_read_ready(r, 0)
+                        return
+                    select.select([self._evfd], [], [], 0.05)
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._evfd)
+                lib.vx_read_ready(r, 0)
+                continue
+            k = self._taken % len(self._slots)
+            n = int(self._meta["n"][k])
+            s = self._slots[k]
+            yield Slot(
+                self._taken, n, int(self._meta["unhandled"][k]), int(self._meta["groups"][k]),
+                int(self._meta["flags"][k]), {name: a[:n] for name, a in s.items()},
+            )
+            self._taken += 1
+
+    def release(self, slot: Slot) -> None:
+        """The caller is done with ``slot`` and every slot before it."""
+        self._lib.vx_read_release(ctypes.byref(self._r), slot.number + 1)
+
+    def close(self) -> None:
+        """Stop the thread (if still running) and wait for it."""
+        self._r.stop = 1
+        self._lib.vx_read_release(ctypes.byref(self._r), 1 << 62)  # a waiting thread sees the stop
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            os.close(self._evfd)
+        self._evfd = -1
+
+    def __enter__(self) -> PcapReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

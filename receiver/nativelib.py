@@ -1,0 +1,52 @@
+"""Finding and loading the vxnative C library (``receiver/native/_vxnative*.so``) with ctypes.
+
+Kept apart from ``receiver.native`` (which wraps the library's loops for numpy arrays) because it
+imports only the standard library: the capture prefetcher uses the library before numpy is loaded.
+``VXMIRROR_NATIVE=0`` disables the library (the numpy twins then do the work).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("vxmirror.native")
+
+HERE = Path(__file__).parent / "native"
+ABI = 9  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+
+
+def library_path() -> Path | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        p = HERE / f"_vxnative{suffix}"
+        if p.exists():
+            return p
+    return None
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The library (one object for the whole process), or None: disabled, not built, or stale."""
+    if os.environ.get("VXMIRROR_NATIVE", "1") == "0":
+        return None
+    path = library_path()
+    if path is None:
+        log.info("vxnative library not built: using the numpy loops (slower)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+        lib.vx_abi.restype = ctypes.c_int
+        abi = lib.vx_abi()
+    except (OSError, AttributeError) as e:  # pragma: no cover - a broken build
+        log.warning("cannot load %s (%s): using the numpy loops (slower)", path, e)
+        return None
+    if abi != ABI:  # pragma: no cover - built from another version of vxnative.c
+        log.warning("%s is stale (ABI %d, want %d; reinstall): using the numpy loops (slower)", path, abi, ABI)
+        return None
+    lib.vx_touch.restype = ctypes.c_uint64
+    lib.vx_touch.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    return lib
