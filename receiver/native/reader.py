@@ -91,7 +91,7 @@ class PcapReader:
 
         words = (window // 16) + 2
         self._slots: list[dict[str, np.ndarray]] = [
-            {name: np.zeros(batch, dtype) for name, dtype in READ_COLUMNS} for _ in range(slots)
+            {name: np.empty(batch, dtype) for name, dtype in READ_COLUMNS} for _ in range(slots)
         ]
         cols = (ctypes.c_void_p * (slots * len(READ_COLUMNS)))(
             *[arr(s[name]) for s in self._slots for name, _ in READ_COLUMNS]
