@@ -29,6 +29,7 @@ from receiver.settings import EngineConfig
 from receiver.traffic import write_pcap
 from tests import packet_factory as pf
 from tests.capture_fixtures import Rec, pcap_bytes
+from tests.test_native import _tricky_capture
 
 ZEEK = Path(__file__).resolve().parents[1].parent / "shared" / "captures" / "zeek"
 MB = 1 << 20
@@ -319,3 +320,23 @@ def test_c_reader_waits_for_a_slow_consumer_and_stops_when_it_stops(tmp_path: Pa
         next(gen)
         gen.close()  # the consumer stops early: the thread stops too
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_c_reader_on_captures_full_of_garbage(tmp_path: Path, seed: int) -> None:
+    # random record data full of fake record headers, maybe a bad record, maybe cut: the C thread
+    # reads what the Python side reads, with the same counters
+    data, _ = _tricky_capture(seed)
+    p = tmp_path / "tricky.pcap"
+    p.write_bytes(data.tobytes())
+    config = EngineConfig(excerpt_bytes=32)
+    want, want_counters = _python_side(p, config, 300)
+    with open_capture(p) as cap:
+        got = _copied(prepared_batches(cap, config, 300))
+        assert dict(cap.counters) == want_counters
+    _same_prepared(got, want)
+    e = Engine(config)
+    with open_capture(p) as cap:  # and the engine takes it
+        for b, prep in prepared_batches(cap, config, 300):
+            e.process(b, prep)
+    assert e.counters()["packets"] == want_counters["records"]

@@ -6,8 +6,11 @@ Each function here has a numpy twin that does the same work where this library i
   ``receiver.capture_pcap.scan`` and ``record_columns``);
 - ``decode_common``: the common packet shapes, several layers in one pass (twins: the stages
   of ``receiver.decode.fast``, whose shortcuts ``_common_outer``/``_common_inner`` cover part);
-- ``group``, ``lookup``, ``insert``, ``account``: the flow table's per-packet work (twins: in
-  ``receiver.flows.table``);
+- ``flow_keys``: each packet's flow key and hash (twin: ``receiver.flows.keys.make_keys``);
+- ``group``, ``same_key``, ``lookup``, ``insert``, ``account``: the flow table's per-packet work
+  (twins: in ``receiver.flows.table``);
+- ``app_hints``: the engine's screening of packets for the application parsers (twins:
+  ``receiver.engine._app_later`` and ``_app_maybe``);
 - ``copy_ranges``: byte ranges for the pcap writers (twin: ``forwarders.gather``);
 - the receive thread (``vxrecv.c``, used by ``receiver.listen.rxthread``; twin: the event
   loop's own ``recvmmsg`` in ``receiver.listen.mmsg``);
