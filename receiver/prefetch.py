@@ -26,6 +26,7 @@ import ctypes
 import logging
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 
@@ -92,7 +93,8 @@ def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
     capture reader then opens it itself and reports what is wrong)."""
     try:
         with open(path, "rb") as f:
-            if f.read(2) in (_GZIP_MAGIC, b""):
+            # a regular file only: reading the start of a pipe (`read <(zcat x.pcap.gz)`) would take it away
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or f.read(2) in (_GZIP_MAGIC, b""):
                 return None
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import os
 import re
 import struct
 import threading
@@ -340,3 +341,25 @@ def test_c_reader_on_captures_full_of_garbage(tmp_path: Path, seed: int) -> None
         for b, prep in prepared_batches(cap, config, 300):
             e.process(b, prep)
     assert e.counters()["packets"] == want_counters["records"]
+
+
+def test_gzip_captures_read_through_the_c_reader_as_plain_ones(tmp_path: Path) -> None:
+    plain = tmp_path / "gen.pcap"
+    write_pcap(plain, 8_000, 120, seed=2)
+    gz = tmp_path / "gen.pcap.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
+    want = [orjson.dumps(r) for r in read_records(plain)]
+    assert want and [orjson.dumps(r) for r in read_records(gz)] == want
+
+
+def test_prefetch_leaves_a_pipe_alone(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer (and reader) that never blocks
+    try:
+        os.write(fd, b"\xd4\xc3\xb2\xa1" + b"\x00" * 20)
+        with Prefetcher([fifo]) as p:
+            assert p.mapping(0) is None
+        assert os.read(fd, 4) == b"\xd4\xc3\xb2\xa1"  # nothing was taken from the pipe
+    finally:
+        os.close(fd)
