@@ -11,7 +11,7 @@ setup(
         Extension(
             "receiver.native._vxnative",
             sources=["receiver/native/vxnative.c", "receiver/native/vxrecv.c", "receiver/native/vxread.c"],
-            depends=["receiver/native/vxoffsets.h"],
+            depends=["receiver/native/vxoffsets.h", "receiver/native/vxsync.h"],
             include_dirs=["receiver/native"],
             extra_compile_args=["-O2", "-ffp-contract=off", "-fvisibility=hidden"],
             optional=True,

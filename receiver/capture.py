@@ -284,29 +284,25 @@ def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) 
     ``mapped``: the file already mapped (by a :class:`receiver.prefetch.Prefetcher`)."""
     p = os.fspath(path)
     counters = dict.fromkeys(COUNTER_NAMES, 0)
+    data: mmap.mmap | bytes | bytearray
     if mapped is not None:
-        data: mmap.mmap | bytes | bytearray = mapped
+        data = mapped
+    else:
         try:
-            return Capture(p, data, False, counters)
+            with open(p, "rb") as f:
+                head = f.read(4)
+                if not head:
+                    raise CaptureError(f"{p}: empty file, not a capture")
+                if head[:2] == _GZIP_MAGIC:
+                    data = _read_gzip(p, counters)
+                    if not data:
+                        raise CaptureError(f"{p}: gzip file holds no data")
+                    return Capture(p, data, True, counters)
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except CaptureError:
-            with contextlib.suppress(BufferError):
-                mapped.close()
             raise
-    try:
-        with open(p, "rb") as f:
-            head = f.read(4)
-            if not head:
-                raise CaptureError(f"{p}: empty file, not a capture")
-            if head[:2] == _GZIP_MAGIC:
-                data = _read_gzip(p, counters)
-                if not data:
-                    raise CaptureError(f"{p}: gzip file holds no data")
-                return Capture(p, data, True, counters)
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except CaptureError:
-        raise
-    except OSError as exc:
-        raise CaptureError(f"{p}: cannot open ({exc.strerror or exc})") from None
+        except OSError as exc:
+            raise CaptureError(f"{p}: cannot open ({exc.strerror or exc})") from None
     try:
         return Capture(p, data, False, counters)
     except CaptureError:

@@ -18,7 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
+
+#include "vxsync.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -82,22 +83,11 @@ struct vx_read {
     int64_t status, end_pos, records, slot_waits, running, done;
 };
 
-static inline int64_t load_acq(int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void store_rel(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-
-static void wake(struct vx_read *r) {
-    uint64_t one = 1;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* head is out before `waiting` is read */
-    if (__atomic_load_n(&r->waiting, __ATOMIC_SEQ_CST)) {
-        ssize_t w = write((int)r->evfd, &one, sizeof one);
-        (void)w;
-    }
-}
+static void wake(struct vx_read *r) { wake_consumer(&r->waiting, r->evfd); }
 
 /* Python: slots ready (and, when `idle`, say that it goes to sleep on evfd first) */
 EXPORT int64_t vx_read_ready(struct vx_read *r, int64_t idle) {
-    __atomic_store_n(&r->waiting, idle ? 1 : 0, __ATOMIC_SEQ_CST);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    set_waiting(&r->waiting, idle);
     return load_acq(&r->head) - r->tail;
 }
 

@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vxsync.h"
+
 #define EXPORT __attribute__((visibility("default")))
 #define CONTROL_LEN 64
 #ifndef UDP_GRO
@@ -60,26 +62,11 @@ struct vx_rx {
 
 enum { RUN = 0, STOP_NOW = 1, STOP_DRAINED = 2 };
 
-static inline int64_t load_acq(int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void store_rel(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-
-static void wake(struct vx_rx *rx) {
-    uint64_t one = 1;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* head_rec is out before `waiting` is read */
-    if (__atomic_load_n(&rx->waiting, __ATOMIC_SEQ_CST)) {
-        ssize_t r = write((int)rx->evfd, &one, sizeof one);
-        (void)r;
-    }
-}
+static void wake(struct vx_rx *rx) { wake_consumer(&rx->waiting, rx->evfd); }
 
 /* Python: records waiting (and, when `idle`, say that it goes to sleep on evfd first) */
 EXPORT int64_t vx_rx_pending(struct vx_rx *rx, int64_t idle) {
-    if (idle) {
-        __atomic_store_n(&rx->waiting, 1, __ATOMIC_SEQ_CST);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    } else {
-        __atomic_store_n(&rx->waiting, 0, __ATOMIC_SEQ_CST);
-    }
+    set_waiting(&rx->waiting, idle);
     return load_acq(&rx->head_rec) - rx->tail_rec;
 }
 
