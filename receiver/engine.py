@@ -82,10 +82,10 @@ class Prepared:
     # IP fragment (a later fragment takes its ports from the engine's fragment map)
     keys: Keys | None = None
     grouped: Grouped | None = None
-    # per packet (None with fragments in the batch), for the application parsers' screening (see
-    # Engine._app): a packet to show them
-    # after a direction's first packets (DNS by port, or the start of an HTTP message), and a
-    # packet that may start something they understand (a superset of worth_parsing)
+    # per packet, for the application parsers' screening (Engine._app; None: _app screens itself):
+    # a packet to show them after its direction's first packets (DNS by port, or the start of an
+    # HTTP message), and a packet that may start something they understand (a superset of
+    # worth_parsing)
     app_later: B | None = None
     app_maybe: B | None = None
 
