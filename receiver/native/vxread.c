@@ -145,11 +145,13 @@ static void fill(struct vx_read *r, int64_t s, const int64_t *offs, int64_t n) {
 /* a free slot (waiting while Python holds them all), or -1 when told to stop */
 static int64_t free_slot(struct vx_read *r) {
     if (load_acq(&r->stop)) return -1;
+    long nap_ns = 20000; /* doubling up to 1 ms: a consumer that pauses long costs next to no CPU */
     while (r->head - load_acq(&r->tail) >= r->n_slots) {
         r->slot_waits++;
         wake(r);
-        struct timespec nap = {0, 50000};
+        struct timespec nap = {0, nap_ns};
         nanosleep(&nap, NULL);
+        if (nap_ns < 1000000) nap_ns *= 2;
         if (load_acq(&r->stop)) return -1;
     }
     return r->head % r->n_slots;
