@@ -123,14 +123,18 @@ class Prefetcher:
 
     def mapping(self, i: int) -> mmap.mmap | None:
         with self._cond:
+            self._advance(i, 0)  # the reader is done with the files before i (however far it read them)
             self._cond.wait_for(lambda: i in self._maps or self._stop or not self._thread.is_alive())
             return self._maps.pop(i, None)
 
     def reached(self, i: int, pos: int) -> None:
         with self._cond:
-            if (i, pos) > self._reader:
-                self._reader = (i, pos)
-                self._cond.notify_all()
+            self._advance(i, pos)
+
+    def _advance(self, i: int, pos: int) -> None:
+        if (i, pos) > self._reader:
+            self._reader = (i, pos)
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import mmap
 import os
 import re
 import struct
@@ -89,8 +90,15 @@ def test_prefetch_moves_on_when_the_reader_does(tmp_path: Path) -> None:
     with Prefetcher([a, b], ahead=4 * MB, chunk=MB) as p:
         ma = p.mapping(0)
         _wait(lambda: p.populated == 4 * MB)
-        p.reached(1, 0)  # the reader left file a early: the rest of it is not populated
-        mb = p.mapping(1)
+        # the reader leaves file a early, without saying how far it got (a bad record, say): the
+        # rest of a is not populated, and asking for b's mapping does not wait for it
+        got: list[object] = []
+        asking = threading.Thread(target=lambda: got.append(p.mapping(1)))
+        asking.start()
+        asking.join(10)
+        assert got, "mapping(1) waited for file 0 to be populated"
+        mb = got[0]
+        assert isinstance(mb, mmap.mmap)
         assert mb is not None and mb[:1] == b"b"
         _wait(lambda: p.populated == 8 * MB)
         time.sleep(0.05)
