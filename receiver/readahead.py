@@ -29,7 +29,7 @@ from .capture_pcap import HEADER_LEN, MAX_RECORD_LEN, WINDOW_LEN
 from .decode import Decoded, decode
 from .engine import APP_TABLES, Prepared, prepare, prepare_decoded
 from .flows.keys import Keys
-from .packets import Layer, PacketBatch
+from .packets import PacketBatch
 from .settings import EngineConfig
 
 T = TypeVar("T")
@@ -105,7 +105,7 @@ def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Ite
             batch = PacketBatch(buf=cap.data, start=c["start"], caplen=c["caplen"], wirelen=c["wirelen"], ts=c["ts"],
                                 layer=layer)
             cap.count("records", slot.n)
-            yield batch, _prepared(batch, slot, layer, config)
+            yield batch, _prepared(batch, slot, config)
             reader.release(slot)
     finally:
         reader.close()
@@ -113,7 +113,7 @@ def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Ite
         cap.scan_stopped(reader.end_pos, bad=reader.status == native.SCAN_BAD)
 
 
-def _prepared(batch: PacketBatch, slot: native.reader.Slot, layer: Layer, config: EngineConfig) -> Prepared:
+def _prepared(batch: PacketBatch, slot: native.reader.Slot, config: EngineConfig) -> Prepared:
     """``Engine.prepare(batch)`` from what the C reading thread left in ``slot``."""
     from .native.reader import F_ALL_OK, F_FRAGMENTS, F_PREPARED
 
