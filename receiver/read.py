@@ -35,6 +35,8 @@ class Analysis:
     sensor: str | None = None
     batch_size: int = 32768  # offline batches point into the mapped file: larger ones amortise numpy calls
     progress: Progress | None = None
+    # called with each batch and its result; both view memory that is reused for later batches:
+    # valid during the call only (copy what is kept)
     on_batch: Callable[[PacketBatch, BatchResult], None] | None = None
     capture_counters: Counter[str] = field(default_factory=Counter)
     engine: Engine | None = None
