@@ -223,31 +223,59 @@ class Capture:
         return chunks, nxt, truncated, bad
 
     def _pcapng_batches(self, batch_size: int) -> Iterator[PacketBatch]:
+        """Batches of at most ``batch_size`` packets of one layer each, cut where the layer changes."""
         arr = self._arr
-        pending: list[capture_pcapng.Packet] = []
-        cur: capture_pcapng.Interface | None = None
+        parts: list[tuple[I64, U32, U32, F64]] = []  # the pending batch, in pieces
+        singles: list[capture_pcapng.Packet] = []  # ... its last piece, packet by packet
+        pending = 0
+        layer: Layer | None = None
+
+        def close_singles() -> None:
+            if singles:
+                parts.append(capture_pcapng.packet_arrays(singles))
+                singles.clear()
 
         def flush() -> PacketBatch:
-            assert cur is not None
-            start, cap, wire, ts = capture_pcapng.packet_arrays(pending)
-            self.count("records", len(pending))
-            pending.clear()
-            return PacketBatch(
-                buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=LINKTYPE_LAYERS[cur.linktype]
-            )
+            nonlocal pending
+            assert layer is not None
+            close_singles()
+            start, cap, wire, ts = (np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts))
+            self.count("records", pending)
+            parts.clear()
+            pending = 0
+            return PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
 
         try:
-            for pkt in capture_pcapng.walk(arr, arr.shape[0], self.count, self.path):
-                itf = pkt.iface
-                if itf.linktype not in LINKTYPE_LAYERS:
-                    self._unsupported(itf.linktype, 1)
+            for item in capture_pcapng.walk(arr, arr.shape[0], self.count, self.path):
+                if isinstance(item, capture_pcapng.Packet):
+                    lt = item.iface.linktype
+                    if lt not in LINKTYPE_LAYERS:
+                        self._unsupported(lt, 1)
+                        continue
+                    if pending and (pending >= batch_size or LINKTYPE_LAYERS[lt] != layer):
+                        yield flush()
+                    layer = LINKTYPE_LAYERS[lt]
+                    singles.append(item)
+                    pending += 1
                     continue
-                if pending and (
-                    len(pending) >= batch_size or LINKTYPE_LAYERS[itf.linktype] != LINKTYPE_LAYERS[cur.linktype]  # type: ignore[union-attr]
-                ):
-                    yield flush()
-                cur = itf
-                pending.append(pkt)
+                # a run of packets (arrays): the same, a stretch of one link type at a time
+                close_singles()
+                linktypes = np.array([i.linktype for i in item.ifaces], np.int64)[item.iface]
+                cuts = np.flatnonzero(linktypes[1:] != linktypes[:-1]) + 1
+                for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), linktypes.shape[0]]):
+                    lt = int(linktypes[lo])
+                    if lt not in LINKTYPE_LAYERS:
+                        self._unsupported(lt, hi - lo)
+                        continue
+                    while lo < hi:
+                        if pending and (pending >= batch_size or LINKTYPE_LAYERS[lt] != layer):
+                            yield flush()
+                        layer = LINKTYPE_LAYERS[lt]
+                        take = min(hi - lo, batch_size - pending)
+                        parts.append((item.start[lo : lo + take], item.caplen[lo : lo + take],
+                                      item.wirelen[lo : lo + take], item.ts[lo : lo + take]))
+                        pending += take
+                        lo += take
         except capture_pcapng.PcapngError as exc:
             log.warning("%s; reading stopped", exc)
         if pending:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .packets import U8
+from . import native
+from .packets import F64, I64, U8, U32
 
 SHB = 0x0A0D0D0A
 IDB = 1
@@ -24,6 +25,7 @@ OPB = 2
 SPB = 3
 EPB = 6
 BOM = 0x1A2B3C4D
+RUN_MAX = 65536  # packets per run of the C walk
 
 
 @dataclass
@@ -43,6 +45,18 @@ class Packet:
     caplen: int
     wirelen: int
     ts: float
+
+
+@dataclass
+class Run:
+    """Consecutive enhanced packet blocks of one section, as arrays (from the C walk)."""
+
+    ifaces: list[Interface]  # the section's interfaces
+    iface: I64  # index into ifaces, per packet
+    start: I64
+    caplen: U32
+    wirelen: U32
+    ts: F64
 
 
 class PcapngError(ValueError):
@@ -73,15 +87,29 @@ def _parse_idb(arr: U8, body: int, body_end: int, e: str) -> Interface:
     return Interface(linktype, snaplen, scale, offset)
 
 
-def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Iterator[Packet]:
-    """Yield every packet of the file; ``count(name, n)`` records truncation and bad blocks."""
+def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Iterator[Packet | Run]:
+    """Yield every packet of the file, one by one or (runs of enhanced packet blocks, with the C
+    library) as arrays; ``count(name, n)`` records truncation and bad blocks."""
     pos = 0
     e = "<"
     ifaces: list[Interface] = []
     last_ts = 0.0
     unpack = struct.unpack_from
     mv = arr.data
+    fast = native.available() and end == arr.shape[0]
     while pos < end:
+        if fast and ifaces:
+            nxt, r_start, r_cap, r_wire, r_iface, r_units = native.pcapng_epbs(
+                arr, pos, e == ">", len(ifaces), RUN_MAX
+            )
+            if r_start.shape[0]:
+                scale = np.array([i.scale for i in ifaces])[r_iface]
+                offset = np.array([i.offset for i in ifaces])[r_iface]
+                r_ts = offset + r_units.astype(np.float64) * scale  # as below: offset + units * scale
+                last_ts = float(r_ts[-1])
+                yield Run(ifaces, r_iface, r_start, r_cap, r_wire, r_ts)
+                pos = nxt
+                continue
         if pos + 12 > end:
             count("truncated_records", 1)
             return

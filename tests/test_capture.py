@@ -11,7 +11,7 @@ import dpkt
 import numpy as np
 import pytest
 
-from receiver import capture_pcap
+from receiver import capture_pcap, capture_pcapng, native
 from receiver.capture import CaptureError, iter_captures, open_capture
 from receiver.packets import Layer, PacketBatch
 from tests.capture_fixtures import NgWriter, Rec, eth_frame, pcap_bytes, random_records
@@ -355,3 +355,56 @@ def test_speculative_scan_with_records_spanning_lanes(monkeypatch: pytest.Monkey
     for v in (data, data[: len(data) - int(rng.integers(1, 500))]):
         arr = np.frombuffer(v, np.uint8)
         assert _scan_all(arr, len(v), "lanes") == _scan_all(arr, len(v), "loop")
+
+
+def _random_pcapng(seed: int) -> bytes:
+    """Sections in both byte orders; interfaces of supported and unsupported link types with
+    several time resolutions; EPBs (some with a wrong trailing length, an unknown interface or data
+    past the block), OPBs, SPBs, skipped blocks; maybe cut at the end."""
+    rng = np.random.default_rng(seed)
+    out = b""
+    for _ in range(int(rng.integers(1, 4))):
+        w = NgWriter(bool(rng.integers(0, 2))).shb()
+        n_if = int(rng.integers(1, 4))
+        for _i in range(n_if):
+            w.idb(int(rng.choice([1, 1, 101, 105])), tsresol=int(rng.choice([6, 9, 0x80 | 20])),
+                  tsoffset=int(rng.integers(0, 3)))
+        for k in range(int(rng.integers(50, 400))):
+            f = eth_frame(int(rng.integers(0, 300)), seed=k)
+            kind = rng.random()
+            iface = int(rng.integers(0, n_if))
+            if kind < 0.8:
+                w.epb(iface, int(rng.integers(0, 2**62)), f, wirelen=len(f) + int(rng.integers(0, 3)))
+            elif kind < 0.84:
+                w.epb(n_if + 1, 5, f)  # unknown interface
+            elif kind < 0.88:
+                w.epb(iface, 7, f)
+                bad = bytearray(w.parts[-1])
+                bad[-4:] = b"\x01\x00\x00\x00" if rng.random() < 0.5 else bad[-4:]  # a wrong trailing length
+                bad[20:24] = (len(f) + 64).to_bytes(4, "big" if w.big_endian else "little") if rng.random() < 0.5 \
+                    else bad[20:24]  # data past the block
+                w.parts[-1] = bytes(bad)
+            elif kind < 0.92:
+                w.opb(iface, int(rng.integers(0, 2**40)), f)
+            elif kind < 0.96:
+                w.spb(f)
+            else:
+                w.raw_block(int(rng.choice([4, 5, 0x80000001])), b"\0" * 8)
+        out += w.bytes()
+    cut = int(rng.integers(0, 50)) if rng.random() < 0.3 else 0
+    return out[: len(out) - cut]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_pcapng_c_walk_equals_the_python_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    path = tmp_path / "r.pcapng"
+    path.write_bytes(_random_pcapng(seed))
+    batch = [1, 7, 100, 8192][seed % 4]
+    assert native.available()
+    got, got_counters = read_all(path, batch_size=batch)
+    monkeypatch.setattr(capture_pcapng.native, "available", lambda: False)
+    want, want_counters = read_all(path, batch_size=batch)
+    assert got_counters == want_counters and want_counters["records"] > 0
+    assert [(b.layer, b.count) for b in got] == [(b.layer, b.count) for b in want]
+    for name in ("start", "caplen", "wirelen", "ts"):
+        np.testing.assert_array_equal(column(got, name), column(want, name), err_msg=name)

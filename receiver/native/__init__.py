@@ -12,6 +12,8 @@ Each function here has a numpy twin that does the same work where this library i
 - ``app_hints``: the engine's screening of packets for the application parsers (twins:
   ``receiver.engine._app_later`` and ``_app_maybe``);
 - ``copy_ranges``: byte ranges for the pcap writers (twin: ``forwarders.gather``);
+- ``pcapng_epbs``: runs of enhanced packet blocks (twin: the block walk of
+  ``receiver.capture_pcapng``);
 - the receive thread (``vxrecv.c``, used by ``receiver.listen.rxthread``; twin: the event
   loop's own ``recvmmsg`` in ``receiver.listen.mmsg``);
 - the pcap reading thread (``vxread.c``, used through ``receiver.native.reader`` by
@@ -85,6 +87,8 @@ def _load() -> ctypes.CDLL | None:
     lib.vx_insert.argtypes = [_P, _I64, _P, _P, _I64, _P]
     lib.vx_account.restype = None
     lib.vx_account.argtypes = [_P, _P, _I64]
+    lib.vx_pcapng_epbs.restype = _I64
+    lib.vx_pcapng_epbs.argtypes = [_P, _I64, _I64, ctypes.c_int, _I64, _I64, _P, _P, _P, _P, _P, _P]
     lib.vx_copy_ranges.restype = None
     lib.vx_copy_ranges.argtypes = [_P, _P, _P, _P, _P, _I64]
     lib.vx_read_run.restype = _I64
@@ -184,6 +188,26 @@ def decode_common(
         gn.shape[0], max_depth, _ptr(handled), ptrs,
     )
     return handled
+
+
+def pcapng_epbs(
+    arr: U8, pos: int, big_endian: bool, n_ifaces: int, max_out: int
+) -> tuple[int, I64, U32, U32, I64, np.ndarray]:
+    """The run of well-formed enhanced packet blocks from ``pos`` (see vx_pcapng_epbs): where it
+    stopped, and per packet data offset, caplen, wirelen, interface and timestamp units (uint64)."""
+    assert _lib is not None
+    assert arr.dtype == np.uint8 and arr.flags.c_contiguous
+    start = np.empty(max_out, np.int64)
+    caplen = np.empty(max_out, np.uint32)
+    wirelen = np.empty(max_out, np.uint32)
+    iface = np.empty(max_out, np.int64)
+    units = np.empty(max_out, np.uint64)
+    nxt = np.zeros(1, np.int64)
+    n = _lib.vx_pcapng_epbs(
+        _ptr(arr), arr.shape[0], pos, int(big_endian), n_ifaces, max_out, _ptr(start), _ptr(caplen), _ptr(wirelen),
+        _ptr(iface), _ptr(units), _ptr(nxt),
+    )
+    return int(nxt[0]), start[:n], caplen[:n], wirelen[:n], iface[:n], units[:n]
 
 
 def copy_ranges(src: U8, s: I64, dst: U8, d: I64, n: I64) -> None:

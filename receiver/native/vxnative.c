@@ -16,7 +16,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define PREFETCH_AHEAD 16
-#define VX_ABI 9 /* = receiver.native.ABI */
+#define VX_ABI 10 /* = receiver.native.ABI */
 
 EXPORT int vx_abi(void) { return VX_ABI; }
 
@@ -616,6 +616,35 @@ EXPORT void vx_pcap_columns(const uint8_t *buf, const int64_t *offs, int64_t n, 
         wirelen[i] = rd32(h + 12, big_endian);
         ts[i] = (double)rd32(h, big_endian) + (double)rd32(h + 4, big_endian) * frac;
     }
+}
+
+/* ---- pcapng (receiver/capture_pcapng.py walk) ---------------------------------------------------
+ * The run of well-formed enhanced packet blocks from `pos`: type 6, both length fields equal, at
+ * least the 20-byte header, an interface below `n_ifaces`, data inside the block. Stops at the
+ * first other block (Python handles it, the same as before), at the end, or after `max_out`.
+ * Per packet: data offset, caplen, wirelen, interface, timestamp in the interface's units.
+ * Returns the count; next[0] = where it stopped. */
+EXPORT int64_t vx_pcapng_epbs(const uint8_t *buf, int64_t end, int64_t pos, int big_endian, int64_t n_ifaces,
+                              int64_t max_out, int64_t *start, uint32_t *caplen, uint32_t *wirelen, int64_t *iface,
+                              uint64_t *units, int64_t *next) {
+    int64_t n = 0;
+    while (n < max_out && pos + 12 <= end) {
+        const uint8_t *b = buf + pos;
+        if (rd32(b, big_endian) != 6) break;
+        int64_t blen = rd32(b + 4, big_endian);
+        if (blen < 32 || blen % 4 || pos + blen > end || rd32(buf + pos + blen - 4, big_endian) != blen) break;
+        int64_t iid = rd32(b + 8, big_endian), cap = rd32(b + 20, big_endian);
+        if (iid >= n_ifaces || 28 + cap > blen - 4) break;
+        start[n] = pos + 28;
+        caplen[n] = (uint32_t)cap;
+        wirelen[n] = rd32(b + 24, big_endian);
+        iface[n] = iid;
+        units[n] = ((uint64_t)rd32(b + 12, big_endian) << 32) | rd32(b + 16, big_endian);
+        n++;
+        pos += blen;
+    }
+    next[0] = pos;
+    return n;
 }
 
 /* ---- byte ranges (forwarders/gather.py copy_ranges) ------------------------------------------
