@@ -2,7 +2,8 @@
 
 Kept apart from ``receiver.native`` (which wraps the library's loops for numpy arrays) because it
 imports only the standard library: the capture prefetcher uses the library before numpy is loaded.
-``VXMIRROR_NATIVE=0`` disables the library (the numpy twins then do the work).
+``VXMIRROR_NATIVE=0`` disables the library (the numpy twins then do the work);
+``VXMIRROR_NATIVE_LIB=PATH`` loads another build of it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ ABI = 10  # = VX_ABI in vxnative.c: bump both when a signature or a meaning chan
 
 
 def library_path() -> Path | None:
+    """The built library, or the one ``VXMIRROR_NATIVE_LIB`` names (the tests load a build with
+    the address and undefined-behaviour sanitizers that way)."""
+    if override := os.environ.get("VXMIRROR_NATIVE_LIB"):
+        return Path(override)
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         p = HERE / f"_vxnative{suffix}"
         if p.exists():
