@@ -1,9 +1,9 @@
 """The C library built with AddressSanitizer and UndefinedBehaviorSanitizer, under the tests that
 drive it hardest: the C-against-numpy comparisons (fuzzed packets, cut and corrupt captures, lane
-scans on captures full of fake record headers), the C reading thread on garbage, and the pcapng
-walk on random files. An out-of-bounds read or write, a use after free or undefined behaviour
-aborts the run with the sanitizer's report, where a normal build might read a neighbour's bytes
-silently."""
+scans on captures full of fake record headers), the C reading thread on garbage, the pcapng walk
+on random files and the receive thread (ring wrap-around, truncation, UDP_GRO splitting). An
+out-of-bounds read or write, a use after free or undefined behaviour aborts the run with the
+sanitizer's report, where a normal build might read a neighbour's bytes silently."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_the_c_library_is_clean_under_the_sanitizers(tmp_path: Path) -> None:
     assert which.returncode == 0 and which.stdout.strip() == str(lib), which.stdout + which.stderr
     run = subprocess.run(  # -s: the sanitizer writes its report to fd 2, which pytest would capture and lose
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(here / "test_native.py"),
-         str(here / "test_readahead.py"), str(here / "test_capture.py"), "-k", "not tshark"],
+         str(here / "test_readahead.py"), str(here / "test_capture.py"), str(here / "test_rxthread.py"), "-k",
+         "not tshark"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     report = run.stderr
