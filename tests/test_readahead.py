@@ -371,3 +371,18 @@ def test_prefetch_leaves_a_pipe_alone(tmp_path: Path) -> None:
         assert os.read(fd, 4) == b"\xd4\xc3\xb2\xa1"  # nothing was taken from the pipe
     finally:
         os.close(fd)
+
+
+def test_the_read_command_leaves_the_collector_as_it_found_it(tmp_path: Path) -> None:
+    # `vxmirror read` freezes start-up objects and collects more rarely; run in-process (as here),
+    # it puts the collector back
+    import gc
+
+    from receiver.cli import main
+
+    p = tmp_path / "gen.pcap"
+    write_pcap(p, 2_000, 40, seed=3)
+    before = gc.get_threshold()
+    assert main(["read", str(p), "-o", str(tmp_path / "out.jsonl"), "--quiet"]) == 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    assert (tmp_path / "out.jsonl").read_bytes().count(b"\n") == len(list(read_records(p)))
