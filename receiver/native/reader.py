@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import select
 import threading
@@ -69,6 +70,14 @@ class Slot:
     cols: dict[str, np.ndarray]  # READ_COLUMNS, each cut to n
 
 
+def _untouched(n: int) -> np.ndarray:
+    """``n`` int64 of which only a little will be written, in small pages. The scan's work arrays
+    are sized for the worst case (a record every 16 bytes, 64 MB of them per window) and numpy asks
+    the kernel for huge pages for arrays that large: each first write then zeroed 2 MB, which made
+    the first batch of a file wait 10-60 ms (a page of the lanes' spread-out writes costs 4 KB)."""
+    return np.frombuffer(mmap.mmap(-1, max(8, n * 8)), np.int64)[:n]
+
+
 class PcapReader:
     """The C reading thread over ``data`` (a whole classic pcap) from record header ``pos``."""
 
@@ -114,8 +123,8 @@ class PcapReader:
                 assert t.shape == ((65536,) if name.endswith("port") else (256,))
                 setattr(r, name, arr(t))
             r.words, r.n_words = arr(np.ascontiguousarray(tables.words, np.int64)), tables.words.shape[0]
-        r.offs = arr(np.empty(words, np.int64))
-        r.scan_scratch = arr(np.empty(words + 2 * MAX_LANES + 64, np.int64))
+        r.offs = arr(_untouched(words))
+        r.scan_scratch = arr(_untouched(words + 2 * MAX_LANES + 64))
         r.group_scratch, r.group_scratch_size = arr(np.empty(group_size, np.int64)), group_size
         r.batch, r.n_slots, r.cols = batch, slots, ctypes.cast(cols, ctypes.c_void_p)
         r.col_size = arr(np.array([np.dtype(d).itemsize for _, d in READ_COLUMNS], np.int64))
