@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,14 @@ def _ptr(a: np.ndarray) -> int:
     return int(a.ctypes.data)
 
 
+def sparse_int64(n: int) -> np.ndarray:
+    """``n`` int64 of which only a little will be written, in small pages. The scan's work arrays
+    are sized for the worst case (a record every 16 bytes, 64 MB of them per window) and numpy asks
+    the kernel for huge pages for arrays that large: each first write then zeroed 2 MB (the first
+    batch of a file waited 14-60 ms for it; now a page of the lanes' spread-out writes costs 4 KB)."""
+    return np.frombuffer(mmap.mmap(-1, max(8, n * 8)), np.int64)[:n]
+
+
 def pcap_scan(
     arr: U8, pos: int, stop: int, big_endian: bool, max_len: int, frac_lim: int, lanes: int = 8,
     buffers: dict[str, np.ndarray] | None = None,
@@ -132,9 +141,8 @@ def pcap_scan(
     SCAN_BAD. ``lanes`` chains are followed at once.
 
     The work arrays are sized for the worst case (a record every 16 bytes) but only a little
-    of them is touched: pass the same ``buffers`` dict for every window of a file so they are
-    allocated once (fresh ones cost the kernel zeroing whole huge pages, numpy asks for them:
-    measured 8 % of `vxmirror read`). The offsets returned view those buffers: valid until the
+    of them is touched (``sparse_int64``): pass the same ``buffers`` dict for every window of a
+    file so they are allocated once. The offsets returned view those buffers: valid until the
     next call with the same dict."""
     assert _lib is not None
     assert arr.flags.c_contiguous and arr.dtype == np.uint8
@@ -142,8 +150,8 @@ def pcap_scan(
     held = buffers if buffers is not None else {}
     offs, scratch = held.get("offs"), held.get("scratch")
     if offs is None or scratch is None or offs.shape[0] < words:
-        offs = held["offs"] = np.empty(words, np.int64)
-        scratch = held["scratch"] = np.empty(words + 2 * MAX_LANES + 64, np.int64)  # lanes add 2 each
+        offs = held["offs"] = sparse_int64(words)
+        scratch = held["scratch"] = sparse_int64(words + 2 * MAX_LANES + 64)  # lanes add 2 each
     state = np.zeros(2, np.int64)
     n = _lib.vx_pcap_scan_lanes(
         _ptr(arr), arr.shape[0], pos, stop, int(big_endian), max_len, frac_lim, lanes, _ptr(offs), _ptr(scratch),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import mmap
 import os
 import select
 import threading
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..packets import U8
-from . import DECODE_COLUMNS, FLOW_KEY_OUTPUTS, MAX_LANES, library
+from . import DECODE_COLUMNS, FLOW_KEY_OUTPUTS, MAX_LANES, library, sparse_int64
 from .tables import AppTables
 
 # the slot columns, in vxread.c's order (its C_* enum); the decode columns' types are Decoded's
@@ -70,14 +69,6 @@ class Slot:
     cols: dict[str, np.ndarray]  # READ_COLUMNS, each cut to n
 
 
-def _untouched(n: int) -> np.ndarray:
-    """``n`` int64 of which only a little will be written, in small pages. The scan's work arrays
-    are sized for the worst case (a record every 16 bytes, 64 MB of them per window) and numpy asks
-    the kernel for huge pages for arrays that large: each first write then zeroed 2 MB, which made
-    the first batch of a file wait 10-60 ms (a page of the lanes' spread-out writes costs 4 KB)."""
-    return np.frombuffer(mmap.mmap(-1, max(8, n * 8)), np.int64)[:n]
-
-
 class PcapReader:
     """The C reading thread over ``data`` (a whole classic pcap) from record header ``pos``."""
 
@@ -123,8 +114,8 @@ class PcapReader:
                 assert t.shape == ((65536,) if name.endswith("port") else (256,))
                 setattr(r, name, arr(t))
             r.words, r.n_words = arr(np.ascontiguousarray(tables.words, np.int64)), tables.words.shape[0]
-        r.offs = arr(_untouched(words))
-        r.scan_scratch = arr(_untouched(words + 2 * MAX_LANES + 64))
+        r.offs = arr(sparse_int64(words))
+        r.scan_scratch = arr(sparse_int64(words + 2 * MAX_LANES + 64))
         r.group_scratch, r.group_scratch_size = arr(np.empty(group_size, np.int64)), group_size
         r.batch, r.n_slots, r.cols = batch, slots, ctypes.cast(cols, ctypes.c_void_p)
         r.col_size = arr(np.array([np.dtype(d).itemsize for _, d in READ_COLUMNS], np.int64))
