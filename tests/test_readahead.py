@@ -11,7 +11,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,9 @@ ZEEK = Path(__file__).resolve().parents[1].parent / "shared" / "captures" / "zee
 MB = 1 << 20
 
 
-def _wait(cond: object, timeout: float = 10.0) -> None:
+def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     end = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.005)
 
