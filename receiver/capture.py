@@ -148,11 +148,32 @@ class Capture:
     def __repr__(self) -> str:
         return f"Capture({self.path!r}, format={self.format}, compressed={self.compressed})"
 
-    # -- internals -------------------------------------------------------------------------
+    # for the readers in receiver.readahead and receiver.native.reader
 
     def count(self, name: str, n: int) -> None:
         """Add ``n`` to counter ``name`` (one of COUNTER_NAMES)."""
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def scan_stopped(self, at: int, bad: bool) -> None:
+        """The pcap record scan stopped at offset ``at``: at a record cut short, or (``bad``) at a
+        record header with an impossible length. Counted and logged."""
+        if bad:
+            self.count("bad_records", 1)
+            log.warning("%s: record header at offset %d has an impossible length; reading stopped", self.path, at)
+        else:
+            self.count("truncated_records", 1)
+            log.warning("%s: the last record is cut short at offset %d", self.path, at)
+
+    def pcap_layer(self) -> Layer | None:
+        """What the records of a classic pcap hold (None: a link type not supported, or pcapng)."""
+        return LINKTYPE_LAYERS.get(self.linktype) if self.format == "pcap" and self.linktype is not None else None
+
+    @property
+    def data(self) -> U8:
+        """The whole file as bytes (mapped, or decompressed)."""
+        return self._arr
+
+    # -- internals -------------------------------------------------------------------------
 
     def _unsupported(self, linktype: int, n: int) -> None:
         self.count("unsupported_linktype", n)
@@ -180,25 +201,6 @@ class Capture:
             if nxt <= pos:  # pragma: no cover - defensive
                 break
             pos = nxt
-
-    def scan_stopped(self, at: int, bad: bool) -> None:
-        """The pcap record scan stopped at offset ``at``: at a record cut short, or (``bad``) at a
-        record header with an impossible length. Counted and logged (also for receiver.native.reader)."""
-        if bad:
-            self.count("bad_records", 1)
-            log.warning("%s: record header at offset %d has an impossible length; reading stopped", self.path, at)
-        else:
-            self.count("truncated_records", 1)
-            log.warning("%s: the last record is cut short at offset %d", self.path, at)
-
-    def pcap_layer(self) -> Layer | None:
-        """What the records of a classic pcap hold (None: a link type not supported, or pcapng)."""
-        return LINKTYPE_LAYERS.get(self.linktype) if self.format == "pcap" and self.linktype is not None else None
-
-    @property
-    def data(self) -> U8:
-        """The whole file as bytes (mapped, or decompressed)."""
-        return self._arr
 
     def _pcap_scan(self, pos: int, batch_size: int) -> tuple[Iterable[_Records], int, bool, bool]:
         """Records from header ``pos`` on (a window's worth) as column chunks of at most
@@ -235,6 +237,9 @@ class Capture:
                 parts.append(capture_pcapng.packet_arrays(singles))
                 singles.clear()
 
+        def must_flush(next_layer: Layer) -> bool:  # before adding packets of next_layer
+            return bool(pending) and (pending >= batch_size or next_layer != layer)
+
         def flush() -> PacketBatch:
             nonlocal pending
             assert layer is not None
@@ -252,7 +257,7 @@ class Capture:
                     if lt not in LINKTYPE_LAYERS:
                         self._unsupported(lt, 1)
                         continue
-                    if pending and (pending >= batch_size or LINKTYPE_LAYERS[lt] != layer):
+                    if must_flush(LINKTYPE_LAYERS[lt]):
                         yield flush()
                     layer = LINKTYPE_LAYERS[lt]
                     singles.append(item)
@@ -268,7 +273,7 @@ class Capture:
                         self._unsupported(lt, hi - lo)
                         continue
                     while lo < hi:
-                        if pending and (pending >= batch_size or LINKTYPE_LAYERS[lt] != layer):
+                        if must_flush(LINKTYPE_LAYERS[lt]):
                             yield flush()
                         layer = LINKTYPE_LAYERS[lt]
                         take = min(hi - lo, batch_size - pending)

@@ -1,7 +1,7 @@
 """Running the stateless half of the engine on a second thread, ahead of the first.
 
 Reading a capture is a pipeline of two halves: finding the records, decoding them and keying
-them (pure functions of each batch: ``Engine.prepare``), then the flow table, the excerpts and
+them (pure functions of each batch: ``engine.prepare``), then the flow table, the excerpts and
 the application parsers (state kept across batches, mostly Python: ``Engine.process``).
 :func:`prepared_batches` runs the first half on another thread so the two overlap on two cores;
 the results are the same as running both in turn on one thread.
@@ -10,7 +10,7 @@ the results are the same as running both in turn on one thread.
   does it all without the GIL, a few batches ahead. Packets of shapes the C decode does not
   take are finished here, on the consumer's thread.
 - Anything else (pcapng, another link type, no C library): :func:`work_ahead` calls
-  ``Engine.prepare`` on a Python thread (mostly C and numpy calls, which release the GIL).
+  ``engine.prepare`` on a Python thread (mostly C and numpy calls, which release the GIL).
 
 The thread stays a bounded number of batches ahead. An exception in it (a capture error) is
 raised in the consumer when it reaches that point; a consumer that stops early stops the thread.
@@ -85,7 +85,7 @@ def work_ahead(items: Iterator[T], work: Callable[[T], R], depth: int = DEPTH) -
 
 
 def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Iterator[tuple[PacketBatch, Prepared]]:
-    """Every batch of ``cap`` (as ``cap.batches(batch_size)``) with ``Engine.prepare``'s result,
+    """Every batch of ``cap`` (as ``cap.batches(batch_size)``) with ``engine.prepare``'s result,
     computed ahead on another thread. A batch is valid until the next one is taken."""
     layer = cap.pcap_layer()
     if layer is None or not native.available() or cap.data.shape[0] <= HEADER_LEN:
@@ -114,21 +114,20 @@ def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Ite
 
 
 def _prepared(batch: PacketBatch, slot: native.reader.Slot, config: EngineConfig) -> Prepared:
-    """``Engine.prepare(batch)`` from what the C reading thread left in ``slot``."""
-    from .native.reader import F_ALL_OK, F_FRAGMENTS, F_PREPARED
+    """``engine.prepare(batch, config)`` from what the C reading thread left in ``slot``."""
+    from .native.reader import F_FRAGMENTS, F_PREPARED
 
     c = slot.cols
     d = Decoded(**{name: c[name] for name in native.DECODE_COLUMNS})
     if not slot.flags & F_PREPARED:  # packets of other shapes: decoded here, then the rest as prepare() does
         d, slow = decode(batch, config, common=(d, c["handled"]))
         return prepare_decoded(batch, d, slow, config)
-    p = Prepared(d, 0)  # every packet decoded by the C pass (status OK)
-    if not slot.n or slot.flags & F_FRAGMENTS:
+    p = Prepared(d, 0, fragments=bool(slot.flags & F_FRAGMENTS))  # every packet decoded by the C pass: OK
+    if not slot.n or p.fragments:
         return p
-    if slot.flags & F_ALL_OK:
-        keys = Keys(d.vni, **{name: c[f"key_{name}"] for name, _ in native.FLOW_KEY_OUTPUTS})
-        first = c["first"][: slot.groups]
-        p.keys, p.grouped = keys, (keys.hash[first], first, c["inv"], c["same"])
+    keys = Keys(d.vni, **{name: c[f"key_{name}"] for name, _ in native.FLOW_KEY_OUTPUTS})
+    first = c["first"][: slot.groups]
+    p.keys, p.grouped = keys, (keys.hash[first], first, c["inv"], c["same"])
     if config.app_metadata:
         p.app_later, p.app_maybe = c["later"], c["maybe"]
     return p

@@ -40,7 +40,6 @@ from ..packets import F64, I64, U8, U32
 
 log = logging.getLogger("vxmirror.native")
 
-HERE = nativelib.HERE
 # the Decoded columns vx_decode_common writes, in the order of its `cols` argument
 DECODE_COLUMNS = (
     "status", "vni", "inner_start", "depth", "vxlan_reserved", "ipver", "src_hi", "src_lo", "dst_hi",

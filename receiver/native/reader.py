@@ -36,7 +36,7 @@ READ_COLUMNS: tuple[tuple[str, type], ...] = (
     *((f"key_{name}", dtype) for name, dtype in FLOW_KEY_OUTPUTS),
     ("inv", np.int64), ("first", np.int64), ("same", np.bool_), ("later", np.bool_), ("maybe", np.bool_),
 )
-F_PREPARED, F_ALL_OK, F_FRAGMENTS = 1, 2, 4  # slot flags (= vxread.c)
+F_PREPARED, F_FRAGMENTS = 1, 4  # slot flags (= vxread.c)
 
 _FIELDS = (
     "buf", "buflen", "pos", "big_endian", "nanos", "max_len", "frac_lim", "lanes", "window", "layer", "max_depth",
@@ -65,7 +65,7 @@ class Slot:
     n: int  # packets
     unhandled: int  # packets the C decode did not take (Python decodes them, then prepares the batch)
     groups: int  # distinct flows, when the flow keys were made
-    flags: int  # F_PREPARED (nothing left unhandled), F_ALL_OK (every packet decoded), F_FRAGMENTS
+    flags: int  # F_PREPARED (nothing left unhandled: every packet decoded), F_FRAGMENTS
     cols: dict[str, np.ndarray]  # READ_COLUMNS, each cut to n
 
 

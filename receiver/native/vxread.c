@@ -50,10 +50,10 @@ enum {
     C_INV = C_KEYS + 9, C_FIRST, C_SAME, C_LATER, C_MAYBE,
     N_COLS
 };
-enum { D_STATUS = 0, D_VNI = 1, D_INNER_START = 2, D_IPVER = 5, D_SRC_HI = 6, D_SRC_LO = 7, D_DST_HI = 8,
+enum { D_VNI = 1, D_INNER_START = 2, D_IPVER = 5, D_SRC_HI = 6, D_SRC_LO = 7, D_DST_HI = 8,
        D_DST_LO = 9, D_PROTO = 10, D_SPORT = 11, D_DPORT = 12, D_PAY_OFF = 15, D_PAY_CAP = 17, D_FRAG = 19 };
 enum { K_PROTO = 0, K_A_HI, K_A_LO, K_A_PORT, K_B_HI, K_B_LO, K_B_PORT, K_DIRECTION, K_HASH };
-enum { F_PREPARED = 1, F_ALL_OK = 2, F_FRAGMENTS = 4 }; /* slot flags */
+enum { F_PREPARED = 1, F_FRAGMENTS = 4 }; /* slot flags */
 enum { SCAN_OK = 0 };
 
 struct vx_read {
@@ -113,27 +113,23 @@ static void fill(struct vx_read *r, int64_t s, const int64_t *offs, int64_t n) {
     r->slot_groups[s] = 0;
     r->slot_flags[s] = 0;
     if (handled < n) return; /* Python decodes the others, then prepares the batch itself */
-    const uint8_t *status = c[C_DECODED + D_STATUS], *frag = c[C_DECODED + D_FRAG];
-    int all_ok = 1, fragments = 0;
-    for (int64_t i = 0; i < n; i++) {
-        all_ok &= status[i] == 0;
-        fragments |= frag[i] != 0;
-    }
-    int64_t flags = F_PREPARED | (all_ok ? F_ALL_OK : 0) | (fragments ? F_FRAGMENTS : 0);
+    /* every packet the C decode takes has status OK: the keys are made unless fragments are there */
+    const uint8_t *frag = c[C_DECODED + D_FRAG];
+    int fragments = 0;
+    for (int64_t i = 0; i < n; i++) fragments |= frag[i] != 0;
+    int64_t flags = F_PREPARED | (fragments ? F_FRAGMENTS : 0);
     if (n && !fragments) { /* fragments take their ports in Engine.process: nothing more here */
-        if (all_ok) {
-            const void *in[9] = {vni, c[C_DECODED + D_IPVER], c[C_DECODED + D_PROTO], c[C_DECODED + D_SRC_HI],
-                                 c[C_DECODED + D_SRC_LO], c[C_DECODED + D_SPORT], c[C_DECODED + D_DST_HI],
-                                 c[C_DECODED + D_DST_LO], c[C_DECODED + D_DPORT]};
-            vx_flow_keys(in, c + C_KEYS, n);
-            r->slot_groups[s] = vx_group(c[C_KEYS + K_HASH], n, c[C_INV], c[C_FIRST], r->group_scratch,
-                                         r->group_scratch_size);
-            /* in _same_key's order: a_lo, b_lo, a_port, b_port, a_hi, b_hi, vni, proto */
-            const void *key[8] = {c[C_KEYS + K_A_LO], c[C_KEYS + K_B_LO], c[C_KEYS + K_A_PORT],
-                                  c[C_KEYS + K_B_PORT], c[C_KEYS + K_A_HI], c[C_KEYS + K_B_HI], vni,
-                                  c[C_KEYS + K_PROTO]};
-            vx_same_key(key, 8, n, c[C_FIRST], c[C_INV], c[C_SAME]);
-        }
+        const void *in[9] = {vni, c[C_DECODED + D_IPVER], c[C_DECODED + D_PROTO], c[C_DECODED + D_SRC_HI],
+                             c[C_DECODED + D_SRC_LO], c[C_DECODED + D_SPORT], c[C_DECODED + D_DST_HI],
+                             c[C_DECODED + D_DST_LO], c[C_DECODED + D_DPORT]};
+        vx_flow_keys(in, c + C_KEYS, n);
+        r->slot_groups[s] = vx_group(c[C_KEYS + K_HASH], n, c[C_INV], c[C_FIRST], r->group_scratch,
+                                     r->group_scratch_size);
+        /* in _same_key's order: a_lo, b_lo, a_port, b_port, a_hi, b_hi, vni, proto */
+        const void *key[8] = {c[C_KEYS + K_A_LO], c[C_KEYS + K_B_LO], c[C_KEYS + K_A_PORT],
+                              c[C_KEYS + K_B_PORT], c[C_KEYS + K_A_HI], c[C_KEYS + K_B_HI], vni,
+                              c[C_KEYS + K_PROTO]};
+        vx_same_key(key, 8, n, c[C_FIRST], c[C_INV], c[C_SAME]);
         if (r->app)
             vx_app_hints(r->buf, r->buflen, c[C_DECODED + D_PROTO], c[C_DECODED + D_SPORT], c[C_DECODED + D_DPORT],
                          c[C_DECODED + D_PAY_OFF], c[C_DECODED + D_PAY_CAP], n, r->dns_port, r->udp_port,
