@@ -13,7 +13,11 @@ which stalls every ``mmap`` and ``brk`` of the other threads: measured here, it 
 imports by 70 ms. madvise is the fallback when the library is not built.
 
 It stays at most ``ahead`` bytes in front of the position the reader reports (``reached``), so
-a capture larger than memory is not pulled in whole. Compressed files are not mapped (the
+a capture larger than memory is not pulled in whole. Behind the reader it drops the pages from
+the page tables again (``madvise(MADV_DONTNEED)``, the page cache keeps them): unmapping a
+1 GB mapping costs the kernel 35-50 ms, which the reader's thread would otherwise pay when it
+closes the file, or the process when it exits, after the last record. A page the reader needs
+again after all is simply faulted in again. Compressed files are not mapped (the
 capture reader decompresses them); a file that cannot be opened is left to the capture reader,
 which reports it. Only the standard library is imported here (and the native library through
 ctypes): the CLI starts this before numpy is loaded. Nothing here changes what is read.
@@ -29,13 +33,14 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from . import nativelib
 
 log = logging.getLogger("vxmirror.prefetch")
 
-MADV_POPULATE_READ = 22  # Linux 5.14
-CHUNK = 16 << 20  # bytes faulted in per call: small enough to follow the reader's window closely
+MADV_DONTNEED, MADV_POPULATE_READ = 4, 22  # (POPULATE_READ: Linux 5.14)
+CHUNK = 16 << 20  # bytes faulted in (or dropped) per call: small enough to follow the reader closely
 PAGE = mmap.PAGESIZE
 AHEAD = 1 << 30  # at most this far in front of the reader
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -61,6 +66,17 @@ def _address(m: mmap.mmap) -> int:
         ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """libc's madvise (releases the GIL while it works), or None."""
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
 def _faulter() -> Callable[[int, int], bool] | None:
     """A function that faults in ``n`` bytes at an address (True: done), or None."""
     lib = nativelib.load()
@@ -72,12 +88,9 @@ def _faulter() -> Callable[[int, int], bool] | None:
             return True
 
         return by_touch
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
+    madvise = _madvise()
+    if madvise is None:  # pragma: no cover - not Linux/glibc
         return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
 
     def by_madvise(addr: int, n: int) -> bool:
         if madvise(addr, n, MADV_POPULATE_READ) == 0:
@@ -86,6 +99,21 @@ def _faulter() -> Callable[[int, int], bool] | None:
         return False
 
     return by_madvise
+
+
+def _dropper() -> Callable[[int, int], bool] | None:
+    """A function that drops ``n`` bytes at an address from the page tables (True: done), or None."""
+    madvise = _madvise()
+    if madvise is None:  # pragma: no cover - not Linux/glibc
+        return None
+
+    def drop(addr: int, n: int) -> bool:
+        if madvise(addr, n, MADV_DONTNEED) == 0:
+            return True
+        log.debug("madvise(MADV_DONTNEED) failed: errno %d", ctypes.get_errno())
+        return False
+
+    return drop
 
 
 def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
@@ -101,23 +129,46 @@ def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
         return None
 
 
+class _File:
+    """A mapped file the thread works on: populated up to ``ahead_of``, dropped below ``behind``."""
+
+    __slots__ = ("behind", "i", "m", "populated", "size")
+
+    def __init__(self, i: int, m: mmap.mmap) -> None:
+        self.i, self.m, self.size = i, m, len(m)
+        self.populated = self.behind = 0
+
+
+class _Job(NamedTuple):
+    """Populate or drop ``n`` bytes of ``file`` at ``pos``; no file: map the next path."""
+
+    file: _File | None = None
+    populate: bool = True
+    pos: int = 0
+    n: int = 0
+
+
 class Prefetcher:
-    """Maps ``paths`` one after the other and populates each mapping ahead of the reader.
+    """Maps ``paths`` one after the other, populates each mapping ahead of the reader and drops
+    the pages it has left behind.
 
     ``mapping(i)`` hands out file ``i``'s mapping (waiting until the thread has made it; None when
-    the file is not mapped); the reader reports how far it got with ``reached(i, pos)``; ``close()``
-    stops the thread. The thread moves to file ``i + 1`` when file ``i`` is populated to its end.
+    the file is not mapped); the reader reports how far it got with ``reached(i, pos)`` (the
+    pages before ``pos`` are not needed any more); ``close()`` stops the thread. The thread maps
+    file ``i + 1`` once file ``i`` is populated to its end.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], ahead: int = AHEAD, chunk: int = CHUNK) -> None:
         self.paths = list(paths)
         self.ahead, self.chunk = ahead, chunk
         self.populated = 0  # bytes populated, all files (for tests and benchmarks)
+        self.dropped = 0  # bytes dropped behind the reader, all files
         self._maps: dict[int, mmap.mmap | None] = {}
         self._reader = (0, 0)  # (file, position) the reader reported
         self._stop = False
         self._cond = threading.Condition()
         self._fault_in = _faulter()
+        self._drop = _dropper()
         self._thread = threading.Thread(target=self._run, name="vxmirror-prefetch", daemon=True)
         self._thread.start()
 
@@ -156,50 +207,82 @@ class Prefetcher:
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        files: list[_File] = []  # mapped, and the reader not past them yet
+        next_path = 0
         try:
-            for i, path in enumerate(self.paths):
-                m = map_file(path)
+            while True:
                 with self._cond:
-                    if self._stop:
-                        if m is not None:
-                            m.close()
+                    while True:
+                        if self._stop:
+                            return
+                        reader = self._reader[0]
+                        files = [f for f in files if f.i >= reader and not f.m.closed]
+                        next_path = max(next_path, reader)  # (files the reader skipped are not mapped)
+                        job = self._job(files, next_path)
+                        if job is not None:
+                            break
+                        self._cond.wait()
+                f = job.file
+                if f is None:
+                    if not self._map(next_path, files):
                         return
-                    self._maps[i] = m
-                    self._cond.notify_all()
-                if m is not None and self._fault_in is not None and not self._populate(i, m):
-                    return
-                del m  # (a mapping its Capture closed while populated is unmapped here)
+                    next_path += 1
+                elif not self._apply(job):
+                    files.remove(f)
+                elif job.populate:
+                    f.populated += job.n
+                    self.populated += job.n
+                else:
+                    f.behind += job.n
+                    self.dropped += job.n
         except Exception:  # pragma: no cover - prefetching only saves time: never fail the read
             log.exception("prefetch thread failed; reading continues without it")
             with self._cond:
                 self._stop = True
                 self._cond.notify_all()
 
-    def _populate(self, i: int, m: mmap.mmap) -> bool:
-        """Populate file ``i`` in chunks, staying within ``ahead`` of the reader, until its end or
-        until the reader moves past it. False: stop altogether."""
-        assert self._fault_in is not None
-        pos, size = 0, len(m)
-        while pos < size:
-            with self._cond:
-                self._cond.wait_for(lambda: self._stop or self._reader[0] > i or self._limit(i) > pos)  # noqa: B023
-                if self._stop:
-                    return False
-                if self._reader[0] > i:
-                    return True
-                n = min(self.chunk, size - pos, self._limit(i) - pos)
-            if m.closed:  # the reader is done with this file
-                return True
-            # a buffer export while faulting: the mapping cannot be unmapped under it (its Capture's
-            # close() then leaves it to be unmapped when this thread lets go)
-            with memoryview(m):
-                ok = self._fault_in(_address(m) + pos, n)
-            if not ok:  # prefetching just ends
+    def _job(self, files: list[_File], next_path: int) -> _Job | None:
+        """What to do next (under the lock): drop pages the reader left, populate ahead of it,
+        map the next file, or nothing until the reader moves."""
+        at, pos = self._reader
+        for f in files:  # the reader's own file first: what it left behind
+            if f.i == at:
+                f.populated = max(f.populated, min(pos, f.size) // PAGE * PAGE)  # (not worth faulting in now)
+                upto = min(pos, f.size) // self.chunk * self.chunk
+                if upto > f.behind and self._drop is not None:
+                    return _Job(f, False, f.behind, upto - f.behind)
+        for f in files:
+            if f.populated < f.size:
+                if self._fault_in is None:
+                    break
+                limit = ((pos if f.i == at else 0) + self.ahead) // PAGE * PAGE
+                if limit <= f.populated:
+                    return None
+                return _Job(f, True, f.populated, min(self.chunk, f.size - f.populated, limit - f.populated))
+        return _Job() if next_path < len(self.paths) else None
+
+    def _map(self, i: int, files: list[_File]) -> bool:
+        """Map file ``i`` and hand it out; False when told to stop meanwhile."""
+        m = map_file(self.paths[i])
+        with self._cond:
+            if self._stop:
+                if m is not None:
+                    m.close()
                 return False
-            pos += n
-            self.populated += n
+            self._maps[i] = m
+            self._cond.notify_all()
+        if m is not None:
+            files.append(_File(i, m))
         return True
 
-    def _limit(self, i: int) -> int:
-        f, pos = self._reader
-        return pos + self.ahead if f == i else self.ahead
+    def _apply(self, job: _Job) -> bool:
+        """Do ``job`` (on a file); False: no more work on this file."""
+        f, fn = job.file, self._fault_in if job.populate else self._drop
+        assert f is not None and fn is not None
+        # a buffer export while working: the mapping cannot be unmapped under it (its Capture's
+        # close() then leaves it to be unmapped when this thread lets go)
+        try:
+            with memoryview(f.m):
+                return fn(_address(f.m) + job.pos, job.n)
+        except ValueError:  # the reader closed the mapping: done with this file
+            return False

@@ -53,8 +53,8 @@ class Analysis:
                 total = os.path.getsize(path)
                 try:
                     for batch, prepared in prepared_batches(cap, engine.config, self.batch_size):
-                        if batch.count:
-                            prefetch.reached(i, int(batch.start[-1]))
+                        if batch.count:  # (the pages before this batch may be dropped)
+                            prefetch.reached(i, int(batch.start[0]))
                         result = engine.process(batch, prepared)
                         if self.on_batch is not None:
                             self.on_batch(batch, result)

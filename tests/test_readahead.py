@@ -59,7 +59,7 @@ def _rss_of_mapping(path: Path) -> int:
 
 
 @pytest.mark.parametrize("way", ["touch", "madvise"])
-def test_prefetch_fills_the_page_tables_ahead_of_the_reader_and_no_further(
+def test_prefetch_fills_the_page_tables_ahead_of_the_reader_and_empties_them_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
     # by the C loop that touches each page, or by madvise(MADV_POPULATE_READ) without the library
@@ -74,13 +74,18 @@ def test_prefetch_fills_the_page_tables_ahead_of_the_reader_and_no_further(
         assert m is not None and len(m) == 40 * MB
         _wait(lambda: p.populated == 8 * MB)
         time.sleep(0.1)
-        assert p.populated == 8 * MB  # the window: no further until the reader moves
+        assert p.populated == 8 * MB and p.dropped == 0  # the window: no further until the reader moves
         assert _rss_of_mapping(path) >= 8 * MB  # really in this process's page tables
-        p.reached(0, 20 * MB)
-        _wait(lambda: p.populated == 28 * MB)
+        p.reached(0, 20 * MB + 5)
+        # what the reader passed is not faulted in any more: 20-28 MB only
+        _wait(lambda: p.populated == 16 * MB and p.dropped == 20 * MB)
+        # in the page tables: the window in front of the reader, not what it left behind (whole
+        # chunks only; fault-around may map a few pages next to the window)
+        assert 8 * MB <= _rss_of_mapping(path) <= 9 * MB
         p.reached(0, 39 * MB)
-        _wait(lambda: p.populated == 40 * MB)  # up to the end of the file, not past it
-        assert _rss_of_mapping(path) >= 40 * MB
+        _wait(lambda: p.populated == 17 * MB and p.dropped == 39 * MB)  # to the end of the file, not past it
+        assert _rss_of_mapping(path) <= 2 * MB
+        assert m[5 * MB : 5 * MB + 4] == b"\xa1" * 4  # a dropped page reads as before (faulted in again)
 
 
 def test_prefetch_moves_on_when_the_reader_does(tmp_path: Path) -> None:
@@ -214,8 +219,11 @@ def test_reading_on_two_threads_gives_the_records_of_one(tmp_path: Path, batch: 
     frag.write_bytes(pcap_bytes([Rec(1, i, f) for i, f in enumerate(_fragments())]))
     config = EngineConfig(excerpt_bytes=64)
     paths = [cap, *traces, frag]
-    a = Analysis(list(paths), config, batch_size=batch)
-    got = [orjson.dumps(r) for r in a.records()]
+    with Prefetcher(paths, chunk=64 << 10) as pre:  # small chunks: pages are dropped behind the reader
+        a = Analysis(list(paths), config, batch_size=batch, prefetch=pre)
+        got = [orjson.dumps(r) for r in a.records()]
+        if batch == 64:
+            _wait(lambda: pre.dropped > 0)
     want, counters = _one_thread(paths, config, batch)
     assert got == want
     assert a.engine is not None and a.engine.counters() == counters
