@@ -381,16 +381,31 @@ def test_prefetch_leaves_a_pipe_alone(tmp_path: Path) -> None:
         os.close(fd)
 
 
-def test_the_read_command_leaves_the_collector_as_it_found_it(tmp_path: Path) -> None:
-    # `vxmirror read` freezes start-up objects and collects more rarely; run in-process (as here),
-    # it puts the collector back
+def test_the_read_command_leaves_the_collector_as_it_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `vxmirror read` turns the collector off while it imports, then freezes start-up objects
+    # and collects more rarely; run in-process (as here), it puts the collector back, also when
+    # it stops early
     import gc
 
     from receiver.cli import main
 
+    during: list[bool] = []
+    records = Analysis.records
+
+    def watched(self: Analysis) -> object:
+        during.append(gc.isenabled())  # on while records are made: a long read's cycles are collected
+        return records(self)
+
+    monkeypatch.setattr(Analysis, "records", watched)
     p = tmp_path / "gen.pcap"
     write_pcap(p, 2_000, 40, seed=3)
     before = gc.get_threshold()
+    assert gc.isenabled()
     assert main(["read", str(p), "-o", str(tmp_path / "out.jsonl"), "--quiet"]) == 0
-    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0 and gc.isenabled()
+    assert during == [True]
     assert (tmp_path / "out.jsonl").read_bytes().count(b"\n") == len(list(read_records(p)))
+    assert main(["read", str(p), "--excerpt-bytes", "99999", "--quiet"]) == 2  # before the engine starts
+    assert gc.get_threshold() == before and gc.isenabled()
