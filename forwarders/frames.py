@@ -12,8 +12,8 @@ readable Ethernet capture:
   0.0.0.0 and source port 0 (the listener does not record them), IPv4 header
   checksum computed, UDP checksum 0 (none);
 - ``Layer.RAW_IP``: an Ethernet header with the ethertype of the IP version;
-- ``Layer.LINUX_SLL``: the 16-byte cooked header is replaced by an Ethernet
-  header carrying its protocol field.
+- ``Layer.LINUX_SLL`` / ``Layer.LINUX_SLL2``: the cooked header (16 or 20
+  bytes) is replaced by an Ethernet header carrying its protocol field.
 
 Synthesized MAC addresses are zero. ``snaplen`` truncates every frame.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from receiver.decode import ethernet
 from receiver.packets import Decapsulated, Layer, PacketBatch
 
 from .api import FrameBlock
@@ -29,7 +30,7 @@ from .gather import copy_ranges, put_rows
 
 ETH_LEN = 14
 OUTER_LEN = 14 + 20 + 8  # Ethernet + IPv4 + UDP
-SLL_LEN = 16
+COOKED = {Layer.LINUX_SLL: ethernet.SLL, Layer.LINUX_SLL2: ethernet.SLL2}  # Linux cooked capture headers
 DEFAULT_PORT = {Layer.VXLAN: 4789, Layer.GENEVE: 6081}
 
 
@@ -94,13 +95,14 @@ def frame_block(batch: PacketBatch, decap: Decapsulated, keep_encapsulation: boo
             etype = np.full(n, 0x0800, np.uint32)
             etype[np.flatnonzero(caplen > 0)[first == 6]] = 0x86DD
             header[:, 12:14] = _be16(etype)
-        elif layer == Layer.LINUX_SLL:
+        elif layer in COOKED:
+            cooked = COOKED[layer]
             header = np.zeros((n, ETH_LEN), np.uint8)
-            has = caplen >= SLL_LEN
-            idx = start[has] + 14
+            has = caplen >= cooked.size
+            idx = start[has] + cooked.off("proto")
             header[has, 12] = batch.buf[idx]
             header[has, 13] = batch.buf[idx + 1]
-            cut = np.minimum(caplen, SLL_LEN)
+            cut = np.minimum(caplen, cooked.size)
             body_start, body_len, body_wire = start + cut, caplen - cut, np.maximum(wirelen - cut, 0)
     else:
         keep = inner >= 0

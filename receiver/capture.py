@@ -14,7 +14,8 @@ mapping (``start`` points at record data): nothing is copied. A gzip file is
 decompressed into memory first (so its size is bounded by RAM).
 
 Link types: 1 Ethernet, 101/228/229 raw IP (also 12 and 14, the DLT_RAW values some
-systems write), 113 Linux cooked. Packets of any other link type are counted
+systems write), 113 and 276 Linux cooked (SLL and SLL2: captures on the ``any`` device; tcpdump
+writes SLL2 there since 4.99). Packets of any other link type are counted
 under ``unsupported_linktype`` and skipped, with one warning per capture and link type.
 
 Errors: a file that cannot be opened, is not a capture, or ends inside the file
@@ -54,6 +55,7 @@ LINKTYPE_LAYERS: dict[int, Layer] = {
     12: Layer.RAW_IP,
     14: Layer.RAW_IP,
     113: Layer.LINUX_SLL,
+    276: Layer.LINUX_SLL2,
 }
 
 # first four bytes as written (big-endian reading) -> (format, big_endian, nanoseconds)

@@ -37,6 +37,7 @@ class Layer(enum.IntEnum):
     LINUX_SLL = 3  # LINKTYPE_LINUX_SLL: 16-byte cooked header
     VXLAN = 4  # UDP payload from a VXLAN socket: the 8-byte VXLAN header
     GENEVE = 5  # UDP payload from a GENEVE socket: the GENEVE header
+    LINUX_SLL2 = 6  # LINKTYPE_LINUX_SLL2: 20-byte cooked header (tcpdump -i any since 4.99)
 
 
 @dataclass

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .capture import open_capture
+from .decode import ethernet
 from .listen.mmsg import IOVEC, MMSGHDR, _libc  # the mmsghdr layout the listener uses too
 from .packets import I64, U8, Layer, PacketBatch
 from .vxlanport import PORT_MAX, PORT_MIN, flow_hash, source_port
@@ -57,6 +58,7 @@ VXLAN_PORT = 4789
 GENEVE_PORT = 6081
 MAX_DATAGRAM = 65507
 _FAKE_MACS = bytes.fromhex("0a00000000020a0000000001")
+_COOKED = {Layer.LINUX_SLL: ethernet.SLL, Layer.LINUX_SLL2: ethernet.SLL2}  # their protocol: an ethertype
 
 _sendmmsg = _libc.sendmmsg
 _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
@@ -299,9 +301,10 @@ class Replayer:
             l3 = s
             runt = batch.caplen < 20
             ethertype_fake = et
-        elif layer == Layer.LINUX_SLL:
-            et, l3 = v.u16(s + 14), s + 16
-            runt = batch.caplen < 16
+        elif layer in _COOKED:
+            h = _COOKED[layer]
+            et, l3 = v.u16(s + h.off("proto")), s + h.size
+            runt = batch.caplen < h.size
             ethertype_fake = et
         elif layer in (Layer.VXLAN, Layer.GENEVE):  # already a tunnel payload
             et, l3 = np.zeros(n, np.int64), s
@@ -333,7 +336,7 @@ class Replayer:
         tun_len = np.minimum(np.maximum(want, 0), have)
         frame_off = np.where(layer == Layer.ETHERNET, s, l3)
         plain_hdr = np.where(ethertype_fake > 0, 8 + 14, 8)
-        if layer == Layer.LINUX_SLL:
+        if layer in _COOKED:
             plain_hdr = np.full(n, 8 + 14, np.int64)
         body_len = np.where(tunnel, tun_len, end - frame_off)
         hdr_len = np.where(tunnel, 0, plain_hdr)

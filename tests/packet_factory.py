@@ -78,3 +78,12 @@ def vxlan(inner: bytes, vni: int = 7, flags: int = 0x08, **kw: object) -> bytes:
 
 def geneve(inner: bytes, vni: int = 9, proto: int = 0x6558, options: bytes = b"", **kw: object) -> bytes:
     return outer(geneve_header(vni, proto, options) + inner, 6081, **kw)  # type: ignore[arg-type]
+
+
+def cooked(frame: bytes, version: int = 2) -> bytes:
+    """An Ethernet frame as a Linux cooked capture shows it: its MAC header replaced by an SLL
+    (version 1, 16 bytes) or SLL2 (20 bytes) header carrying the same protocol."""
+    etype, src, rest = frame[12:14], frame[6:12] + b"\0\0", frame[14:]
+    if version == 1:  # packet type 4 (sent by us), ARPHRD_ETHER, address length 6
+        return struct.pack("!HHH8s", 4, 1, 6, src) + etype + rest
+    return etype + struct.pack("!HIHBB8s", 0, 1, 1, 4, 6, src) + rest

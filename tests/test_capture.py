@@ -184,7 +184,8 @@ def test_unsupported_linktype_counted_and_logged(tmp_path: Path, caplog: pytest.
 
 
 @pytest.mark.parametrize(
-    ("linktype", "layer"), [(101, Layer.RAW_IP), (228, Layer.RAW_IP), (229, Layer.RAW_IP), (113, Layer.LINUX_SLL)]
+    ("linktype", "layer"),
+    [(101, Layer.RAW_IP), (228, Layer.RAW_IP), (229, Layer.RAW_IP), (113, Layer.LINUX_SLL), (276, Layer.LINUX_SLL2)],
 )
 def test_linktype_layers(tmp_path: Path, linktype: int, layer: Layer) -> None:
     path = tmp_path / "l.pcap"

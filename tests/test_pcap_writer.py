@@ -18,7 +18,9 @@ from forwarders.api import SinkContext
 from forwarders.frames import frame_block
 from forwarders.manager import ForwarderSet
 from forwarders.pcap import PcapConfig, PcapSink
-from receiver.packets import Layer
+from receiver.capture import open_capture
+from receiver.packets import Decapsulated, Layer, PacketBatch
+from tests import packet_factory as pf
 from tests.forwarder_fixtures import OUTER, Result, live_batch, make_batch, markers, stderr_problems, tshark
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +140,31 @@ def test_keep_encapsulation_live_udp_payloads_get_outer_headers(tmp_path: Path, 
         r = tshark(f, "vxlan.vni", "ip.id")
         ids = [line.split("|") for line in r.stdout.splitlines()]
         assert [(int(a), int(b.split(",")[1], 0)) for a, b in ids] == [(e[2], e[0]) for e in expect]
+
+
+@pytest.mark.parametrize("layer", [Layer.LINUX_SLL, Layer.LINUX_SLL2])
+def test_keep_encapsulation_cooked_captures_get_an_ethernet_header(tmp_path: Path, layer: Layer) -> None:
+    # a capture taken with `tcpdump -i any` (SLL, or SLL2 since tcpdump 4.99), replayed into the sink
+    frames = [pf.vxlan(pf.udp("10.0.0.1", "10.0.0.2", 1000 + i, 53, b"q" * i), vni=40 + i) for i in range(4)]
+    frames += [pf.tcp("2001:db8::1", "2001:db8::2", 5000, 443, payload=b"t" * 9)]
+    version = 1 if layer == Layer.LINUX_SLL else 2
+    batch = PacketBatch.from_frames([pf.cooked(f, version) for f in frames], layer=layer)
+    n = batch.count
+    decap = Decapsulated(np.full(n, -1, np.int64), np.full(n, -1, np.int64))
+    sink = PcapSink(PcapConfig(directory=str(tmp_path), keep_encapsulation=True), SinkContext("pcap", tmp_path))
+    sink.write(frame_block(batch, decap, True, 65535))
+    sink.close()
+    (f,) = tmp_path.iterdir()
+    r = tshark(f, "frame.len", "eth.type", "vxlan.vni", "tcp.dstport")
+    assert r.returncode == 0 and stderr_problems(r.stderr) == ""
+    rows = [line.split("|") for line in r.stdout.splitlines()]
+    assert [int(x[0]) for x in rows] == [len(fr) for fr in frames]  # the cooked header became 14 bytes
+    assert [x[1].split(",")[0] for x in rows] == ["0x0800"] * 4 + ["0x86dd"]
+    assert [x[2] for x in rows] == ["40", "41", "42", "43", ""]
+    assert rows[4][3] == "443"
+    with open_capture(f) as cap:
+        (got,) = list(cap.batches(100))
+    assert [got.frame(i)[12:] for i in range(n)] == [fr[12:] for fr in frames]  # MACs zero, the rest as sent
 
 
 def test_live_slots_decapsulated(tmp_path: Path) -> None:

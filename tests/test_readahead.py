@@ -306,6 +306,8 @@ def test_c_reader_prepares_what_python_prepares(
                                              big_endian=True, nanos=True),
         "raw_ip": pcap_bytes([Rec(6, i, f[14:]) for i, f in enumerate(frames[:200]) if f[12:14] == b"\x08\x00"],
                              linktype=101),
+        "cooked_v1": pcap_bytes([Rec(7, i, pf.cooked(f, 1)) for i, f in enumerate(frames[:200])], linktype=113),
+        "cooked_v2": pcap_bytes([Rec(8, i, pf.cooked(f, 2)) for i, f in enumerate(frames[:200])], linktype=276),
         "header_only": pcap_bytes([]),
     }
     for name, data in paths.items():

@@ -118,11 +118,13 @@ def test_raw_ip_and_cooked_captures_get_an_ethernet_header(rx: Collector, tmp_pa
     (tmp_path / "raw.pcap").write_bytes(pcap_bytes([Rec(1, 0, ip4), Rec(1, 1, ip6)], linktype=101))
     sll = struct.pack("!HHH8sH", 0, 1, 6, b"\x02" * 8, 0x0800) + ip4
     (tmp_path / "sll.pcap").write_bytes(pcap_bytes([Rec(1, 0, sll)], linktype=113))
-    stats = replay([tmp_path / "raw.pcap", tmp_path / "sll.pcap"], to=("127.0.0.1", rx.port))
-    got = [d for d, _ in rx.wait(3)]
-    assert stats.sent == stats.wrapped == 3
-    assert [d[8 + 12 : 8 + 14] for d in got] == [b"\x08\x00", b"\x86\xdd", b"\x08\x00"]
-    assert [d[22:] for d in got] == [ip4, ip6, ip4]
+    sll2 = struct.pack("!HHIHBB8s", 0x86DD, 0, 1, 1, 0, 6, b"\x02" * 8) + ip6  # tcpdump -i any since 4.99
+    (tmp_path / "sll2.pcap").write_bytes(pcap_bytes([Rec(1, 0, sll2)], linktype=276))
+    stats = replay([tmp_path / "raw.pcap", tmp_path / "sll.pcap", tmp_path / "sll2.pcap"], to=("127.0.0.1", rx.port))
+    got = [d for d, _ in rx.wait(4)]
+    assert stats.sent == stats.wrapped == 4
+    assert [d[8 + 12 : 8 + 14] for d in got] == [b"\x08\x00", b"\x86\xdd", b"\x08\x00", b"\x86\xdd"]
+    assert [d[22:] for d in got] == [ip4, ip6, ip4, ip6]
 
 
 def test_runts_are_counted_and_loop_repeats(rx: Collector, tmp_path: Path) -> None:

@@ -1,10 +1,15 @@
-"""Ethernet II, 802.1Q / 802.1ad (QinQ) tags, and Linux cooked capture (SLL) headers."""
+"""Ethernet II, 802.1Q / 802.1ad (QinQ) tags, and Linux cooked capture headers (SLL, SLL2)."""
 
 from .header import Header
 
 ETH = Header("ethernet", ("dst", "6s"), ("src", "6s"), ("type", "H"))
 VLAN = Header("vlan", ("tci", "H"), ("type", "H"))
 SLL = Header("sll", ("pkttype", "H"), ("hatype", "H"), ("halen", "H"), ("addr", "8s"), ("proto", "H"))
+# v2 (what `tcpdump -i any` writes since 4.99): the protocol first, then the interface index
+SLL2 = Header(
+    "sll2", ("proto", "H"), ("reserved", "H"), ("ifindex", "I"), ("hatype", "H"), ("pkttype", "B"),
+    ("halen", "B"), ("addr", "8s"),
+)
 
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD

@@ -1,7 +1,7 @@
 """The fast path: decapsulate and decode a whole batch at once with numpy.
 
 Packets move through stages together: tunnel header (VXLAN, GENEVE) -> link (Ethernet, VLAN
-tags, SLL) -> IP -> transport. A UDP datagram to a tunnel port goes round again one level
+tags, or a cooked SLL/SLL2 header) -> IP -> transport. A UDP datagram to a tunnel port goes round again one level
 deeper. Each stage reads its header for all packets in it with one gather
 (``Header.take``); a packet that fails a check leaves with a Status naming the reason.
 What the fast path does not handle (IPv6 extension-header chains) leaves with
@@ -28,10 +28,11 @@ from .columns import Decoded, Frag, Status
 from .header import take_rows
 
 # what each packet's next header is
-DONE, ETH, SLL, IP, VXLAN_HDR, GENEVE_HDR = 0, 1, 2, 3, 4, 5
+DONE, ETH, SLL, IP, VXLAN_HDR, GENEVE_HDR, SLL2 = 0, 1, 2, 3, 4, 5, 6
 FIRST_HEADER = {
     Layer.ETHERNET: ETH,
     Layer.LINUX_SLL: SLL,
+    Layer.LINUX_SLL2: SLL2,
     Layer.RAW_IP: IP,
     Layer.VXLAN: VXLAN_HDR,
     Layer.GENEVE: GENEVE_HDR,
@@ -42,7 +43,7 @@ EXTENSION_HEADERS = np.array(sorted(ipv6.EXTENSION_HEADERS))
 # Field offsets, all taken from the declared headers (receiver/decode/*.py, receiver/decap/*.py).
 ETH_TYPE = ethernet.ETH.off("type")
 VLAN_TYPE = ethernet.VLAN.off("type")
-SLL_PROTO = ethernet.SLL.off("proto")
+COOKED = {SLL: ethernet.SLL, SLL2: ethernet.SLL2}  # Linux cooked capture headers: their protocol is an ethertype
 V4_VHL, V4_LEN, V4_ID, V4_FRAG, V4_PROTO, V4_SRC, V4_DST = (
     ipv4.IPV4.off(f) for f in ("v_hl", "len", "id", "off", "p", "src", "dst")
 )
@@ -182,7 +183,8 @@ def decode_fast(
         _vxlan(run, buf, config.max_tunnel_depth)
         _geneve(run, buf, config.max_tunnel_depth)
         _ethernet(run, buf)
-        _sll(run, buf)
+        _cooked(run, buf, SLL)
+        _cooked(run, buf, SLL2)
         _ip(run, buf, vxlan_ports, geneve_ports)
     return out
 
@@ -388,18 +390,19 @@ def _ethernet(run: _Run, buf: np.ndarray) -> None:
     run.what[t] = IP
 
 
-def _sll(run: _Run, buf: np.ndarray) -> None:
-    s = run.at(SLL)
+def _cooked(run: _Run, buf: np.ndarray, what: int) -> None:
+    s = run.at(what)
     if s is None:
         return
+    header = COOKED[what]
     p, e = run.pos[s], run.end[s]
-    short = p + ethernet.SLL.size > e
+    short = p + header.size > e
     run.fail(s, short, Status.TRUNCATED_LINK)
-    proto = _be16(ethernet.SLL.take(buf, p), SLL_PROTO)
+    proto = _be16(header.take(buf, p), header.off("proto"))
     is_ip = ~short & ((proto == ethernet.ETH_IPV4) | (proto == ethernet.ETH_IPV6))
     run.fail(s, ~short & ~is_ip, Status.NON_IP)
     t = _sub(s, _pick(is_ip))
-    run.pos[t] += ethernet.SLL.size
+    run.pos[t] += header.size
     run.what[t] = IP
 
 

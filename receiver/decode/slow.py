@@ -17,7 +17,7 @@ from ..packets import Layer, PacketBatch
 from ..settings import EngineConfig
 from . import ethernet, icmp, ipv4, ipv6, tcp, udp
 from .columns import Decoded, Frag, Status
-from .fast import DONE, ETH, FIRST_HEADER, GENEVE_HDR, IP, SLL, VXLAN_HDR
+from .fast import COOKED, DONE, ETH, FIRST_HEADER, GENEVE_HDR, IP, VXLAN_HDR
 
 V4_MAPPED = 0xFFFF_0000_0000
 
@@ -105,12 +105,13 @@ def decode_one(buf: Any, start: int, end: int, layer: Layer, config: EngineConfi
                 if etype not in (ethernet.ETH_IPV4, ethernet.ETH_IPV6):
                     raise _Stop(Status.NON_IP)
                 what = IP
-            elif what == SLL:
-                if pos + ethernet.SLL.size > stop:
+            elif what in COOKED:
+                header = COOKED[what]
+                if pos + header.size > stop:
                     raise _Stop(Status.TRUNCATED_LINK)
-                if ethernet.SLL.unpack(data, pos)["proto"] not in (ethernet.ETH_IPV4, ethernet.ETH_IPV6):
+                if header.unpack(data, pos)["proto"] not in (ethernet.ETH_IPV4, ethernet.ETH_IPV6):
                     raise _Stop(Status.NON_IP)
-                pos += ethernet.SLL.size
+                pos += header.size
                 what = IP
             else:  # IP
                 nxt = _ip(data, pos, stop, row, config)
