@@ -11,7 +11,9 @@ pcapng, and either of them gzip-compressed.
 
 An uncompressed file is memory-mapped and every batch's ``buf`` is the whole
 mapping (``start`` points at record data): nothing is copied. A gzip file is
-decompressed into memory first (so its size is bounded by RAM).
+decompressed into memory first (so its size is bounded by RAM), and so is a
+stream: a pipe, a FIFO or standard input (path ``-``), for example
+``aws s3 cp s3://bucket/x.pcap.gz - | vxmirror read -``.
 
 Link types: 1 Ethernet, 101/228/229 raw IP (also 12 and 14, the DLT_RAW values some
 systems write), 113 and 276 Linux cooked (SLL and SLL2: captures on the ``any`` device; tcpdump
@@ -31,12 +33,14 @@ import contextlib
 import logging
 import mmap
 import os
+import stat
 import struct
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -46,6 +50,8 @@ from .packets import F64, I64, U8, U32, Layer, PacketBatch
 _Records = tuple[I64, U32, U32, F64]  # data offsets, caplen, wirelen, time of some records
 
 log = logging.getLogger(__name__)
+
+STDIN = "-"  # the path that reads standard input
 
 LINKTYPE_LAYERS: dict[int, Layer] = {
     1: Layer.ETHERNET,
@@ -289,22 +295,28 @@ class Capture:
             yield flush()
 
 
-def _read_gzip(path: str, counters: dict[str, int]) -> bytearray:
+def _chunks(f: BinaryIO, first: bytes) -> Iterator[bytes]:
+    """``first``, then the rest of ``f`` in 1 MiB pieces."""
+    yield first
+    while chunk := f.read(1 << 20):
+        yield chunk
+
+
+def _read_gzip(chunks: Iterable[bytes], path: str, counters: dict[str, int]) -> bytearray:
     """Decompress every gzip member; a stream cut short keeps what was decompressed."""
     out = bytearray()
     d = zlib.decompressobj(wbits=31)
     fed = False  # the current member has received input
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                while chunk:
-                    out += d.decompress(chunk)
-                    fed = True
-                    chunk = b""
-                    if d.eof:  # another member may follow
-                        chunk = d.unused_data
-                        d = zlib.decompressobj(wbits=31)
-                        fed = False
+        for chunk in chunks:
+            while chunk:
+                out += d.decompress(chunk)
+                fed = True
+                chunk = b""
+                if d.eof:  # another member may follow
+                    chunk = d.unused_data
+                    d = zlib.decompressobj(wbits=31)
+                    fed = False
     except zlib.error as exc:
         raise CaptureError(f"{path}: corrupt gzip data ({exc})") from None
     if fed and not d.eof:
@@ -324,16 +336,19 @@ def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) 
         data = mapped
     else:
         try:
-            with open(p, "rb") as f:
+            with _open(p) as f:
                 head = f.read(4)
                 if not head:
                     raise CaptureError(f"{p}: empty file, not a capture")
                 if head[:2] == _GZIP_MAGIC:
-                    data = _read_gzip(p, counters)
+                    data = _read_gzip(_chunks(f, head), p, counters)
                     if not data:
                         raise CaptureError(f"{p}: gzip file holds no data")
                     return Capture(p, data, True, counters)
-                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                if is_stream(f):  # a pipe, FIFO, socket or terminal: cannot be mapped
+                    data = bytearray().join(_chunks(f, head))
+                else:
+                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except CaptureError:
             raise
         except OSError as exc:
@@ -341,9 +356,22 @@ def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) 
     try:
         return Capture(p, data, False, counters)
     except CaptureError:
-        with contextlib.suppress(BufferError):
-            data.close()
+        if isinstance(data, mmap.mmap):
+            with contextlib.suppress(BufferError):
+                data.close()
         raise
+
+
+def _open(path: str) -> contextlib.AbstractContextManager[BinaryIO]:
+    """The file at ``path``; ``-`` is standard input (left open afterwards)."""
+    if path == STDIN:
+        return contextlib.nullcontext(sys.stdin.buffer)
+    return open(path, "rb")
+
+
+def is_stream(f: BinaryIO) -> bool:
+    """Whether ``f`` is not a regular file (a pipe, FIFO, socket or device: read once, not mapped)."""
+    return not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
 
 
 def iter_captures(paths: Iterable[str | os.PathLike[str] | Path]) -> Iterator[Capture]:

@@ -120,8 +120,11 @@ def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
     """A read-only mapping of an uncompressed, non-empty file; None for anything else (the
     capture reader then opens it itself and reports what is wrong)."""
     try:
+        # a regular file only: reading the start of a pipe (`read <(zcat x.pcap.gz)`) would take it
+        # away, and opening a FIFO would wait for a writer; "-" is standard input
+        if os.fspath(path) == "-" or not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, "rb") as f:
-            # a regular file only: reading the start of a pipe (`read <(zcat x.pcap.gz)`) would take it away
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or f.read(2) in (_GZIP_MAGIC, b""):
                 return None
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

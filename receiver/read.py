@@ -10,6 +10,7 @@ Several files are read as one stream (one flow table), in the order given.
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class Analysis:
         try:
             for i, path in enumerate(self.paths):
                 cap = open_capture(path, prefetch.mapping(i))
-                total = os.path.getsize(path)
+                total = _file_size(path)
                 try:
                     for batch, prepared in prepared_batches(cap, engine.config, self.batch_size):
                         if batch.count:  # (the pages before this batch may be dropped)
@@ -86,6 +87,15 @@ def read_records(
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     return Analysis(list(paths), config or EngineConfig()).records()
+
+
+def _file_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of a regular file; 0 for a stream (standard input, a pipe): no progress fraction."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 def _done_bytes(cap: Capture, batch: PacketBatch, total: int) -> int:

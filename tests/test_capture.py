@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import dpkt
 import numpy as np
+import orjson
 import pytest
 
 from receiver import capture_pcap, capture_pcapng, native
 from receiver.capture import CaptureError, iter_captures, open_capture
 from receiver.packets import Layer, PacketBatch
+from receiver.read import read_records
+from receiver.traffic import write_pcap
 from tests.capture_fixtures import NgWriter, Rec, eth_frame, pcap_bytes, random_records
 
 ZEEK = Path(__file__).resolve().parents[2] / "shared" / "captures" / "zeek"
@@ -110,6 +116,38 @@ def test_gzip_pcapng(tmp_path: Path) -> None:
     batches, counters = read_all(path)
     assert counters["records"] == 5
     assert column(batches, "ts").tolist() == [1_700_000_000.0 + i for i in range(5)]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_stream_reads_like_the_file(tmp_path: Path, compress: bool) -> None:
+    # a FIFO (like a pipe or standard input) cannot be mapped: it is read whole, gzip or not
+    data = pcap_bytes(random_records(300, seed=21))
+    data = gzip.compress(data) if compress else data
+    path, fifo = tmp_path / "x.pcap", tmp_path / "fifo"
+    path.write_bytes(data)
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    got, got_counters = read_all(fifo)
+    writer.join()
+    want, want_counters = read_all(path)
+    assert frames(got) == frames(want) and len(frames(got)) == 300
+    assert got_counters == want_counters
+    np.testing.assert_array_equal(column(got, "ts"), column(want, "ts"))
+
+
+def test_standard_input_is_read_by_the_command(tmp_path: Path) -> None:
+    # `aws s3 cp s3://bucket/x.pcap.gz - | vxmirror read -`
+    path = tmp_path / "gen.pcap"
+    write_pcap(path, 3_000, 40, seed=5)
+    want = [orjson.dumps(r) for r in read_records(path)]
+    for data in (path.read_bytes(), gzip.compress(path.read_bytes())):
+        out = subprocess.run([sys.executable, "-m", "receiver.cli", "read", "-", "--quiet"], input=data,
+                             capture_output=True, timeout=120, check=True).stdout
+        assert out.splitlines() == want
+    empty = subprocess.run([sys.executable, "-m", "receiver.cli", "read", "-"], input=b"", capture_output=True,
+                           timeout=120)
+    assert empty.returncode == 1 and b"-: empty file, not a capture" in empty.stderr
 
 
 def test_truncated_gzip_keeps_what_was_decompressed(tmp_path: Path) -> None:

@@ -383,6 +383,24 @@ def test_prefetch_leaves_a_pipe_alone(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_prefetch_does_not_wait_for_a_fifo_writer(tmp_path: Path) -> None:
+    # opening a FIFO for reading waits for a writer: the prefetcher must not (the capture reader
+    # opens it, and so may wait, itself)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[object] = []
+    p = Prefetcher([fifo, "-"])
+    asking = threading.Thread(target=lambda: got.extend([p.mapping(0), p.mapping(1)]))
+    asking.start()
+    asking.join(10)
+    try:
+        assert got == [None, None], "the prefetcher waited for the FIFO's writer"
+    finally:
+        if not got:  # let the thread go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        p.close()
+
+
 def test_the_read_command_leaves_the_collector_as_it_found_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

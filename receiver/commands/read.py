@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Decode capture files (VXLAN/GENEVE-encapsulated or plain Ethernet) and write one "
         "JSON flow record per line; a summary goes to stderr.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng, maybe gzip-compressed; - is stdin")
     p.add_argument("-o", "--output", metavar="FILE", help="write records here instead of stdout")
     p.add_argument("-c", "--config", metavar="FILE", help="config file (its [engine] table is used)")
     p.add_argument("--excerpt-bytes", type=int, metavar="N", help="payload excerpt per direction (0: off)")
