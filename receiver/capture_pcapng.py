@@ -34,6 +34,16 @@ class Interface:
     snaplen: int
     scale: float  # seconds per timestamp unit
     offset: float  # if_tsoffset, seconds
+    per_second: int = 1_000_000  # timestamp units in a second (0: too many to split on)
+
+    def seconds(self, units: int) -> float:
+        """A timestamp in seconds, computed as for a classic pcap record (whole seconds plus the
+        fraction times the resolution): a capture converted between the formats keeps its times
+        to the bit, where ``units * scale`` can be one unit in the last place off."""
+        if not self.per_second:
+            return self.offset + units * self.scale
+        whole, frac = divmod(units, self.per_second)
+        return self.offset + float(whole) + frac * self.scale
 
 
 @dataclass
@@ -63,14 +73,16 @@ class PcapngError(ValueError):
     """The section header is unusable: reading cannot go on."""
 
 
-def _tsresol(v: int) -> float:
-    return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0**-v
+def _tsresol(v: int) -> tuple[float, int]:
+    """Seconds per unit, and units per second (0 when that does not fit in 62 bits)."""
+    per_second = 1 << (v & 0x7F) if v & 0x80 else 10**v
+    return 1.0 / per_second, per_second if per_second < 1 << 62 else 0
 
 
 def _parse_idb(arr: U8, body: int, body_end: int, e: str) -> Interface:
     mv = arr.data
     linktype, _res, snaplen = struct.unpack_from(e + "HHI", mv, body)
-    scale, offset = 1e-6, 0.0
+    scale, per_second, offset = 1e-6, 1_000_000, 0.0
     p = body + 8
     while p + 4 <= body_end:
         code, olen = struct.unpack_from(e + "HH", mv, p)
@@ -80,11 +92,27 @@ def _parse_idb(arr: U8, body: int, body_end: int, e: str) -> Interface:
         if v + olen > body_end:
             break
         if code == 9 and olen >= 1:
-            scale = _tsresol(int(arr[v]))
+            scale, per_second = _tsresol(int(arr[v]))
         elif code == 14 and olen >= 8:
             offset = float(struct.unpack_from(e + "q", mv, v)[0])
         p = v + ((olen + 3) & ~3)
-    return Interface(linktype, snaplen, scale, offset)
+    return Interface(linktype, snaplen, scale, offset, per_second)
+
+
+def _seconds(ifaces: list[Interface], iface: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """``Interface.seconds`` of each packet (``units`` uint64), vectorized to the same floats."""
+    scale = np.array([i.scale for i in ifaces])[iface]
+    offset = np.array([i.offset for i in ifaces])[iface]
+    per_second = np.array([i.per_second for i in ifaces], np.uint64)[iface]
+    split = per_second > 0
+    if split.all():
+        whole, frac = np.divmod(units, per_second)
+        return offset + whole.astype(np.float64) + frac.astype(np.float64) * scale
+    ts = offset + units.astype(np.float64) * scale
+    if split.any():
+        whole, frac = np.divmod(units[split], per_second[split])
+        ts[split] = offset[split] + whole.astype(np.float64) + frac.astype(np.float64) * scale[split]
+    return ts
 
 
 def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Iterator[Packet | Run]:
@@ -103,9 +131,7 @@ def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Ite
                 arr, pos, e == ">", len(ifaces), RUN_MAX
             )
             if r_start.shape[0]:
-                scale = np.array([i.scale for i in ifaces])[r_iface]
-                offset = np.array([i.offset for i in ifaces])[r_iface]
-                r_ts = offset + r_units.astype(np.float64) * scale  # as below: offset + units * scale
+                r_ts = _seconds(ifaces, r_iface, r_units)
                 last_ts = float(r_ts[-1])
                 yield Run(ifaces, r_iface, r_start, r_cap, r_wire, r_ts)
                 pos = nxt
@@ -144,7 +170,7 @@ def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Ite
                     count("bad_blocks", 1)
                 else:
                     itf = ifaces[iid]
-                    last_ts = itf.offset + ((hi << 32) | lo) * itf.scale
+                    last_ts = itf.seconds((hi << 32) | lo)
                     yield Packet(itf, data, cap, orig, last_ts)
             elif btype == SPB:
                 (orig,) = unpack(e + "I", mv, body)

@@ -155,7 +155,12 @@ class Engine:
         return records
 
     def finish(self, reason: EndReason) -> list[FlowRecord]:
-        """Emit every open flow with ``reason`` ("shutdown" or "end_of_input")."""
+        """Emit every open flow with ``reason`` ("shutdown" or "end_of_input"). Flows whose timeout
+        or TCP close linger ran out by the last packet end as that first, so the records do not
+        depend on where the batches happened to fall (timeouts are checked once a batch)."""
+        live = self.table.active_indices()
+        if live.size:
+            self._expire(float(self.table.cols["t_last"][live].max()))
         self._emit(self.table.active_indices(), reason, None)
         records, self._pending = self._pending, []
         return records

@@ -11,6 +11,7 @@ import re
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -429,3 +430,15 @@ def test_the_read_command_leaves_the_collector_as_it_found_it(
     assert (tmp_path / "out.jsonl").read_bytes().count(b"\n") == len(list(read_records(p)))
     assert main(["read", str(p), "--excerpt-bytes", "99999", "--quiet"]) == 2  # before the engine starts
     assert gc.get_threshold() == before and gc.isenabled()
+
+
+def test_the_records_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
+    # timeouts are checked once a batch; at the end of the input, flows whose TCP close linger or
+    # idle timeout ran out by the last packet end as such, wherever the last check fell
+    p = tmp_path / "gen.pcap"
+    write_pcap(p, 60_000, 500, seed=17)  # 0.4 s of traffic: a short linger and checks to match
+    cfg = EngineConfig(tcp_close_linger=0.05, expire_interval=0.05, udp_idle_timeout=0.5, other_idle_timeout=0.5)
+    got = {b: sorted(orjson.dumps(r) for r in Analysis([p], cfg, batch_size=b).records()) for b in (700, 4096, 32768)}
+    assert got[700] == got[4096] == got[32768]
+    reasons = Counter(orjson.loads(r)["end_reason"] for r in got[700])
+    assert reasons["tcp_close"] > 100 and reasons["end_of_input"] > 100 and reasons["idle"] > 10
