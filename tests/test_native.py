@@ -140,6 +140,21 @@ def test_gzip_and_pcapng_do_not_use_the_scan(tmp_path: Path) -> None:
 
 # -- decode: the common shape -------------------------------------------------------------------
 
+# the layers a batch can start with: a capture's link headers, or the live listener's VXLAN payloads
+LAYERS = [Layer.ETHERNET, Layer.LINUX_SLL, Layer.LINUX_SLL2, Layer.RAW_IP, Layer.VXLAN]
+
+
+def _as_layer(frames: list[bytes], layer: Layer) -> list[bytes]:
+    """Ethernet frames (VXLAN on UDP inside) as packets of ``layer``."""
+    if layer == Layer.VXLAN:
+        return [f[42:] for f in frames if len(f) >= 42]
+    if layer == Layer.RAW_IP:
+        return [f[14:] for f in frames]
+    if layer in (Layer.LINUX_SLL, Layer.LINUX_SLL2):
+        return [pf.cooked(f, 1 if layer == Layer.LINUX_SLL else 2) for f in frames]
+    return frames
+
+
 
 def _same_columns(batch: PacketBatch) -> np.ndarray:
     with_c = decode_fast(batch, CFG)
@@ -159,15 +174,15 @@ def test_decode_matches_numpy_on_random_ethernet_frames(frames: list[bytes]) -> 
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(packets(), min_size=1, max_size=40))
-def test_decode_matches_numpy_on_random_vxlan_datagrams(frames: list[bytes]) -> None:
-    _same_columns(PacketBatch.from_frames([f[42:] for f in frames], layer=Layer.VXLAN))
+@given(st.lists(packets(), min_size=1, max_size=40), st.sampled_from(LAYERS[1:]))
+def test_decode_matches_numpy_on_random_packets_of_every_layer(frames: list[bytes], layer: Layer) -> None:
+    _same_columns(PacketBatch.from_frames(_as_layer(frames, layer), layer=layer))
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.binary(max_size=120), min_size=1, max_size=30),
-    st.sampled_from([Layer.ETHERNET, Layer.VXLAN]),
+    st.sampled_from(LAYERS),
     st.integers(0, 119),
 )
 def test_decode_matches_numpy_on_common_shapes_cut_and_flipped(
@@ -175,8 +190,7 @@ def test_decode_matches_numpy_on_common_shapes_cut_and_flipped(
 ) -> None:
     # every packet starts as the common shape; then one byte is replaced or the frame is cut
     base = pf.vxlan(pf.tcp("10.0.0.1", "10.0.0.2", 1234, 80, flags=0x18, payload=b"GET / HTTP/1.1\r\n"), vni=77)
-    if layer == Layer.VXLAN:
-        base = base[42:]
+    (base,) = _as_layer([base], layer)
     frames = []
     for i, blob in enumerate(blobs):
         f = bytearray(base)
@@ -188,11 +202,13 @@ def test_decode_matches_numpy_on_common_shapes_cut_and_flipped(
     _same_columns(PacketBatch.from_frames(frames, layer=layer))
 
 
-def test_decode_takes_the_common_shape_in_c() -> None:
+@pytest.mark.parametrize("layer", LAYERS)
+def test_decode_takes_the_common_shape_in_c(layer: Layer) -> None:
+    # whatever the capture's link header (tcpdump -i any writes SLL2): the C pass takes them all
     frames = [pf.vxlan(pf.tcp("10.0.0.1", "10.0.0.2", 1234, 80, flags=0x02), vni=5)] * 3 + [
         pf.vxlan(pf.udp("10.0.0.1", "10.0.0.2", 53, 53, b"q"), vni=6)
     ]
-    batch = PacketBatch.from_frames(frames)
+    batch = PacketBatch.from_frames(_as_layer(frames, layer), layer=layer)
     out = decode_fast(batch, CFG)
     handled = native.decode_common(
         batch.buf, batch.start, batch.caplen, batch.layer, np.array(CFG.vxlan_ports), np.array(CFG.geneve_ports),
@@ -219,7 +235,7 @@ def test_decode_matches_numpy_on_generated_traffic_and_zeek_traces() -> None:
                 _same_columns(b)
 
 
-@pytest.mark.parametrize("layer", [Layer.ETHERNET, Layer.VXLAN])
+@pytest.mark.parametrize("layer", LAYERS)
 def test_decode_matches_numpy_at_every_length_boundary(layer: Layer) -> None:
     # every outer IP total length and inner IP total length from 0 past the real one, and every cut
     inner = pf.tcp("10.0.0.1", "10.0.0.2", 1234, 80, flags=0x18, payload=b"GET / HTTP/1.1\r\n")
@@ -234,9 +250,9 @@ def test_decode_matches_numpy_at_every_length_boundary(layer: Layer) -> None:
         f = bytearray(base)
         struct.pack_into(">H", f, inner_ip, total)  # inner IPv4 total length
         frames.append(bytes(f))
-    frames += [base[:n] for n in range(len(base) + 1)]
-    if layer == Layer.VXLAN:
-        frames = [f[42:] for f in frames if len(f) >= 42]
+    frames = _as_layer(frames, layer)
+    (whole,) = _as_layer([base], layer)
+    frames += [whole[:n] for n in range(len(whole) + 1)]  # every cut of the packet as captured
     status = _same_columns(PacketBatch.from_frames(frames, layer=layer))
     assert (status == 0).any()
 
@@ -390,7 +406,7 @@ def test_copy_ranges_refuses_a_range_outside_the_buffers() -> None:
     native.copy_ranges(src, one * 9, dst, one * 9, one * 0 + 1)  # the last byte is fine
 
 
-@pytest.mark.parametrize("layer", [Layer.ETHERNET, Layer.VXLAN])
+@pytest.mark.parametrize("layer", LAYERS)
 def test_decode_matches_numpy_on_vlan_stacks_and_ipv6(layer: Layer) -> None:
     frames = []
     for inner in (
@@ -405,9 +421,7 @@ def test_decode_matches_numpy_on_vlan_stacks_and_ipv6(layer: Layer) -> None:
                     f = pf.vlan(f, 7, tpid)
                 frames.append(pf.vxlan(f, vni=3))
                 frames += [pf.vxlan(f, vni=3)[:n] for n in (50 + 14 + 4 * tags, 50 + 14 + 4 * tags + 39)]
-    if layer == Layer.VXLAN:
-        frames = [f[42:] for f in frames]
-    status = _same_columns(PacketBatch.from_frames(frames, layer=layer))
+    status = _same_columns(PacketBatch.from_frames(_as_layer(frames, layer), layer=layer))
     assert (status == 0).sum() >= 3 * 3 * 3  # up to two tags, all three shapes, decoded
     assert (status == 1).any()  # three tags: not IP
 

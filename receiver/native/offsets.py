@@ -55,7 +55,14 @@ def values() -> dict[str, int]:
         "PROTO_TCP": tcp.PROTO,
         "PROTO_UDP": udp.PROTO,
         "IPV4_NO_OPTIONS": fast.IPV4_NO_OPTIONS,
+        "SLL_LEN": ethernet.SLL.size,
+        "SLL_PROTO": ethernet.SLL.off("proto"),
+        "SLL2_LEN": ethernet.SLL2.size,
+        "SLL2_PROTO": ethernet.SLL2.off("proto"),
         "LAYER_ETHERNET": int(Layer.ETHERNET),
+        "LAYER_RAW_IP": int(Layer.RAW_IP),
+        "LAYER_LINUX_SLL": int(Layer.LINUX_SLL),
+        "LAYER_LINUX_SLL2": int(Layer.LINUX_SLL2),
         "LAYER_VXLAN": int(Layer.VXLAN),
     }
 

@@ -16,7 +16,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define PREFETCH_AHEAD 16
-#define VX_ABI 10 /* = receiver.native.ABI */
+#define VX_ABI 11 /* = receiver.native.ABI */
 
 EXPORT int vx_abi(void) { return VX_ABI; }
 
@@ -42,9 +42,10 @@ static inline int is_vlan(int64_t etype) {
 enum { SCAN_OK = 0, SCAN_TRUNCATED = 1, SCAN_BAD = 2 };
 
 /* ---- the common shapes of mirrored traffic ------------------------------------------------
- * Outside: Ethernet / IPv4 without options, not a fragment / UDP to a VXLAN port / VXLAN with
- * the I flag (layer ETHERNET, a capture), or the VXLAN header itself (layer VXLAN, the live
- * listener). Inside: Ethernet / IPv4 without options, not a fragment / TCP, or UDP not to a
+ * Outside: a capture's link header / IPv4 without options, not a fragment / UDP to a VXLAN port /
+ * VXLAN with the I flag (layers ETHERNET, LINUX_SLL, LINUX_SLL2 and RAW_IP, where the link
+ * header is Ethernet without tags, a Linux cooked header whose protocol is IPv4, or none), or
+ * the VXLAN header itself (layer VXLAN, the live listener). Inside: Ethernet / IPv4 without options, not a fragment / TCP, or UDP not to a
  * tunnel port. A packet of exactly that shape gets its output row here and handled[i] = 1;
  * every other packet is left untouched for the numpy stages (receiver/decode/fast.py), whose
  * shortcuts _common_outer and _common_inner apply the same conditions. */
@@ -63,16 +64,29 @@ static inline int in_ports(int64_t port, const int64_t *ports, int64_t n) {
     return 0;
 }
 
+/* A capture's link header: its length and where its ethertype sits (-1: none, raw IP); 0 for
+ * layers that are not a capture's */
+static int link_header(int layer, int64_t *len, int64_t *type_at) {
+    switch (layer) {
+    case LAYER_ETHERNET: *len = ETH_LEN; *type_at = ETH_TYPE; return 1;
+    case LAYER_LINUX_SLL: *len = SLL_LEN; *type_at = SLL_PROTO; return 1;
+    case LAYER_LINUX_SLL2: *len = SLL2_LEN; *type_at = SLL2_PROTO; return 1;
+    case LAYER_RAW_IP: *len = 0; *type_at = -1; return 1; /* the version is checked with the IHL */
+    default: return 0;
+    }
+}
+
 EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_t *start,
                                 const uint32_t *caplen, int64_t n, int layer, const int64_t *vx_ports,
                                 int64_t n_vx, const int64_t *gn_ports, int64_t n_gn, int64_t max_depth,
                                 uint8_t *handled, void **cols) {
     const uint64_t v4_mapped = 0xFFFF00000000ULL;
-    int64_t done = 0;
-    if (max_depth < 1 || (layer != LAYER_ETHERNET && layer != LAYER_VXLAN)) {
+    int64_t done = 0, link_len = 0, type_at = -1;
+    if (max_depth < 1 || (layer != LAYER_VXLAN && !link_header(layer, &link_len, &type_at))) {
         memset(handled, 0, (size_t)n);
         return 0;
     }
+    const int64_t outer_len = link_len + IPV4_LEN + UDP_LEN + VXLAN_LEN; /* OUTER_LEN for Ethernet */
     for (int64_t i = 0; i < n; i++) {
         handled[i] = 0;
         if (i + PREFETCH_AHEAD < n) { /* packets are cache misses: ask for later ones early */
@@ -87,19 +101,19 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
         int64_t e = p + (int64_t)caplen[i];
         if (p < 0 || e > buflen) continue;
         const uint8_t *vx;
-        if (layer == LAYER_ETHERNET) {
-            if (p + OUTER_LEN > e) continue;
+        if (layer != LAYER_VXLAN) {
+            if (p + outer_len > e) continue;
             const uint8_t *h = buf + p;
-            const uint8_t *ip = h + ETH_LEN;
+            const uint8_t *ip = h + link_len;
             int64_t total = be16(ip + V4_LEN);
-            if (be16(h + ETH_TYPE) != ETH_IPV4 || ip[V4_VHL] != IPV4_NO_OPTIONS || ip[V4_PROTO] != PROTO_UDP)
-                continue;
+            if (type_at >= 0 && be16(h + type_at) != ETH_IPV4) continue;
+            if (ip[V4_VHL] != IPV4_NO_OPTIONS || ip[V4_PROTO] != PROTO_UDP) continue;
             if ((ip[V4_FRAG] & 0x3F) != 0 || ip[V4_FRAG + 1] != 0) continue;
-            if (ETH_LEN + total < OUTER_LEN) continue;
+            if (link_len + total < outer_len) continue;
             if (!in_ports(be16(ip + IPV4_LEN + UDP_DPORT), vx_ports, n_vx)) continue;
             vx = ip + IPV4_LEN + UDP_LEN;
-            if (e > p + ETH_LEN + total) e = p + ETH_LEN + total;
-            p += OUTER_LEN;
+            if (e > p + link_len + total) e = p + link_len + total;
+            p += outer_len;
         } else {
             if (p + VXLAN_LEN > e) continue;
             vx = buf + p;

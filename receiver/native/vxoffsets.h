@@ -43,5 +43,12 @@
 #define PROTO_TCP 6
 #define PROTO_UDP 17
 #define IPV4_NO_OPTIONS 69
+#define SLL_LEN 16
+#define SLL_PROTO 14
+#define SLL2_LEN 20
+#define SLL2_PROTO 0
 #define LAYER_ETHERNET 1
+#define LAYER_RAW_IP 2
+#define LAYER_LINUX_SLL 3
+#define LAYER_LINUX_SLL2 6
 #define LAYER_VXLAN 4
