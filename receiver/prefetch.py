@@ -66,15 +66,23 @@ def _address(m: mmap.mmap) -> int:
         ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
-def _madvise() -> Callable[[int, int, int], int] | None:
-    """libc's madvise (releases the GIL while it works), or None."""
+def _advise(advice: int, name: str) -> Callable[[int, int], bool] | None:
+    """A function that applies ``madvise(advice)`` to ``n`` bytes at an address (True: done;
+    libc's madvise lets the GIL go while it works), or None without libc's madvise."""
     try:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
         return None
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
-    return madvise
+
+    def advise(addr: int, n: int) -> bool:
+        if madvise(addr, n, advice) == 0:
+            return True
+        log.debug("madvise(%s) failed: errno %d", name, ctypes.get_errno())  # POPULATE_READ, old kernel: EINVAL
+        return False
+
+    return advise
 
 
 def _faulter() -> Callable[[int, int], bool] | None:
@@ -88,32 +96,7 @@ def _faulter() -> Callable[[int, int], bool] | None:
             return True
 
         return by_touch
-    madvise = _madvise()
-    if madvise is None:  # pragma: no cover - not Linux/glibc
-        return None
-
-    def by_madvise(addr: int, n: int) -> bool:
-        if madvise(addr, n, MADV_POPULATE_READ) == 0:
-            return True
-        log.debug("madvise(MADV_POPULATE_READ) failed: errno %d", ctypes.get_errno())  # an old kernel: EINVAL
-        return False
-
-    return by_madvise
-
-
-def _dropper() -> Callable[[int, int], bool] | None:
-    """A function that drops ``n`` bytes at an address from the page tables (True: done), or None."""
-    madvise = _madvise()
-    if madvise is None:  # pragma: no cover - not Linux/glibc
-        return None
-
-    def drop(addr: int, n: int) -> bool:
-        if madvise(addr, n, MADV_DONTNEED) == 0:
-            return True
-        log.debug("madvise(MADV_DONTNEED) failed: errno %d", ctypes.get_errno())
-        return False
-
-    return drop
+    return _advise(MADV_POPULATE_READ, "MADV_POPULATE_READ")
 
 
 def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
@@ -171,7 +154,7 @@ class Prefetcher:
         self._stop = False
         self._cond = threading.Condition()
         self._fault_in = _faulter()
-        self._drop = _dropper()
+        self._drop = _advise(MADV_DONTNEED, "MADV_DONTNEED")  # pages behind the reader
         self._thread = threading.Thread(target=self._run, name="vxmirror-prefetch", daemon=True)
         self._thread.start()
 
