@@ -104,7 +104,7 @@ def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
     capture reader then opens it itself and reports what is wrong)."""
     try:
         # a regular file only: reading the start of a pipe (`read <(zcat x.pcap.gz)`) would take it
-        # away, and opening a FIFO would wait for a writer; "-" is standard input
+        # away, and opening a FIFO would wait for a writer; "-" is standard input (capture.STDIN)
         if os.fspath(path) == "-" or not stat.S_ISREG(os.stat(path).st_mode):
             return None
         with open(path, "rb") as f:
@@ -116,7 +116,7 @@ def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
 
 
 class _File:
-    """A mapped file the thread works on: populated up to ``ahead_of``, dropped below ``behind``."""
+    """A mapped file the thread works on: populated up to ``populated``, dropped below ``behind``."""
 
     __slots__ = ("behind", "i", "m", "populated", "size")
 

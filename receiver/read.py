@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .capture import Capture, open_capture
+from .capture import STDIN, Capture, open_capture
 from .engine import BatchResult, Engine
 from .flows.record import FlowRecord
 from .packets import PacketBatch
@@ -91,6 +91,8 @@ def read_records(
 
 def _file_size(path: str | os.PathLike[str]) -> int:
     """Bytes of a regular file; 0 for a stream (standard input, a pipe): no progress fraction."""
+    if os.fspath(path) == STDIN:
+        return 0
     try:
         st = os.stat(path)
     except OSError:

@@ -1,8 +1,8 @@
 """The fast path: decapsulate and decode a whole batch at once with numpy.
 
 Packets move through stages together: tunnel header (VXLAN, GENEVE) -> link (Ethernet, VLAN
-tags, or a cooked SLL/SLL2 header) -> IP -> transport. A UDP datagram to a tunnel port goes round again one level
-deeper. Each stage reads its header for all packets in it with one gather
+tags, or a cooked SLL/SLL2 header) -> IP -> transport. A UDP datagram to a tunnel port goes
+round again one level deeper. Each stage reads its header for all packets in it with one gather
 (``Header.take``); a packet that fails a check leaves with a Status naming the reason.
 What the fast path does not handle (IPv6 extension-header chains) leaves with
 ``Status.SLOW_PATH`` for ``receiver.decode.slow``.

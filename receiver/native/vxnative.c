@@ -45,7 +45,8 @@ enum { SCAN_OK = 0, SCAN_TRUNCATED = 1, SCAN_BAD = 2 };
  * Outside: a capture's link header / IPv4 without options, not a fragment / UDP to a VXLAN port /
  * VXLAN with the I flag (layers ETHERNET, LINUX_SLL, LINUX_SLL2 and RAW_IP, where the link
  * header is Ethernet without tags, a Linux cooked header whose protocol is IPv4, or none), or
- * the VXLAN header itself (layer VXLAN, the live listener). Inside: Ethernet / IPv4 without options, not a fragment / TCP, or UDP not to a
+ * the VXLAN header itself (layer VXLAN, the live listener).
+ * Inside: Ethernet / IPv4 without options, not a fragment / TCP, or UDP not to a
  * tunnel port. A packet of exactly that shape gets its output row here and handled[i] = 1;
  * every other packet is left untouched for the numpy stages (receiver/decode/fast.py), whose
  * shortcuts _common_outer and _common_inner apply the same conditions. */
