@@ -10,10 +10,12 @@ pcap (microsecond 0xa1b2c3d4 and nanosecond 0xa1b23c4d, either byte order),
 pcapng, and either of them gzip-compressed.
 
 An uncompressed file is memory-mapped and every batch's ``buf`` is the whole
-mapping (``start`` points at record data): nothing is copied. A gzip file is
-decompressed into memory first (so its size is bounded by RAM), and so is a
-stream: a pipe, a FIFO or standard input (path ``-``), for example
-``aws s3 cp s3://bucket/x.pcap.gz - | vxmirror read -``.
+mapping (``start`` points at record data): nothing is copied. A gzip file and a
+stream (a pipe, a FIFO or standard input, path ``-``: ``aws s3 cp
+s3://bucket/x.pcap.gz - | vxmirror read -``) are read as they come, in pieces of
+``STREAM_CHUNK`` bytes (a record cut by a piece's end moves to the next piece):
+a classic pcap of any size takes a few pieces of memory. A pcapng one is read
+whole first (its block walk needs the whole file), so its size is bounded by RAM.
 
 Link types: 1 Ethernet, 101/228/229 raw IP (also 12 and 14, the DLT_RAW values some
 systems write), 113 and 276 Linux cooked (SLL and SLL2: captures on the ``any`` device; tcpdump
@@ -52,6 +54,8 @@ _Records = tuple[I64, U32, U32, F64]  # data offsets, caplen, wirelen, time of s
 log = logging.getLogger(__name__)
 
 STDIN = "-"  # the path that reads standard input
+STREAM_CHUNK = 64 << 20  # bytes of a gzip file or a stream held at once (at least; records are whole)
+READ_SIZE = 1 << 20  # bytes read, or decompressed, at a time (a gzip bomb too comes out this much at once)
 
 LINKTYPE_LAYERS: dict[int, Layer] = {
     1: Layer.ETHERNET,
@@ -99,10 +103,15 @@ class Capture:
         data: mmap.mmap | bytes | bytearray,
         compressed: bool,
         counters: dict[str, int],
+        more: Iterator[bytes] | None = None,
+        source: BinaryIO | None = None,
     ) -> None:
+        """``data``: the file (mapped or in memory), or with ``more`` its first piece, the rest
+        to come from ``more`` (a gzip file or a stream, read from ``source``, closed with this)."""
         self.path = path
         self.compressed = compressed
         self.counters = counters
+        self._more, self._source = more, source
         self._data: mmap.mmap | bytes | bytearray | None = data
         self._arr: U8 = np.frombuffer(data, np.uint8)
         self._scan_buffers: dict[str, np.ndarray] = {}  # the C record scan's work arrays, kept across windows
@@ -126,6 +135,11 @@ class Capture:
                 raise CaptureError(f"{path}: file ends inside the pcapng section header")
         else:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with {head.hex() or 'nothing'})")
+        if self._more is not None and self.format == "pcapng":  # the block walk needs it whole
+            whole = bytearray(data)
+            for piece in self._more:
+                whole += piece
+            self._data, self._arr, self._more = whole, np.frombuffer(whole, np.uint8), None
         self._warned: set[int] = set()
 
     # -- API -------------------------------------------------------------------------------
@@ -134,13 +148,18 @@ class Capture:
         """Every packet of the file, in order, as batches of at most ``batch_size``."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if self.format == "pcap":
-            yield from self._pcap_batches(batch_size)
-        else:
+        if self.format == "pcapng":
             yield from self._pcapng_batches(batch_size)
+        elif self._more is not None:
+            yield from self._pcap_stream_batches(batch_size)
+        else:
+            yield from self._pcap_batches(batch_size)
 
     def close(self) -> None:
         """Release the file. Batches already handed out keep the mapping alive until dropped."""
+        source, self._source, self._more = self._source, None, None
+        if source is not None and source is not sys.stdin.buffer:
+            source.close()
         data, self._data = self._data, None
         if isinstance(data, mmap.mmap):
             # BufferError: numpy views still exist; the mapping closes when they are collected
@@ -177,8 +196,14 @@ class Capture:
         return LINKTYPE_LAYERS.get(self.linktype) if self.format == "pcap" and self.linktype is not None else None
 
     @property
+    def streamed(self) -> bool:
+        """Whether the file comes in pieces (a classic pcap from gzip or a stream): ``data`` is
+        then only its first piece, and ``batches`` the way to read it."""
+        return self._more is not None
+
+    @property
     def data(self) -> U8:
-        """The whole file as bytes (mapped, or decompressed)."""
+        """The whole file as bytes (mapped, or decompressed); its first piece when ``streamed``."""
         return self._arr
 
     # -- internals -------------------------------------------------------------------------
@@ -196,7 +221,7 @@ class Capture:
         layer = LINKTYPE_LAYERS.get(self.linktype)
         pos = capture_pcap.HEADER_LEN
         while pos < end:
-            records, nxt, truncated, bad = self._pcap_scan(pos, batch_size)
+            records, nxt, truncated, bad = self._pcap_scan(arr, pos, batch_size)
             for start, cap, wire, ts in records:
                 if layer is None:
                     self._unsupported(self.linktype, int(start.shape[0]))
@@ -210,11 +235,38 @@ class Capture:
                 break
             pos = nxt
 
-    def _pcap_scan(self, pos: int, batch_size: int) -> tuple[Iterable[_Records], int, bool, bool]:
-        """Records from header ``pos`` on (a window's worth) as column chunks of at most
-        ``batch_size``, where scanning stopped, and whether it stopped at a truncated or a bad
-        record."""
-        arr = self._arr
+    def _pcap_stream_batches(self, batch_size: int) -> Iterator[PacketBatch]:
+        """``_pcap_batches`` over pieces of at least ``STREAM_CHUNK`` bytes: a record that runs
+        past a piece's end starts the next piece (which the batches after it then view)."""
+        assert self.linktype is not None and self._more is not None
+        layer = LINKTYPE_LAYERS.get(self.linktype)
+        more = self._more
+        arr, pos, ended = self._arr, capture_pcap.HEADER_LEN, False
+        while True:
+            while pos < arr.shape[0]:
+                records, nxt, truncated, bad = self._pcap_scan(arr, pos, batch_size)
+                for start, cap, wire, ts in records:
+                    if layer is None:
+                        self._unsupported(self.linktype, int(start.shape[0]))
+                        continue
+                    self.count("records", int(start.shape[0]))
+                    yield PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
+                if bad or (truncated and ended):
+                    self.scan_stopped(nxt, bad)
+                    return
+                pos = nxt
+                if truncated:  # the record goes on in the next piece
+                    break
+            if ended:
+                return
+            piece = bytearray(arr[pos:].tobytes())  # a new buffer: batches handed out keep viewing theirs
+            ended = _fill(piece, more, max(STREAM_CHUNK, len(piece) + 1))  # (a cut record needs more)
+            arr, pos = np.frombuffer(piece, np.uint8), 0
+
+    def _pcap_scan(self, arr: U8, pos: int, batch_size: int) -> tuple[Iterable[_Records], int, bool, bool]:
+        """Records of ``arr`` from header ``pos`` on (a window's worth) as column chunks of at
+        most ``batch_size``, where scanning stopped, and whether it stopped at a truncated or a
+        bad record."""
         frac_lim = 1_000_000_000 if self.nanoseconds else 1_000_000
         if native.available():
             stop = min(arr.shape[0], pos + capture_pcap.WINDOW_LEN)
@@ -296,33 +348,47 @@ class Capture:
 
 
 def _chunks(f: BinaryIO, first: bytes) -> Iterator[bytes]:
-    """``first``, then the rest of ``f`` in 1 MiB pieces."""
+    """``first``, then the rest of ``f`` in pieces of ``READ_SIZE``."""
     yield first
-    while chunk := f.read(1 << 20):
+    while chunk := f.read(READ_SIZE):
         yield chunk
 
 
-def _read_gzip(chunks: Iterable[bytes], path: str, counters: dict[str, int]) -> bytearray:
-    """Decompress every gzip member; a stream cut short keeps what was decompressed."""
-    out = bytearray()
+def _fill(buf: bytearray, pieces: Iterator[bytes], size: int) -> bool:
+    """Append ``pieces`` to ``buf`` until it holds ``size`` bytes; True when they ran out."""
+    while len(buf) < size:
+        piece = next(pieces, None)
+        if piece is None:
+            return True
+        buf += piece
+    return False
+
+
+def _gunzip(chunks: Iterable[bytes], path: str, counters: dict[str, int]) -> Iterator[bytes]:
+    """Decompress every gzip member, piece by piece; a stream cut short ends with what was
+    decompressed (counted). Corrupt data raises CaptureError where it is met."""
     d = zlib.decompressobj(wbits=31)
     fed = False  # the current member has received input
     try:
         for chunk in chunks:
             while chunk:
-                out += d.decompress(chunk)
+                out = d.decompress(chunk, READ_SIZE)
                 fed = True
-                chunk = b""
                 if d.eof:  # another member may follow
                     chunk = d.unused_data
                     d = zlib.decompressobj(wbits=31)
                     fed = False
+                else:
+                    chunk = d.unconsumed_tail
+                if out:
+                    yield out
+        if rest := d.flush():
+            yield rest
     except zlib.error as exc:
         raise CaptureError(f"{path}: corrupt gzip data ({exc})") from None
     if fed and not d.eof:
         counters["gzip_truncated"] = counters.get("gzip_truncated", 0) + 1
         log.warning("%s: compressed stream ends early; reading what was decompressed", path)
-    return out
 
 
 def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) -> Capture:
@@ -336,23 +402,30 @@ def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) 
         data = mapped
     else:
         try:
-            with _open(p) as f:
-                head = f.read(4)
-                if not head:
-                    raise CaptureError(f"{p}: empty file, not a capture")
-                if head[:2] == _GZIP_MAGIC:
-                    data = _read_gzip(_chunks(f, head), p, counters)
-                    if not data:
-                        raise CaptureError(f"{p}: gzip file holds no data")
-                    return Capture(p, data, True, counters)
-                if is_stream(f):  # a pipe, FIFO, socket or terminal: cannot be mapped
-                    data = bytearray().join(_chunks(f, head))
-                else:
-                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except CaptureError:
-            raise
+            f = _open(p)
         except OSError as exc:
             raise CaptureError(f"{p}: cannot open ({exc.strerror or exc})") from None
+        try:
+            head = f.read(4)
+            if not head:
+                raise CaptureError(f"{p}: empty file, not a capture")
+            gzipped = head[:2] == _GZIP_MAGIC
+            if gzipped or is_stream(f):  # read as it comes (a pipe, FIFO or terminal cannot be mapped)
+                more = _gunzip(_chunks(f, head), p, counters) if gzipped else _chunks(f, head)
+                first = bytearray()
+                _fill(first, more, STREAM_CHUNK)
+                if not first:
+                    raise CaptureError(f"{p}: gzip file holds no data")
+                return Capture(p, first, gzipped, counters, more, f)
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except BaseException as exc:
+            if f is not sys.stdin.buffer:
+                f.close()
+            if isinstance(exc, OSError):
+                raise CaptureError(f"{p}: cannot open ({exc.strerror or exc})") from None
+            raise
+        if f is not sys.stdin.buffer:
+            f.close()  # (the mapping stays)
     try:
         return Capture(p, data, False, counters)
     except CaptureError:
@@ -362,11 +435,9 @@ def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) 
         raise
 
 
-def _open(path: str) -> contextlib.AbstractContextManager[BinaryIO]:
-    """The file at ``path``; ``-`` is standard input (left open afterwards)."""
-    if path == STDIN:
-        return contextlib.nullcontext(sys.stdin.buffer)
-    return open(path, "rb")
+def _open(path: str) -> BinaryIO:
+    """The file at ``path``; ``-`` is standard input."""
+    return sys.stdin.buffer if path == STDIN else open(path, "rb")
 
 
 def is_stream(f: BinaryIO) -> bool:

@@ -9,8 +9,9 @@ the results are the same as running both in turn on one thread.
 - A classic pcap, with the C library built: the C reading thread (``receiver.native.reader``)
   does it all without the GIL, a few batches ahead. Packets of shapes the C decode does not
   take are finished here, on the consumer's thread.
-- Anything else (pcapng, another link type, no C library): :func:`work_ahead` calls
-  ``engine.prepare`` on a Python thread (mostly C and numpy calls, which release the GIL).
+- Anything else (pcapng, a pcap from gzip or a stream, another link type, no C library):
+  :func:`work_ahead` reads (and decompresses) the batches and calls ``engine.prepare`` on a
+  Python thread (mostly C, numpy and zlib calls, which release the GIL).
 
 The thread stays a bounded number of batches ahead. An exception in it (a capture error) is
 raised in the consumer when it reaches that point; a consumer that stops early stops the thread.
@@ -88,7 +89,7 @@ def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Ite
     """Every batch of ``cap`` (as ``cap.batches(batch_size)``) with ``engine.prepare``'s result,
     computed ahead on another thread. A batch is valid until the next one is taken."""
     layer = cap.pcap_layer()
-    if layer is None or not native.available() or cap.data.shape[0] <= HEADER_LEN:
+    if layer is None or cap.streamed or not native.available() or cap.data.shape[0] <= HEADER_LEN:
         yield from work_ahead(cap.batches(batch_size), lambda b: prepare(b, config))
         return
     from .native.reader import PcapReader

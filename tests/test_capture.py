@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ import numpy as np
 import orjson
 import pytest
 
+from receiver import capture as capture_module
 from receiver import capture_pcap, capture_pcapng, native
 from receiver.capture import CaptureError, iter_captures, open_capture
 from receiver.packets import Layer, PacketBatch
@@ -118,22 +121,55 @@ def test_gzip_pcapng(tmp_path: Path) -> None:
     assert column(batches, "ts").tolist() == [1_700_000_000.0 + i for i in range(5)]
 
 
-@pytest.mark.parametrize("compress", [False, True])
-def test_a_stream_reads_like_the_file(tmp_path: Path, compress: bool) -> None:
-    # a FIFO (like a pipe or standard input) cannot be mapped: it is read whole, gzip or not
-    data = pcap_bytes(random_records(300, seed=21))
-    data = gzip.compress(data) if compress else data
-    path, fifo = tmp_path / "x.pcap", tmp_path / "fifo"
-    path.write_bytes(data)
-    os.mkfifo(fifo)
-    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
-    writer.start()
-    got, got_counters = read_all(fifo)
-    writer.join()
-    want, want_counters = read_all(path)
-    assert frames(got) == frames(want) and len(frames(got)) == 300
-    assert got_counters == want_counters
-    np.testing.assert_array_equal(column(got, "ts"), column(want, "ts"))
+def _cut_and_bad(recs: list[Rec], big_endian: bool = False, nanos: bool = False) -> dict[str, bytes]:
+    """Captures of ``recs``: whole, with the last record cut, and with an impossible record header
+    half-way."""
+    whole = pcap_bytes(recs, big_endian=big_endian, nanos=nanos)
+    bad = bytearray(whole)
+    half = 24 + sum(16 + len(r.data) for r in recs[: len(recs) // 2])
+    struct.pack_into(">I" if big_endian else "<I", bad, half + 8, 1 << 30)
+    return {"whole": whole, "cut": whole[:-7], "bad": bytes(bad)}
+
+
+def _write_fifo(path: Path, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError):  # a reader that stops at a bad record closes its end
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("piece", [700, 5_000, 20_000])
+@pytest.mark.parametrize("how", ["gzip", "fifo", "fifo-gzip"])
+def test_a_gzip_file_or_a_stream_reads_in_pieces_like_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int, how: str
+) -> None:
+    # read as they come, a piece at a time (records cut by a piece's end carried over): the same
+    # packets, times and counters as the file mapped whole, and no piece much larger than asked
+    monkeypatch.setattr(capture_module, "STREAM_CHUNK", piece)
+    monkeypatch.setattr(capture_module, "READ_SIZE", 4096)  # read and decompressed at a time
+    files = _cut_and_bad(random_records(300, seed=21))
+    files |= {f"nanos-big-endian-{k}": v for k, v in _cut_and_bad(random_records(200, seed=22, nanos=True),
+                                                                      big_endian=True, nanos=True).items()}
+    files["zeros"] = pcap_bytes([Rec(1, i, b"\0" * 1500) for i in range(200)])  # gzip: 1000 to 1 and more
+    for name, data in files.items():
+        plain = tmp_path / f"{name}.pcap"
+        plain.write_bytes(data)
+        blob = gzip.compress(data[:1000]) + gzip.compress(data[1000:]) if "gzip" in how else data  # two members
+        if how == "gzip":
+            source = tmp_path / f"{name}.pcap.gz"
+            source.write_bytes(blob)
+            got, got_counters = read_all(source, batch_size=64)
+        else:
+            source = tmp_path / f"{name}.fifo"
+            os.mkfifo(source)
+            writer = threading.Thread(target=_write_fifo, args=(source, blob))
+            writer.start()
+            got, got_counters = read_all(source, batch_size=64)
+            writer.join()
+        want, want_counters = read_all(plain, batch_size=64)
+        assert frames(got) == frames(want) and len(frames(got)) >= 100, name
+        np.testing.assert_array_equal(column(got, "ts"), column(want, "ts"))
+        assert got_counters == want_counters, name
+        # a piece: what was asked, one more read, and a record cut at its end
+        assert max(b.buf.shape[0] for b in got) <= piece + 4096 + 1616 < len(data) // 4, name
 
 
 def test_standard_input_is_read_by_the_command(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 import pytest
 
+from receiver import capture as capture_module
 from receiver import prefetch
 from receiver.capture import open_capture
 from receiver.decode import Decoded
@@ -362,11 +363,15 @@ def test_c_reader_on_captures_full_of_garbage(tmp_path: Path, seed: int) -> None
     assert e.counters()["packets"] == want_counters["records"]
 
 
-def test_gzip_captures_read_through_the_c_reader_as_plain_ones(tmp_path: Path) -> None:
+def test_gzip_captures_read_in_pieces_as_plain_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # decompressed as they are read, a piece at a time, on the thread that works ahead
+    monkeypatch.setattr(capture_module, "STREAM_CHUNK", 100_000)
     plain = tmp_path / "gen.pcap"
     write_pcap(plain, 8_000, 120, seed=2)
     gz = tmp_path / "gen.pcap.gz"
     gz.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
+    with open_capture(gz) as cap:
+        assert cap.streamed and cap.data.shape[0] < plain.stat().st_size
     want = [orjson.dumps(r) for r in read_records(plain)]
     assert want and [orjson.dumps(r) for r in read_records(gz)] == want
 
