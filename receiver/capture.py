@@ -148,12 +148,10 @@ class Capture:
         """Every packet of the file, in order, as batches of at most ``batch_size``."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if self.format == "pcapng":
-            yield from self._pcapng_batches(batch_size)
-        elif self._more is not None:
-            yield from self._pcap_stream_batches(batch_size)
-        else:
+        if self.format == "pcap":
             yield from self._pcap_batches(batch_size)
+        else:
+            yield from self._pcapng_batches(batch_size)
 
     def close(self) -> None:
         """Release the file. Batches already handed out keep the mapping alive until dropped."""
@@ -215,33 +213,13 @@ class Capture:
             log.warning("%s: link type %d is not supported; its packets are skipped", self.path, linktype)
 
     def _pcap_batches(self, batch_size: int) -> Iterator[PacketBatch]:
-        arr = self._arr
-        end = arr.shape[0]
+        """The records as batches, a window at a time. A file from gzip or a stream comes in
+        pieces of at least ``STREAM_CHUNK`` bytes: a record that runs past a piece's end starts
+        the next piece (which the batches after it then view)."""
         assert self.linktype is not None
         layer = LINKTYPE_LAYERS.get(self.linktype)
-        pos = capture_pcap.HEADER_LEN
-        while pos < end:
-            records, nxt, truncated, bad = self._pcap_scan(arr, pos, batch_size)
-            for start, cap, wire, ts in records:
-                if layer is None:
-                    self._unsupported(self.linktype, int(start.shape[0]))
-                    continue
-                self.count("records", int(start.shape[0]))
-                yield PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
-            if truncated or bad:
-                self.scan_stopped(nxt, bad)
-                break
-            if nxt <= pos:  # pragma: no cover - defensive
-                break
-            pos = nxt
-
-    def _pcap_stream_batches(self, batch_size: int) -> Iterator[PacketBatch]:
-        """``_pcap_batches`` over pieces of at least ``STREAM_CHUNK`` bytes: a record that runs
-        past a piece's end starts the next piece (which the batches after it then view)."""
-        assert self.linktype is not None and self._more is not None
-        layer = LINKTYPE_LAYERS.get(self.linktype)
         more = self._more
-        arr, pos, ended = self._arr, capture_pcap.HEADER_LEN, False
+        arr, pos, ended = self._arr, capture_pcap.HEADER_LEN, more is None
         while True:
             while pos < arr.shape[0]:
                 records, nxt, truncated, bad = self._pcap_scan(arr, pos, batch_size)
@@ -254,11 +232,15 @@ class Capture:
                 if bad or (truncated and ended):
                     self.scan_stopped(nxt, bad)
                     return
-                pos = nxt
-                if truncated:  # the record goes on in the next piece
+                if truncated:  # the record at nxt goes on in the next piece
+                    pos = nxt
                     break
+                if nxt <= pos:  # pragma: no cover - defensive: a window holds at least one record
+                    return
+                pos = nxt
             if ended:
                 return
+            assert more is not None
             piece = bytearray(arr[pos:].tobytes())  # a new buffer: batches handed out keep viewing theirs
             ended = _fill(piece, more, max(STREAM_CHUNK, len(piece) + 1))  # (a cut record needs more)
             arr, pos = np.frombuffer(piece, np.uint8), 0
