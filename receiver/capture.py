@@ -13,9 +13,8 @@ An uncompressed file is memory-mapped and every batch's ``buf`` is the whole
 mapping (``start`` points at record data): nothing is copied. A gzip file and a
 stream (a pipe, a FIFO or standard input, path ``-``: ``aws s3 cp
 s3://bucket/x.pcap.gz - | vxmirror read -``) are read as they come, in pieces of
-``STREAM_CHUNK`` bytes (a record cut by a piece's end moves to the next piece):
-a classic pcap of any size takes a few pieces of memory. A pcapng one is read
-whole first (its block walk needs the whole file), so its size is bounded by RAM.
+``STREAM_CHUNK`` bytes (a record or block cut by a piece's end moves to the next
+piece): a capture of any size takes a few pieces of memory.
 
 Link types: 1 Ethernet, 101/228/229 raw IP (also 12 and 14, the DLT_RAW values some
 systems write), 113 and 276 Linux cooked (SLL and SLL2: captures on the ``any`` device; tcpdump
@@ -39,7 +38,7 @@ import stat
 import struct
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal
@@ -135,11 +134,6 @@ class Capture:
                 raise CaptureError(f"{path}: file ends inside the pcapng section header")
         else:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with {head.hex() or 'nothing'})")
-        if self._more is not None and self.format == "pcapng":  # the block walk needs it whole
-            whole = bytearray(data)
-            for piece in self._more:
-                whole += piece
-            self._data, self._arr, self._more = whole, np.frombuffer(whole, np.uint8), None
         self._warned: set[int] = set()
 
     # -- API -------------------------------------------------------------------------------
@@ -195,8 +189,8 @@ class Capture:
 
     @property
     def streamed(self) -> bool:
-        """Whether the file comes in pieces (a classic pcap from gzip or a stream): ``data`` is
-        then only its first piece, and ``batches`` the way to read it."""
+        """Whether the file comes in pieces (from gzip or a stream): ``data`` is then only its
+        first piece, and ``batches`` the way to read it."""
         return self._more is not None
 
     @property
@@ -218,9 +212,10 @@ class Capture:
         the next piece (which the batches after it then view)."""
         assert self.linktype is not None
         layer = LINKTYPE_LAYERS.get(self.linktype)
-        more = self._more
-        arr, pos, ended = self._arr, capture_pcap.HEADER_LEN, more is None
+        refill = self._refill()
+        arr, pos = self._arr, capture_pcap.HEADER_LEN
         while True:
+            truncated = False
             while pos < arr.shape[0]:
                 records, nxt, truncated, bad = self._pcap_scan(arr, pos, batch_size)
                 for start, cap, wire, ts in records:
@@ -229,21 +224,42 @@ class Capture:
                         continue
                     self.count("records", int(start.shape[0]))
                     yield PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
-                if bad or (truncated and ended):
+                if bad:
                     self.scan_stopped(nxt, bad)
                     return
-                if truncated:  # the record at nxt goes on in the next piece
+                if truncated:  # the record at nxt is cut by the end of arr
                     pos = nxt
                     break
                 if nxt <= pos:  # pragma: no cover - defensive: a window holds at least one record
                     return
                 pos = nxt
-            if ended:
+            more = refill(pos) if refill is not None else None
+            if more is None:
+                if truncated:  # by the end of the file
+                    self.scan_stopped(pos, False)
                 return
-            assert more is not None
-            piece = bytearray(arr[pos:].tobytes())  # a new buffer: batches handed out keep viewing theirs
-            ended = _fill(piece, more, max(STREAM_CHUNK, len(piece) + 1))  # (a cut record needs more)
-            arr, pos = np.frombuffer(piece, np.uint8), 0
+            arr, pos = more, 0  # the next piece, from the cut record on
+
+    def _refill(self) -> Callable[[int], U8 | None] | None:
+        """For a file read in pieces (None otherwise): a function that, given where in the last
+        piece reading stopped (a cut record or block, or the piece's end), returns the next
+        piece (the bytes from there on, and at least ``STREAM_CHUNK`` bytes more if the file
+        has them), or None when the file has nothing more."""
+        more = self._more
+        if more is None:
+            return None
+        last = [self._arr]
+
+        def refill(pos: int) -> U8 | None:
+            piece = bytearray(last[0][pos:].tobytes())  # a new buffer: batches handed out keep viewing theirs
+            have = len(piece)
+            _fill(piece, more, max(STREAM_CHUNK, have + 1))
+            if len(piece) == have:
+                return None
+            last[0] = np.frombuffer(piece, np.uint8)
+            return last[0]
+
+        return refill
 
     def _pcap_scan(self, arr: U8, pos: int, batch_size: int) -> tuple[Iterable[_Records], int, bool, bool]:
         """Records of ``arr`` from header ``pos`` on (a window's worth) as column chunks of at
@@ -293,7 +309,12 @@ class Capture:
             return PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
 
         try:
-            for item in capture_pcapng.walk(arr, arr.shape[0], self.count, self.path):
+            for item in capture_pcapng.walk(arr, arr.shape[0], self.count, self.path, self._refill()):
+                if isinstance(item, capture_pcapng.Buffer):  # the next piece: the batch so far views the last
+                    if pending:
+                        yield flush()
+                    arr = item.arr
+                    continue
                 if isinstance(item, capture_pcapng.Packet):
                     lt = item.iface.linktype
                     if lt not in LINKTYPE_LAYERS:

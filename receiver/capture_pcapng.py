@@ -47,6 +47,14 @@ class Interface:
 
 
 @dataclass
+class Buffer:
+    """The walk moved on to a new buffer (a file read in pieces): the packets after this item are
+    offsets into ``arr``."""
+
+    arr: U8
+
+
+@dataclass
 class Packet:
     """One packet block (offsets into the file buffer)."""
 
@@ -115,9 +123,15 @@ def _seconds(ifaces: list[Interface], iface: np.ndarray, units: np.ndarray) -> n
     return ts
 
 
-def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Iterator[Packet | Run]:
+def walk(
+    arr: U8, end: int, count: Callable[[str, int], None], path: str,
+    refill: Callable[[int], U8 | None] | None = None,
+) -> Iterator[Packet | Run | Buffer]:
     """Yield every packet of the file, one by one or (runs of enhanced packet blocks, with the C
-    library) as arrays; ``count(name, n)`` records truncation and bad blocks."""
+    library) as arrays; ``count(name, n)`` records truncation and bad blocks. A file read in
+    pieces passes ``refill``: for a block cut by the end of ``arr`` it returns a new buffer that
+    starts with that block and holds more (None: the file ended there), and the walk yields a
+    :class:`Buffer` before the packets in it."""
     pos = 0
     e = "<"
     ifaces: list[Interface] = []
@@ -125,7 +139,7 @@ def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Ite
     unpack = struct.unpack_from
     mv = arr.data
     fast = native.available() and end == arr.shape[0]
-    while pos < end:
+    while True:
         if fast and ifaces:
             nxt, r_start, r_cap, r_wire, r_iface, r_units = native.pcapng_epbs(
                 arr, pos, e == ">", len(ifaces), RUN_MAX
@@ -136,8 +150,14 @@ def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Ite
                 yield Run(ifaces, r_iface, r_start, r_cap, r_wire, r_ts)
                 pos = nxt
                 continue
-        if pos + 12 > end:
-            count("truncated_records", 1)
+        if pos + 12 > end:  # the end of the data, or a block cut there
+            more = refill(pos) if refill is not None else None
+            if more is not None:  # the file goes on in the next piece
+                arr, pos, end, mv, fast = more, 0, more.shape[0], more.data, native.available()
+                yield Buffer(arr)
+                continue
+            if pos < end:
+                count("truncated_records", 1)
             return
         (btype,) = unpack(e + "I", mv, pos)
         if btype == SHB:  # a byte palindrome: the same in either byte order
@@ -154,6 +174,11 @@ def walk(arr: U8, end: int, count: Callable[[str, int], None], path: str) -> Ite
             count("bad_blocks", 1)
             raise PcapngError(f"{path}: block at offset {pos} has an invalid length {blen}")
         if pos + blen > end:
+            more = refill(pos) if refill is not None else None
+            if more is not None:  # the block goes on in the next piece
+                arr, pos, end, mv, fast = more, 0, more.shape[0], more.data, native.available()
+                yield Buffer(arr)
+                continue
             count("truncated_records", 1)
             return
         body, body_end = pos + 8, pos + blen - 4

@@ -470,6 +470,41 @@ def _random_pcapng(seed: int) -> bytes:
     return out[: len(out) - cut]
 
 
+def _layers(batches: list[PacketBatch]) -> list[int]:
+    return [int(b.layer) for b in batches for _ in range(b.count)]
+
+
+@pytest.mark.parametrize("piece", [600, 5_000])
+@pytest.mark.parametrize("seed", range(6))
+def test_pcapng_in_pieces_reads_like_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, piece: int
+) -> None:
+    # sections in both byte orders, several interfaces, bad and skipped blocks, cut ends: gzip (two
+    # members) and a FIFO, a piece at a time, give the packets, times, layers and counters of the
+    # mapped file
+    monkeypatch.setattr(capture_module, "STREAM_CHUNK", piece)
+    monkeypatch.setattr(capture_module, "READ_SIZE", 4096)
+    data = _random_pcapng(seed)
+    plain = tmp_path / "x.pcapng"
+    plain.write_bytes(data)
+    want, want_counters = read_all(plain, batch_size=64)
+    gz = tmp_path / "x.pcapng.gz"
+    gz.write_bytes(gzip.compress(data[:3000]) + gzip.compress(data[3000:]))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for source in (gz, fifo):
+        writer = threading.Thread(target=_write_fifo, args=(fifo, data)) if source == fifo else None
+        if writer is not None:
+            writer.start()
+        got, got_counters = read_all(source, batch_size=64)
+        if writer is not None:
+            writer.join()
+        assert frames(got) == frames(want) and _layers(got) == _layers(want), source.name
+        np.testing.assert_array_equal(column(got, "ts"), column(want, "ts"))
+        assert got_counters == want_counters, source.name
+        assert max((b.buf.shape[0] for b in got), default=0) <= piece + 4096 + 1000 < len(data) // 3
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_pcapng_c_walk_equals_the_python_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     path = tmp_path / "r.pcapng"
