@@ -90,6 +90,7 @@ COUNTER_NAMES = (
     "skipped_blocks",  # pcapng blocks of types that carry no packets (name resolution, stats, ...)
     "unsupported_linktype",  # packets skipped because of their link type
     "gzip_truncated",  # the compressed stream ended early (what came before is read)
+    "gzip_corrupt",  # the compressed stream turned corrupt part-way (what came before is read)
 )
 
 
@@ -368,10 +369,11 @@ def _fill(buf: bytearray, pieces: Iterator[bytes], size: int) -> bool:
 
 
 def _gunzip(chunks: Iterable[bytes], path: str, counters: dict[str, int]) -> Iterator[bytes]:
-    """Decompress every gzip member, piece by piece; a stream cut short ends with what was
-    decompressed (counted). Corrupt data raises CaptureError where it is met."""
+    """Decompress every gzip member, piece by piece; a stream cut short, or corrupt part-way,
+    ends with what was decompressed (counted). Corrupt from the start raises CaptureError."""
     d = zlib.decompressobj(wbits=31)
     fed = False  # the current member has received input
+    produced = 0  # bytes decompressed
     try:
         for chunk in chunks:
             while chunk:
@@ -384,11 +386,16 @@ def _gunzip(chunks: Iterable[bytes], path: str, counters: dict[str, int]) -> Ite
                 else:
                     chunk = d.unconsumed_tail
                 if out:
+                    produced += len(out)
                     yield out
         if rest := d.flush():
             yield rest
     except zlib.error as exc:
-        raise CaptureError(f"{path}: corrupt gzip data ({exc})") from None
+        if not produced:
+            raise CaptureError(f"{path}: corrupt gzip data ({exc})") from None
+        counters["gzip_corrupt"] = counters.get("gzip_corrupt", 0) + 1
+        log.warning("%s: corrupt gzip data after %d bytes (%s); reading what was decompressed", path, produced, exc)
+        return
     if fed and not d.eof:
         counters["gzip_truncated"] = counters.get("gzip_truncated", 0) + 1
         log.warning("%s: compressed stream ends early; reading what was decompressed", path)
