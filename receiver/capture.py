@@ -244,15 +244,15 @@ class Capture:
     def _refill(self) -> Callable[[int], U8 | None] | None:
         """For a file read in pieces (None otherwise): a function that, given where in the last
         piece reading stopped (a cut record or block, or the piece's end), returns the next
-        piece (the bytes from there on, and at least ``STREAM_CHUNK`` bytes more if the file
-        has them), or None when the file has nothing more."""
+        piece: the bytes from there on, topped up from the file to ``STREAM_CHUNK`` bytes (at
+        least one byte more), or None when the file has nothing more."""
         more = self._more
         if more is None:
             return None
         last = [self._arr]
 
         def refill(pos: int) -> U8 | None:
-            piece = bytearray(last[0][pos:].tobytes())  # a new buffer: batches handed out keep viewing theirs
+            piece = bytearray(last[0][pos:])  # a new buffer: batches handed out keep viewing theirs
             have = len(piece)
             _fill(piece, more, max(STREAM_CHUNK, have + 1))
             if len(piece) == have:
