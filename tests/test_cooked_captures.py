@@ -79,10 +79,9 @@ _SENDER = textwrap.dedent(
 
 
 def _capture(netns: str, iface: str, linktype: str | None, out: Path, count: int) -> subprocess.Popen[bytes]:
-    args = ["ip", "netns", "exec", netns, "dumpcap", "-q", "-P", "-i", iface, "-f", "udp dst port 4789",
+    link = ["-y", linktype] if linktype else []  # (lo offers Ethernet only)
+    args = ["ip", "netns", "exec", netns, "dumpcap", "-q", "-P", "-i", iface, *link, "-f", "udp dst port 4789",
             "-c", str(count), "-w", str(out)]
-    if linktype:
-        args[args.index("-f"):args.index("-f")] = ["-y", linktype]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
