@@ -186,6 +186,39 @@ def test_standard_input_is_read_by_the_command(tmp_path: Path) -> None:
     assert empty.returncode == 1 and b"-: empty file, not a capture" in empty.stderr
 
 
+def test_the_command_says_what_it_cannot_read_or_write_before_any_work(tmp_path: Path) -> None:
+    good = tmp_path / "gen.pcap"
+    write_pcap(good, 2_000, 40, seed=5)
+    out = tmp_path / "out.jsonl"
+    cli = [sys.executable, "-m", "receiver.cli", "read"]
+    for files, message in (
+        ([good, tmp_path / "missing.pcap"], b"missing.pcap: cannot open (No such file or directory)"),
+        ([good, tmp_path], b": cannot open (Is a directory)"),
+    ):
+        r = subprocess.run([*cli, *map(str, files), "-o", str(out)], capture_output=True, timeout=120)
+        assert r.returncode == 1 and message in r.stderr and b"Traceback" not in r.stderr
+        assert not out.exists()  # nothing was started
+    r = subprocess.run([*cli, str(good), "-o", str(tmp_path / "no-such-dir" / "out.jsonl")], capture_output=True,
+                       timeout=120)
+    assert r.returncode == 1 and b"no-such-dir/out.jsonl: cannot write (No such file or directory)" in r.stderr
+    assert b"Traceback" not in r.stderr
+
+
+def test_records_made_before_a_capture_error_are_kept(tmp_path: Path) -> None:
+    # the second file is not a capture: the first one's records emitted so far are written, then the error
+    good, bad = tmp_path / "gen.pcap", tmp_path / "notes.txt"
+    write_pcap(good, 100_000, 500, seed=5)  # several batches: timeouts are checked between them
+    bad.write_text("not a capture\n")
+    cfg = tmp_path / "short.toml"  # flows closed mid-capture are emitted then, not at the end
+    cfg.write_text("[engine]\ntcp_close_linger = 0.05\nexpire_interval = 0.05\n")
+    out = tmp_path / "out.jsonl"
+    r = subprocess.run([sys.executable, "-m", "receiver.cli", "read", str(good), str(bad), "-c", str(cfg), "-o",
+                        str(out)], capture_output=True, timeout=120)
+    assert r.returncode == 1 and b"notes.txt: not a pcap or pcapng capture" in r.stderr
+    kept = out.read_bytes().splitlines()
+    assert kept and all(orjson.loads(line)["end_reason"] != "end_of_input" for line in kept)
+
+
 def test_gzip_corrupt_part_way_keeps_what_was_decompressed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # a damaged tail (a bad disk block, a botched copy) must not cost the whole capture
     recs = [Rec(1_700_000_000 + i, i, eth_frame(200, seed=i % 7)) for i in range(20_000)]  # 4.5 MB, compressible
