@@ -30,7 +30,7 @@ from .gather import copy_ranges, put_rows
 
 ETH_LEN = 14
 OUTER_LEN = 14 + 20 + 8  # Ethernet + IPv4 + UDP
-COOKED = {Layer.LINUX_SLL: ethernet.SLL, Layer.LINUX_SLL2: ethernet.SLL2}  # Linux cooked capture headers
+COOKED = ethernet.COOKED_LAYERS
 DEFAULT_PORT = {Layer.VXLAN: 4789, Layer.GENEVE: 6081}
 
 

@@ -58,7 +58,7 @@ VXLAN_PORT = 4789
 GENEVE_PORT = 6081
 MAX_DATAGRAM = 65507
 _FAKE_MACS = bytes.fromhex("0a00000000020a0000000001")
-_COOKED = {Layer.LINUX_SLL: ethernet.SLL, Layer.LINUX_SLL2: ethernet.SLL2}  # their protocol: an ethertype
+_COOKED = ethernet.COOKED_LAYERS
 
 _sendmmsg = _libc.sendmmsg
 _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]

@@ -1,5 +1,6 @@
 """Ethernet II, 802.1Q / 802.1ad (QinQ) tags, and Linux cooked capture headers (SLL, SLL2)."""
 
+from ..packets import Layer
 from .header import Header
 
 ETH = Header("ethernet", ("dst", "6s"), ("src", "6s"), ("type", "H"))
@@ -10,6 +11,8 @@ SLL2 = Header(
     "sll2", ("proto", "H"), ("reserved", "H"), ("ifindex", "I"), ("hatype", "H"), ("pkttype", "B"),
     ("halen", "B"), ("addr", "8s"),
 )
+# the batch layers that start with a cooked header (whose protocol field is an ethertype)
+COOKED_LAYERS = {Layer.LINUX_SLL: SLL, Layer.LINUX_SLL2: SLL2}
 
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD

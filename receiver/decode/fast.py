@@ -43,7 +43,7 @@ EXTENSION_HEADERS = np.array(sorted(ipv6.EXTENSION_HEADERS))
 # Field offsets, all taken from the declared headers (receiver/decode/*.py, receiver/decap/*.py).
 ETH_TYPE = ethernet.ETH.off("type")
 VLAN_TYPE = ethernet.VLAN.off("type")
-COOKED = {SLL: ethernet.SLL, SLL2: ethernet.SLL2}  # Linux cooked capture headers: their protocol is an ethertype
+COOKED = {FIRST_HEADER[layer]: header for layer, header in ethernet.COOKED_LAYERS.items()}  # by stage
 V4_VHL, V4_LEN, V4_ID, V4_FRAG, V4_PROTO, V4_SRC, V4_DST = (
     ipv4.IPV4.off(f) for f in ("v_hl", "len", "id", "off", "p", "src", "dst")
 )

@@ -63,46 +63,38 @@ _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
 
+_INT = ctypes.c_int
+# every function of the library the Python side calls: (return type, argument types)
+_SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
+    "vx_pcap_scan_lanes": (_I64, [_P, _I64, _I64, _I64, _INT, _I64, _I64, _I64, _P, _P, _P]),
+    "vx_pcap_columns": (None, [_P, _P, _I64, _INT, _INT, _P, _P, _P, _P]),
+    "vx_decode_common": (_I64, [_P, _I64, _P, _P, _I64, _INT, _P, _I64, _P, _I64, _I64, _P, _P]),
+    "vx_flow_keys": (None, [_P, _P, _I64]),
+    "vx_app_hints": (None, [_P, _I64, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _I64, _P, _P]),
+    "vx_group": (_I64, [_P, _I64, _P, _P, _P, _I64]),
+    "vx_same_key": (None, [_P, _I64, _I64, _P, _P, _P]),
+    "vx_lookup": (None, [_P, _I64, _P, _P, _I64, _P]),
+    "vx_insert": (_I64, [_P, _I64, _P, _P, _I64, _P]),
+    "vx_account": (None, [_P, _P, _I64]),
+    "vx_pcapng_epbs": (_I64, [_P, _I64, _I64, _INT, _I64, _I64, _P, _P, _P, _P, _P, _P]),
+    "vx_copy_ranges": (None, [_P, _P, _P, _P, _P, _I64]),
+    # the reading thread (vxread.c) and the receive thread (vxrecv.c): run, what is ready, release
+    "vx_read_run": (_I64, [_P]),
+    "vx_read_ready": (_I64, [_P, _I64]),
+    "vx_read_release": (None, [_P, _I64]),
+    "vx_rx_run": (_I64, [_P]),
+    "vx_rx_pending": (_I64, [_P, _I64]),
+    "vx_rx_release": (None, [_P, _I64]),
+}
+
+
 def _load() -> ctypes.CDLL | None:
     lib = nativelib.load()
     if lib is None:
         return None
-    lib.vx_pcap_scan_lanes.restype = _I64
-    lib.vx_pcap_scan_lanes.argtypes = [_P, _I64, _I64, _I64, ctypes.c_int, _I64, _I64, _I64, _P, _P, _P]
-    lib.vx_pcap_columns.restype = None
-    lib.vx_pcap_columns.argtypes = [_P, _P, _I64, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P]
-    lib.vx_decode_common.restype = _I64
-    lib.vx_decode_common.argtypes = [_P, _I64, _P, _P, _I64, ctypes.c_int, _P, _I64, _P, _I64, _I64, _P, _P]
-    lib.vx_flow_keys.restype = None
-    lib.vx_flow_keys.argtypes = [_P, _P, _I64]
-    lib.vx_app_hints.restype = None
-    lib.vx_app_hints.argtypes = [_P, _I64, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _I64, _P, _P]
-    lib.vx_group.restype = _I64
-    lib.vx_group.argtypes = [_P, _I64, _P, _P, _P, _I64]
-    lib.vx_same_key.restype = None
-    lib.vx_same_key.argtypes = [_P, _I64, _I64, _P, _P, _P]
-    lib.vx_lookup.restype = None
-    lib.vx_lookup.argtypes = [_P, _I64, _P, _P, _I64, _P]
-    lib.vx_insert.restype = _I64
-    lib.vx_insert.argtypes = [_P, _I64, _P, _P, _I64, _P]
-    lib.vx_account.restype = None
-    lib.vx_account.argtypes = [_P, _P, _I64]
-    lib.vx_pcapng_epbs.restype = _I64
-    lib.vx_pcapng_epbs.argtypes = [_P, _I64, _I64, ctypes.c_int, _I64, _I64, _P, _P, _P, _P, _P, _P]
-    lib.vx_copy_ranges.restype = None
-    lib.vx_copy_ranges.argtypes = [_P, _P, _P, _P, _P, _I64]
-    lib.vx_read_run.restype = _I64
-    lib.vx_read_run.argtypes = [_P]
-    lib.vx_read_ready.restype = _I64
-    lib.vx_read_ready.argtypes = [_P, _I64]
-    lib.vx_read_release.restype = None
-    lib.vx_read_release.argtypes = [_P, _I64]
-    lib.vx_rx_run.restype = _I64
-    lib.vx_rx_run.argtypes = [_P]
-    lib.vx_rx_pending.restype = _I64
-    lib.vx_rx_pending.argtypes = [_P, _I64]
-    lib.vx_rx_release.restype = None
-    lib.vx_rx_release.argtypes = [_P, _I64]
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
     return lib
 
 
