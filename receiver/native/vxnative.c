@@ -279,6 +279,8 @@ EXPORT void vx_app_hints(const uint8_t *buf, int64_t buflen, const int64_t *prot
                          uint8_t *later, uint8_t *maybe) {
     for (int64_t i = 0; i < n; i++) {
         later[i] = maybe[i] = 0;
+        if (i + PREFETCH_AHEAD < n && pay_off[i + PREFETCH_AHEAD] >= 0 && pay_off[i + PREFETCH_AHEAD] < buflen)
+            __builtin_prefetch(buf + pay_off[i + PREFETCH_AHEAD]);
         int64_t o = pay_off[i];
         if (pay_cap[i] <= 0 || o < 0 || o >= buflen) continue;
         uint8_t b0 = buf[o];
