@@ -286,8 +286,16 @@ class Engine:
             return
         p = idx[sel]
         f_sel = flow[sel]
-        proto, sport, dport, off = d.proto[p], d.sport[p], d.dport[p], d.pay_off[p]
         maybe = prepared.app_maybe[p] if prepared.app_maybe is not None else _app_maybe(batch, d, p)
+        parsing = self.table.cols["app_parser"]
+        opaque = _only_counted(maybe, parsing[f_sel], f_sel)
+        if opaque.any():
+            _count_shown(seen, key[sel[opaque]])
+            keep = ~opaque
+            sel, p, f_sel, maybe = sel[keep], p[keep], f_sel[keep], maybe[keep]
+            if not sel.size:
+                return
+        proto, sport, dport, off = d.proto[p], d.sport[p], d.dport[p], d.pay_off[p]
         orig = self.table.cols["orig"][f_sel].tolist()
         mv = batch.buf.data  # a memoryview: slices without numpy objects
         done: set[int] = set()
@@ -297,7 +305,7 @@ class Engine:
             f_sel.tolist(), key[sel].tolist(), count[sel].tolist(), orig, off.tolist(), d.pay_cap[p].tolist(),
             proto.tolist(), sport.tolist(), dport.tolist(), maybe.tolist(),
         ):
-            if f in done:  # the parsers said they were done earlier in this batch
+            if f in done or n_seen.get(k) == APP_DONE:  # done earlier in this batch (the flow, or this direction)
                 continue
             state = app.get(f)
             if not isinstance(state, AppState):
@@ -307,6 +315,11 @@ class Engine:
                     n_seen[k] = c if c < APP_FIRST_PACKETS else APP_DONE
                     continue
                 state = app[f] = AppState(max_items)
+                parsing[f] = True
+            elif not mb and state.ignores((k & 1) ^ o):
+                # what the parser would ignore (an HTTP body) is counted as shown, not copied
+                n_seen[k] = min(n_seen.get(k, c0) + 1, APP_DONE - 1)
+                continue
             else:
                 payload = mv[off_ : off_ + cap].tobytes()
             state.feed((k & 1) ^ o, payload, pr, sp, dp)
@@ -324,7 +337,9 @@ class Engine:
             keys = np.fromiter(n_seen.keys(), np.int64, len(n_seen))
             seen[keys >> 1, keys & 1] = np.fromiter(n_seen.values(), np.int64, len(n_seen))
         if done:
-            seen[np.fromiter(done, np.int64, len(done))] = APP_DONE
+            ended = np.fromiter(done, np.int64, len(done))
+            seen[ended] = APP_DONE
+            parsing[ended] = False
 
     def _attribute_fragments(self, d: Decoded, ok: Any) -> Any:
         """Give later IP fragments the ports of their first fragment (same VNI, addresses, protocol, ID)."""
@@ -460,6 +475,24 @@ def _app_maybe(batch: PacketBatch, d: Decoded, p: I64) -> B:
         _APP_TCP_PORT[sport] | _APP_TCP_PORT[dport] | _APP_START[batch.buf[d.pay_off[p]]],
         (proto == UDP) & (_APP_UDP_PORT[sport] | _APP_UDP_PORT[dport]),
     )
+
+
+def _only_counted(maybe: B, parsing: B, flows: I64) -> B:
+    """Of the packets selected for the parsers: those the per-packet loop would only count, found
+    in bulk: packets of flows that have no parser and no packet here that may start one (a parser
+    started by a packet of this batch sees the flow's later packets)."""
+    opaque = ~maybe & ~parsing
+    if opaque.any() and maybe.any():
+        opaque &= ~np.isin(flows, flows[maybe])
+    return opaque
+
+
+def _count_shown(seen: np.ndarray, keys: I64) -> None:
+    """Count payload packets of parser-less flows as shown (``keys``: flow * 2 + direction, one per
+    packet): as the per-packet loop does, a direction's count reaching APP_FIRST_PACKETS ends it."""
+    uk, n = np.unique(keys, return_counts=True)
+    c = seen[uk >> 1, uk & 1].astype(np.int64) + n
+    seen[uk >> 1, uk & 1] = np.where(c < APP_FIRST_PACKETS, c, APP_DONE)
 
 
 def _stable_order(key: I64) -> I64:

@@ -10,14 +10,17 @@ from typing import Any
 
 import dpkt
 import numpy as np
+import orjson
 import pytest
 
+from receiver import engine as engine_module
 from receiver.appmeta import tls
-from receiver.appmeta.state import START_BYTES, worth_parsing
+from receiver.appmeta.state import START_BYTES, AppState, worth_parsing
 from receiver.engine import _APP_START, Engine, _rank_within
 from receiver.flows.excerpts import ExcerptPool
 from receiver.packets import PacketBatch
 from receiver.settings import EngineConfig
+from receiver.traffic import TrafficSpec, generate
 from tests import packet_factory as pf
 
 ACK, PSH = dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH
@@ -91,6 +94,109 @@ def test_later_requests_on_a_connection_are_found_after_the_first_packets(batch:
     assert all(h["status"] == 200 for h in rec["app"]["http"])
 
 
+class _FeedAll(AppState):
+    """A parser the engine copies and feeds every selected packet to: ``ignores`` says False to
+    the engine, while ``feed`` still applies the parser's own rule."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.feeding = False
+
+    def feed(self, *args: Any) -> None:
+        self.feeding = True
+        try:
+            super().feed(*args)
+        finally:
+            self.feeding = False
+
+    def ignores(self, d: int) -> bool:
+        return self.feeding and super().ignores(d)
+
+
+def _generated(batch: int) -> tuple[list[bytes], int]:
+    """Records of generated traffic (HTTP with bodies, TLS, DNS, opaque TCP and UDP) read in
+    batches of ``batch``, and the payloads copied for the parsers."""
+    copies = 0
+    feed = engine_module.AppState.feed
+
+    def counting(self: AppState, *args: Any) -> None:
+        nonlocal copies
+        copies += 1
+        feed(self, *args)
+
+    traffic = generate(TrafficSpec(n_packets=20_000, n_flows=500, seed=7, chunk=batch))
+    e = Engine(EngineConfig())
+    recs = []
+    original = engine_module.AppState.feed
+    engine_module.AppState.feed = counting  # type: ignore[method-assign]
+    try:
+        for b in traffic.batches():
+            recs += e.process(b).records
+        recs += e.finish("end_of_input")
+    finally:
+        engine_module.AppState.feed = original  # type: ignore[method-assign]
+    return [orjson.dumps(r) for r in recs], copies
+
+
+@pytest.mark.parametrize("batch", [50, 4096])
+def test_what_the_engine_leaves_out_for_the_parsers_changes_no_record(
+    monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """Two shortcuts keep payloads away from the parsers: packets of parser-less flows that cannot
+    start one are counted in bulk, and an HTTP direction's body segments are not copied. Neither
+    may change a record: against the plain per-packet loop that copies and feeds all of them."""
+    fast, fast_copies = _generated(batch)
+    bulk_calls = 0
+    count_shown = engine_module._count_shown
+
+    def spy(*args: Any) -> None:
+        nonlocal bulk_calls
+        bulk_calls += 1
+        count_shown(*args)
+
+    monkeypatch.setattr(engine_module, "_count_shown", spy)
+    again, _ = _generated(batch)
+    assert again == fast and bulk_calls > 0  # the bulk path was taken
+    monkeypatch.setattr(engine_module, "_only_counted", lambda maybe, parsing, flows: np.zeros_like(maybe))
+    monkeypatch.setattr(engine_module, "AppState", _FeedAll)
+    plain, plain_copies = _generated(batch)
+    assert sum(b'"http"' in r for r in plain) > 50 and sum(b'"tls"' in r for r in plain) > 50
+    assert fast == plain
+    assert fast_copies < 0.8 * plain_copies  # the HTTP bodies were left out
+
+
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+def test_http_heads_over_several_segments_are_gathered_and_bodies_not_copied(batch: int) -> None:
+    """Head segments that start like body (lower case) are still gathered while a head is open
+    (among a direction's first four payload packets); once it is parsed, that direction's body
+    segments never reach the parser."""
+    c, s = "10.0.0.1", "10.0.0.2"
+    fed: list[bytes] = []
+    feed = engine_module.AppState.feed
+
+    def spy(self: AppState, direction: int, payload: bytes, *args: Any) -> None:
+        fed.append(payload)
+        feed(self, direction, payload, *args)
+
+    up = [b"GET /a HTTP/1.1\r\nHo", b"st: one.example\r\nuser-agent: t\r\n\r\n"]
+    down = [b"HTTP/1.1 200 OK\r\nContent-", b"length: 3000\r\n\r\n"]
+    body = [bytes([0x30 + k]) * 1000 for k in range(3)]
+    up2 = [b"POST /b HTTP/1.1\r\n", b"host: two.example\r\n\r\n"]
+    frames = [pf.tcp(c, s, 40000, 80, ACK | PSH, x) for x in up]
+    frames += [pf.tcp(s, c, 80, 40000, ACK | PSH, x) for x in down + body]
+    frames += [pf.tcp(c, s, 40000, 80, ACK | PSH, x) for x in up2]
+    frames += [pf.tcp(s, c, 80, 40000, ACK | PSH, b"HTTP/1.1 404 Not Found\r\n\r\n")]
+    engine_module.AppState.feed = spy  # type: ignore[method-assign]
+    try:
+        (rec,) = _run(frames, EngineConfig(), batch)
+    finally:
+        engine_module.AppState.feed = feed  # type: ignore[method-assign]
+    assert [(h["host"], h["uri"], h["status"]) for h in rec["app"]["http"]] == [
+        ("one.example", "/a", 200), ("two.example", "/b", 404)]
+    assert not set(body) & set(fed)
+    assert set(up + down[:1] + up2) <= set(fed)  # (a response needs its status line only)
+
+
 def test_opaque_flows_get_no_app_object_and_dns_flows_do() -> None:
     c, s = "10.0.0.1", "10.0.0.2"
     frames = [pf.tcp(c, s, 40001, 5001, ACK | PSH, b"\x00\x01binary") for _ in range(10)]
@@ -99,6 +205,17 @@ def test_opaque_flows_get_no_app_object_and_dns_flows_do() -> None:
     recs = {r["dest_port"]: r for r in _run(frames, EngineConfig(), 3)}
     assert "app" not in recs[5001]
     assert [d["query"] for d in recs[53]["app"]["dns"]] == ["a.example"] * 6
+
+
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+def test_a_direction_opaque_for_its_first_packets_is_not_looked_at_again(batch: int) -> None:
+    """Four opaque payload packets without a parser end a direction for the parsers (counted in
+    bulk or one by one alike): an HTTP request after them starts nothing."""
+    c, s = "10.0.0.1", "10.0.0.2"
+    frames = [pf.tcp(c, s, 40003, 8080, ACK | PSH, b"\x00\x01binary") for _ in range(5)]
+    frames.append(pf.tcp(c, s, 40003, 8080, ACK | PSH, b"GET /late HTTP/1.1\r\nHost: late.example\r\n\r\n"))
+    (rec,) = _run(frames, EngineConfig(), batch)
+    assert "app" not in rec
 
 
 def test_first_byte_screen_is_a_superset_of_worth_parsing() -> None:

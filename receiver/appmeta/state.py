@@ -2,7 +2,8 @@
 
 The engine creates an :class:`AppState` lazily for a flow and calls :meth:`AppState.feed`
 with the payload of each of the flow's first payload packets (and of later packets that
-look like an HTTP message or are DNS), in arrival order, one packet per call. Detection is
+look like an HTTP message or are DNS), in arrival order, one packet per call; it leaves out
+the segments :meth:`AppState.ignores` says would be ignored (HTTP body). Detection is
 by content for HTTP and TLS (HTTP on port 22 or 27272 is still HTTP) and by port for DNS
 (53, 5353 mDNS, 5355 LLMNR, 137 NetBIOS-NS; on TCP with the 2-byte length prefix).
 
@@ -30,6 +31,10 @@ _TLS, _HTTP, _PROBE = 1, 2, 3
 START_BYTES = frozenset({0x16, ord("H")} | {m[0] for m in http.METHODS})
 
 
+def _dns_tcp(sport: int, dport: int) -> bool:
+    return sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS
+
+
 def worth_parsing(payload: bytes, ip_proto: int, sport: int, dport: int) -> bool:
     """Whether a payload could start something :class:`AppState` understands (DNS by port, TLS
     and HTTP by content). Cheap: the engine creates an AppState for a flow only when this holds,
@@ -38,7 +43,7 @@ def worth_parsing(payload: bytes, ip_proto: int, sport: int, dport: int) -> bool
         return sport in DNS_UDP_PORTS or dport in DNS_UDP_PORTS
     if ip_proto != TCP or not payload:
         return False
-    if sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS:
+    if _dns_tcp(sport, dport):
         return True
     if payload[0] == 0x16:
         return tls.looks_like_tls_handshake(payload)
@@ -94,6 +99,8 @@ class AppState:
         if not payload or self._gave_up:
             return
         d = direction & 1
+        if ip_proto == TCP and payload[0] not in START_BYTES and self.ignores(d) and not _dns_tcp(sport, dport):
+            return  # HTTP body (the engine does not even copy these)
         self._seen[d] += 1
         if ip_proto == UDP:
             if sport in DNS_UDP_PORTS or dport in DNS_UDP_PORTS:
@@ -122,7 +129,7 @@ class AppState:
                 self._buf[d] = None
                 self._detect(d, bytes(buf), sport, dport)
             return
-        if sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS:
+        if _dns_tcp(sport, dport):
             msg = dns.parse(payload, tcp=True)
             if msg is not None and msg["query"] is not None:
                 self._feed_dns(msg)
@@ -275,6 +282,13 @@ class AppState:
                 if hello["alpn"] is not None:
                     self.tls["alpn_selected"] = hello["alpn"]
         return hello is None or bool(hello["complete"]) or size >= self.tls_buffer
+
+    def ignores(self, d: int) -> bool:
+        """Whether direction ``d`` (0: originator to responder) ignores a TCP payload whose first
+        byte is not in START_BYTES (away from the DNS ports): an HTTP flow with no message head
+        being gathered there, where such a segment is body. The engine skips those packets
+        without copying them (they still count among the direction's first packets)."""
+        return self._kind == "http" and self._buf[d] is None
 
     # -- results ---------------------------------------------------------------------------
 
