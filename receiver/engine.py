@@ -68,7 +68,8 @@ DROP_REASONS = frozenset(
 )
 # counters of things noticed on packets that were still decoded
 NOTES = frozenset({"vxlan_reserved_bits", "capture_truncated_records", "capture_bad_records", "capture_bad_blocks",
-                   "capture_unsupported_linktype", "capture_gzip_truncated", "capture_gzip_corrupt"})
+                   "capture_unsupported_linktype", "capture_gzip_truncated", "capture_gzip_corrupt",
+                   "capture_failed_files"})
 
 
 @dataclass

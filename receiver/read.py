@@ -5,10 +5,15 @@
 
 ``Analysis`` is the same with the counters kept for a summary (``vxmirror read`` prints it).
 Several files are read as one stream (one flow table), in the order given.
+
+A file that fails (not a capture, a read error part-way) never costs the records of the others:
+the flows still open are emitted (``end_of_input``) before the error is raised, or, with
+``keep_going``, the file is logged, listed in ``errors`` and skipped, and the rest are read.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections import Counter
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .capture import STDIN, Capture, open_capture
+from .capture import STDIN, Capture, CaptureError, open_capture
 from .engine import BatchResult, Engine
 from .flows.record import FlowRecord
 from .packets import PacketBatch
@@ -26,6 +31,7 @@ from .readahead import prepared_batches
 from .settings import EngineConfig
 
 Progress = Callable[[str, int, int, int], None]  # (path, bytes done, bytes total, packets so far)
+log = logging.getLogger("vxmirror.read")
 
 
 @dataclass
@@ -42,34 +48,51 @@ class Analysis:
     capture_counters: Counter[str] = field(default_factory=Counter)
     engine: Engine | None = None
     prefetch: Prefetcher | None = None  # maps the files and faults them in ahead (made here when None)
+    keep_going: bool = False  # a file that fails is logged, listed in ``errors`` and skipped
+    errors: list[str] = field(default_factory=list)  # the files that failed, and why (keep_going)
+    _packets: int = field(default=0, init=False, repr=False)  # packets so far (for progress)
 
     def records(self) -> Iterator[FlowRecord]:
-        """Every flow record of the files; open flows end with ``end_of_input``."""
+        """Every flow record of the files; open flows end with ``end_of_input``. A file that fails
+        raises CaptureError (or OSError) after the flows still open are emitted, unless
+        ``keep_going``."""
         self.engine = engine = Engine(self.config, self.labeler, self.sensor)
+        self._packets = 0
         prefetch = self.prefetch if self.prefetch is not None else Prefetcher(self.paths)
-        packets = 0
         try:
             for i, path in enumerate(self.paths):
-                cap = open_capture(path, prefetch.mapping(i))
-                total = _file_size(path)
                 try:
-                    for batch, prepared in prepared_batches(cap, engine.config, self.batch_size):
-                        if batch.count:  # (the pages before this batch may be dropped)
-                            prefetch.reached(i, int(batch.start[0]))
-                        result = engine.process(batch, prepared)
-                        if self.on_batch is not None:
-                            self.on_batch(batch, result)
-                        packets += batch.count
-                        if self.progress is not None:
-                            self.progress(str(path), _done_bytes(cap, batch, total), total, packets)
-                        yield from result.records
-                finally:
-                    self.capture_counters.update({k: v for k, v in cap.counters.items() if v})
-                    cap.close()
+                    yield from self._file(i, path, engine, prefetch)
+                except (CaptureError, OSError) as exc:
+                    self.capture_counters["failed_files"] += 1
+                    if not self.keep_going:
+                        yield from engine.finish("end_of_input")  # what was read is not lost
+                        raise
+                    message = str(exc) if isinstance(exc, CaptureError) else f"{path}: {exc.strerror or exc}"
+                    log.error("%s (file skipped)", message)
+                    self.errors.append(message)
         finally:
             if self.prefetch is None:
                 prefetch.close()
         yield from engine.finish("end_of_input")
+
+    def _file(self, i: int, path: str | os.PathLike[str], engine: Engine, prefetch: Prefetcher) -> Iterator[FlowRecord]:
+        cap = open_capture(path, prefetch.mapping(i))
+        total = _file_size(path)
+        try:
+            for batch, prepared in prepared_batches(cap, engine.config, self.batch_size):
+                if batch.count:  # (the pages before this batch may be dropped)
+                    prefetch.reached(i, int(batch.start[0]))
+                result = engine.process(batch, prepared)
+                if self.on_batch is not None:
+                    self.on_batch(batch, result)
+                self._packets += batch.count
+                if self.progress is not None:
+                    self.progress(str(path), _done_bytes(cap, batch, total), total, self._packets)
+                yield from result.records
+        finally:
+            self.capture_counters.update({k: v for k, v in cap.counters.items() if v})
+            cap.close()
 
     def summary(self) -> dict[str, int]:
         """Engine counters (packets, decoded, drops by reason, flows) and capture-file counters."""

@@ -21,7 +21,7 @@ from receiver import capture as capture_module
 from receiver import capture_pcap, capture_pcapng, native
 from receiver.capture import CaptureError, iter_captures, open_capture
 from receiver.packets import Layer, PacketBatch
-from receiver.read import read_records
+from receiver.read import Analysis, read_records
 from receiver.traffic import write_pcap
 from tests.capture_fixtures import NgWriter, Rec, eth_frame, pcap_bytes, random_records
 
@@ -204,19 +204,41 @@ def test_the_command_says_what_it_cannot_read_or_write_before_any_work(tmp_path:
     assert b"Traceback" not in r.stderr
 
 
-def test_records_made_before_a_capture_error_are_kept(tmp_path: Path) -> None:
-    # the second file is not a capture: the first one's records emitted so far are written, then the error
-    good, bad = tmp_path / "gen.pcap", tmp_path / "notes.txt"
-    write_pcap(good, 100_000, 500, seed=5)  # several batches: timeouts are checked between them
+def _records_of(paths: list[Path]) -> list[bytes]:
+    return sorted(orjson.dumps(r) for r in read_records(paths))
+
+
+def test_a_file_that_fails_costs_no_records_of_the_others(tmp_path: Path) -> None:
+    """``vxmirror read a.pcap notes.txt b.pcap``: the file that is no capture is named and skipped,
+    the others are read whole (flows still open at the end included), and the exit status is 1."""
+    first, bad, last = tmp_path / "a.pcap", tmp_path / "notes.txt", tmp_path / "b.pcap"
+    write_pcap(first, 30_000, 300, seed=5)
+    write_pcap(last, 30_000, 300, seed=6)
     bad.write_text("not a capture\n")
-    cfg = tmp_path / "short.toml"  # flows closed mid-capture are emitted then, not at the end
-    cfg.write_text("[engine]\ntcp_close_linger = 0.05\nexpire_interval = 0.05\n")
     out = tmp_path / "out.jsonl"
-    r = subprocess.run([sys.executable, "-m", "receiver.cli", "read", str(good), str(bad), "-c", str(cfg), "-o",
+    r = subprocess.run([sys.executable, "-m", "receiver.cli", "read", str(first), str(bad), str(last), "-o",
                         str(out)], capture_output=True, timeout=120)
     assert r.returncode == 1 and b"notes.txt: not a pcap or pcapng capture" in r.stderr
-    kept = out.read_bytes().splitlines()
-    assert kept and all(orjson.loads(line)["end_reason"] != "end_of_input" for line in kept)
+    assert b"capture_failed_files 1" in r.stderr and b"Traceback" not in r.stderr
+    assert sorted(out.read_bytes().splitlines()) == _records_of([first, last])
+
+
+def test_the_library_emits_the_open_flows_before_it_raises(tmp_path: Path) -> None:
+    """Without keep_going a failing file still raises, but only after the flows open so far are
+    emitted (the records of the files before it are all there)."""
+    good, bad = tmp_path / "gen.pcap", tmp_path / "notes.txt"
+    write_pcap(good, 30_000, 300, seed=5)
+    bad.write_text("not a capture\n")
+    got: list[bytes] = []
+    with pytest.raises(CaptureError, match=r"notes\.txt: not a pcap"):
+        for rec in read_records([good, bad]):
+            got.append(orjson.dumps(rec))
+    assert sorted(got) == _records_of([good])
+    assert sum(orjson.loads(x)["end_reason"] == "end_of_input" for x in got) > 0
+    a = Analysis([bad, good], keep_going=True)
+    assert sorted(orjson.dumps(r) for r in a.records()) == _records_of([good])
+    assert a.errors == [f"{bad}: not a pcap or pcapng capture (starts with {b'not a capture'[:4].hex()})"]
+    assert a.summary()["capture_failed_files"] == 1
 
 
 def test_gzip_corrupt_part_way_keeps_what_was_decompressed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -53,7 +53,6 @@ def _run(args: argparse.Namespace, prefetch: Any) -> int:
     # imported here, not at the top: the CLI imports every command's module to build its parser
     import orjson
 
-    from ..capture import CaptureError
     from ..read import Analysis
     from ..settings import EngineConfig
 
@@ -92,7 +91,7 @@ def _run(args: argparse.Namespace, prefetch: Any) -> int:
     show_progress = sys.stderr.isatty() and not args.no_progress
     analysis = Analysis(
         list(args.files), engine_cfg, sensor=sensor,
-        progress=_Progress(sys.stderr) if show_progress else None, prefetch=prefetch,
+        progress=_Progress(sys.stderr) if show_progress else None, prefetch=prefetch, keep_going=True,
     )
     started = time.monotonic()
     lines: list[bytes] = []
@@ -105,21 +104,19 @@ def _run(args: argparse.Namespace, prefetch: Any) -> int:
         if lines:
             out.write(b"\n".join(lines) + b"\n")
         out.flush()
-    except (CaptureError, OSError) as e:
-        with contextlib.suppress(OSError):  # the records made before the error are kept (if out can take them)
-            if lines:
-                out.write(b"\n".join(lines) + b"\n")
-            out.flush()
-        print(f"\nvxmirror read: {e}", file=sys.stderr)
+    except OSError as e:  # the output failed (a full disk, a closed pipe)
+        print(f"\nvxmirror read: {args.output or 'standard output'}: cannot write ({e.strerror or e})",
+              file=sys.stderr)
         return 1
     finally:
         if args.output:
-            out.close()
+            with contextlib.suppress(OSError):
+                out.close()
     if show_progress:
         sys.stderr.write("\r\033[K")
     if not args.quiet:
         _print_summary(analysis.summary(), time.monotonic() - started)
-    return 0
+    return 1 if analysis.errors else 0  # (each file that failed was logged as it was skipped)
 
 
 def _unreadable(path: str) -> str | None:
