@@ -14,6 +14,7 @@ application metadata for the few packets that need them (Python, per packet, onl
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ class Engine:
         self.app: dict[int, AppState | dict[str, Any]] = {}  # per flow: a parser, or its final result
         self._counters: Counter[str] = Counter(dict.fromkeys(BASE_COUNTERS, 0))
         self._fragments: OrderedDict[tuple[int, ...], tuple[int, int]] = OrderedDict()
-        self._next_expire = -np.inf
+        self._next_expire: int | None = None  # number of the next grid point of packet time for the timeouts
         self._pending: list[FlowRecord] = []
 
     # -- public API ---------------------------------------------------------------------------
@@ -138,20 +139,66 @@ class Engine:
         if prepared.fragments and np.any(ok & (d.frag != Frag.NONE)):
             ok = self._attribute_fragments(d, ok)
         # every packet counted (the common case): slices, not gathers, of the columns
-        sel: I64 | slice = slice(None) if ok.all() else np.flatnonzero(ok)
-        if batch.count and (isinstance(sel, slice) or sel.size):
-            now = float(batch.ts[sel].min())
-            if now >= self._next_expire:
-                self._expire(now)
-                self._next_expire = now + cfg.expire_interval
-            self._count(batch, d, sel, prepared)
+        counted: I64 | None = None if ok.all() else np.flatnonzero(ok)
+        n = batch.count if counted is None else counted.size
+        if n:
+            self._count_in_time(batch, d, counted, n, prepared)
         records, self._pending = self._pending, []
         return BatchResult(records, Decapsulated(d.inner_start, d.vni))
+
+    def _count_in_time(self, batch: PacketBatch, d: Decoded, counted: I64 | None, n: int, prepared: Prepared) -> None:
+        """Count the packets (``counted``: their numbers, None: all), with timeouts checked at
+        points of a fixed grid of packet time (multiples of ``expire_interval``): before the first
+        packet at or past a grid point, flows due by that point end. So the records do not depend
+        on where the batches fall (a flow that closed just before a batch boundary and one that
+        closed just after it are treated alike)."""
+        ts = batch.ts if counted is None else batch.ts[counted]
+        grid = self.config.expire_interval
+        if self._next_expire is None:
+            self._next_expire = self._grid_point(float(ts[0])) + 1
+        lo = 0
+        while lo < n:
+            due = self._next_expire * grid
+            past = np.flatnonzero(ts[lo:] >= due) if float(ts[lo:].max()) >= due else None
+            if past is None:
+                break
+            i = lo + int(past[0])
+            if i > lo:
+                self._count(batch, d, slice(lo, i) if counted is None else counted[lo:i], prepared)
+            self._expire_through(self._grid_point(float(ts[i])))  # (after it the next point is past ts[i])
+            lo = i
+        rest = (slice(None) if lo == 0 else slice(lo, None)) if counted is None else counted[lo:]
+        self._count(batch, d, rest, prepared)
+
+    def _grid_point(self, t: float) -> int:
+        """The number of the last grid point at or before packet time ``t`` (the point is that
+        number times ``expire_interval``)."""
+        grid = self.config.expire_interval
+        k = math.floor(t / grid)
+        while (k + 1) * grid <= t:  # (the division may round either way)
+            k += 1
+        while k * grid > t:
+            k -= 1
+        return k
+
+    def _expire_through(self, last: int) -> None:
+        """Run the timeouts at the grid points from the next one through number ``last`` at which
+        some flow is due (at the others nothing would end: no packet comes between them)."""
+        grid = self.config.expire_interval
+        at = self._next_expire
+        assert at is not None
+        while at <= last:
+            self._expire(at * grid)
+            due = self._earliest_deadline()
+            if due == np.inf:
+                break
+            at = max(at + 1, self._grid_point(due))
+        self._next_expire = last + 1  # (not further: packets to come may be due sooner)
 
     def tick(self, now: float) -> list[FlowRecord]:
         """Expire flows by the wall clock (the live service calls this when traffic is quiet)."""
         self._expire(now)
-        self._next_expire = now + self.config.expire_interval
+        self._next_expire = self._grid_point(now) + 1
         records, self._pending = self._pending, []
         return records
 
@@ -191,6 +238,8 @@ class Engine:
         keys, grouped = prepared.keys, prepared.grouped
         if keys is None or not isinstance(sel, slice):
             keys, grouped = _keys(d, sel), None
+        elif sel != slice(None):  # a part of the batch (split at a grid point of the timeouts)
+            keys, grouped = keys.take(sel), None
         flow, new, drops, grouping = self.table.find_or_add(keys, ts, tcpflags, self._evict, grouped)
         for k, v in drops.items():
             if v:
@@ -366,6 +415,23 @@ class Engine:
             log.warning("dropped %d IP fragments whose first fragment was not seen", lost)
         return ok
 
+    def _idle_limits(self, live: I64) -> np.ndarray:
+        cfg = self.config
+        proto = self.table.cols["kproto"][live] & 0xFF
+        return np.where(proto == 6, cfg.tcp_idle_timeout,
+                        np.where(proto == 17, cfg.udp_idle_timeout, cfg.other_idle_timeout))
+
+    def _earliest_deadline(self) -> float:
+        """The packet time at which the next open flow is due (idle, closed, or an interim record)."""
+        live = self.table.active_indices()
+        if not live.size:
+            return float(np.inf)
+        c, cfg = self.table.cols, self.config
+        close_ts = c["close_ts"][live]
+        closing = np.where(close_ts > 0, close_ts + cfg.tcp_close_linger, np.inf)
+        due = np.minimum(c["t_last"][live] + self._idle_limits(live), closing)
+        return float(min(due.min(), c["seg_start"][live].min() + cfg.active_timeout))
+
     def _expire(self, now: float) -> None:
         cfg = self.config
         t = self.table
@@ -373,10 +439,7 @@ class Engine:
         if not live.size:
             return
         c = t.cols
-        proto = c["kproto"][live] & 0xFF
-        idle_limit = np.where(proto == 6, cfg.tcp_idle_timeout,
-                              np.where(proto == 17, cfg.udp_idle_timeout, cfg.other_idle_timeout))
-        idle = now - c["t_last"][live] >= idle_limit
+        idle = now - c["t_last"][live] >= self._idle_limits(live)
         close_ts = c["close_ts"][live]
         closed = ~idle & (close_ts > 0) & (now - close_ts >= cfg.tcp_close_linger)
         active = ~idle & ~closed & (now - c["seg_start"][live] >= cfg.active_timeout)

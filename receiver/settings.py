@@ -21,4 +21,4 @@ class EngineConfig:
     active_timeout: float = opt(300.0, "long flows emit an interim record this often, seconds", 1.0)
     tcp_close_linger: float = opt(2.0, "seconds a TCP flow stays after FIN both ways or RST", 0.0)
     max_flows: int = opt(1_000_000, "flow table size cap; the oldest flows are evicted past it", 16)
-    expire_interval: float = opt(1.0, "how often (packet time) timeouts are checked, seconds", 0.01)
+    expire_interval: float = opt(1.0, "timeouts are checked at every multiple of this much packet time, seconds", 0.01)

@@ -130,6 +130,59 @@ def test_active_timeout_emits_interim_records_that_add_up() -> None:
     assert recs[1]["segment"] == 1 and "excerpt_in" not in recs[1]
 
 
+@pytest.mark.parametrize("batch", [2, 7, 64, 1000])
+def test_timeouts_do_not_depend_on_where_the_batches_fall(batch: int) -> None:
+    """Timeouts run at grid points of packet time, and a TCP close dates from the packet that
+    completed it: interim records cut a long flow at the same times, and a late packet after a
+    close linger (a retransmitted FIN, a reused port) lands in the same flow, however the packets
+    are batched (the reference: one packet a batch)."""
+    cfg = EngineConfig(active_timeout=1.0, tcp_close_linger=0.05, expire_interval=0.01, udp_idle_timeout=0.3)
+    rng = np.random.default_rng(3)
+    frames: list[bytes] = []
+    ts: list[float] = []
+    t = 1000.0
+    for k in range(80):  # short TCP connections, some with a late ACK after their close linger
+        port = 41000 + k % 7  # ports come back: a new flow only once the old one ended
+        conn = [pf.tcp(C, S, port, 80, SYN), pf.tcp(S, C, 80, port, SYN | ACK), pf.tcp(C, S, port, 80, ACK | PSH, b"q"),
+                pf.tcp(C, S, port, 80, FIN | ACK), pf.tcp(S, C, 80, port, FIN | ACK), pf.tcp(C, S, port, 80, ACK)]
+        frames += conn
+        ts += [t, t + 0.003, t + 0.006, t + 0.009, t + 0.012, t + 0.019]  # the last ACK 7 ms after the close
+        if k % 3 == 0:
+            frames.append(pf.tcp(S, C, 80, port, FIN | ACK))
+            ts.append(t + 0.012 + float(rng.uniform(0.03, 0.1)))
+        t = ts[-1] + float(rng.uniform(0.0, 0.08))
+    stream = pf.udp(C, S, 5000, 6000, b"x")  # a long flow: interim records every active timeout
+    for j in range(300):
+        frames.append(stream)
+        ts.append(1000.0 + j * 0.0123)
+    order = np.argsort(ts, kind="stable")
+    frames, ts = [frames[i] for i in order], [ts[i] for i in order]
+    ref, _ = run(frames, ts=ts, cfg=cfg, batch=1)
+    got, _ = run(frames, ts=ts, cfg=cfg, batch=batch)
+    def key(recs: list[dict]) -> list[tuple]:
+        return sorted((r["ts_start"], r["src_port"], r["end_reason"], r["packets_in"], r["packets_out"]) for r in recs)
+
+    assert key(got) == key(ref)
+    reasons = [r["end_reason"] for r in ref]
+    assert reasons.count("active") >= 2 and reasons.count("tcp_close") > 10
+
+
+@pytest.mark.parametrize("batch", [1, 1000])
+def test_a_tcp_close_dates_from_the_packet_that_completed_it(batch: int) -> None:
+    """The linger runs from the second FIN, not from the flow's last packet in its batch (an ACK
+    after the FINs): a packet after the linger starts a new flow, and at the end of the input the
+    flow ends as closed, whatever the batching."""
+    cfg = EngineConfig(tcp_close_linger=0.055, expire_interval=0.01)
+    frames = [pf.tcp(C, S, 40000, 80, SYN), pf.tcp(S, C, 80, 40000, SYN | ACK), pf.tcp(C, S, 40000, 80, FIN | ACK),
+              pf.tcp(S, C, 80, 40000, FIN | ACK), pf.tcp(C, S, 40000, 80, ACK), pf.tcp(C, S, 40000, 80, ACK)]
+    ts = [1000.0, 1000.001, 1000.002, 1000.003, 1000.007, 1000.065]  # closed at .003: due at .058
+    recs, _ = run(frames, ts=ts, cfg=cfg, batch=batch)
+    ended = [(r["end_reason"], r["packets_in"] + r["packets_out"]) for r in recs]
+    assert ended == [("tcp_close", 5), ("end_of_input", 1)]
+    recs, _ = run([*frames[:5], pf.udp(C, S, 1, 2)], ts=[*ts[:5], 1000.060], cfg=cfg, batch=batch)
+    assert sorted((r["transport"], r["end_reason"]) for r in recs) == [("tcp", "tcp_close"), ("udp", "end_of_input")]
+
+
 def test_tcp_close_after_linger() -> None:
     cfg = EngineConfig(tcp_close_linger=1.0)
     frames = [*handshake(), pf.udp(C, S, 9, 9)]

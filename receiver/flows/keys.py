@@ -40,7 +40,7 @@ class Keys:
     direction: I64  # 0: packet went A->B, 1: B->A
     hash: U64
 
-    def take(self, sel: I64) -> Keys:
+    def take(self, sel: I64 | slice) -> Keys:
         return Keys(*(getattr(self, f)[sel] for f in self.__dataclass_fields__))
 
 

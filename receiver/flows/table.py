@@ -322,6 +322,7 @@ class FlowTable:
             fl = np.zeros(n2, np.uint8)
             np.bitwise_or.at(fl, g2, tcpflags.astype(np.uint8))
             c["tflags"][uf] |= fl.reshape(-1, 2)
+        before = c["t_last"][uf].copy()  # (for the close times below)
         last = np.full(uf.size, -np.inf)
         if ts.size < 2 or bool(np.all(ts[1:] >= ts[:-1])):
             last[inv] = ts  # in time order: the last write of each flow is its latest packet
@@ -366,7 +367,7 @@ class FlowTable:
             rst_any = ((hb >> (2 * L_RST)) & 3) != 0
             closing = (fin_both | rst_any) & (c["close_ts"][uf] == 0)
             if closing.any():
-                c["close_ts"][uf[closing]] = c["t_last"][uf[closing]]
+                c["close_ts"][uf[closing]] = _close_times(np.flatnonzero(closing), inv, codes, ts, have, before)
 
     def _flip(self, uf: I64, inv: I64, codes: I64, direction: I64) -> None:
         """A SYN without ACK from the responder, before any such SYN, makes it the originator."""
@@ -473,3 +474,25 @@ def _same_key(k: Keys, rep: I64) -> np.ndarray:
         & (k.vni == k.vni[rep])
         & (k.proto == k.proto[rep])
     )
+
+
+def _close_times(closing: I64, inv: I64, codes: I64, ts: F64, have: I64, before: F64) -> F64:
+    """For the flows ``closing`` (indices into the batch's distinct flows): the time their TCP
+    close happened, as packet by packet: at the packet that completed FIN from both endpoints,
+    or the first RST, the latest packet time of the flow so far (``before``: before the batch;
+    ``have``: the history codes before it)."""
+    where = np.full(have.size, -1, np.int64)
+    where[closing] = np.arange(closing.size)
+    pk = np.flatnonzero(where[inv] >= 0)  # the packets of those flows, in order
+    g = where[inv[pk]]
+    first = np.full((closing.size, 4), np.iinfo(np.int64).max)  # first packet with FIN/RST a->b, b->a
+    for b in range(4):
+        code = 1 << (2 * L_FIN + b)
+        first[(have[closing] & code) != 0, b] = -1  # seen before this batch
+        hit = (codes[pk] & code) != 0
+        np.minimum.at(first[:, b], g[hit], pk[hit])
+    done_at = np.minimum(first[:, :2].max(axis=1), first[:, 2:].min(axis=1))  # both FINs, or a RST
+    upto = pk <= done_at[g]
+    t = before[closing].copy()
+    np.maximum.at(t, g[upto], ts[pk[upto]])
+    return t

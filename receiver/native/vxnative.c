@@ -413,7 +413,6 @@ EXPORT void vx_account(void **cols, void **in, int64_t n) {
     const int64_t *paylen = in[P_PAYLEN], *tcpflags = in[P_TCPFLAGS], *proto = in[P_PROTO];
     const double *ts = in[P_TS];
     const uint8_t *truncated = in[P_TRUNCATED], *fragment = in[P_FRAGMENT];
-    int any_fresh = 0, any_close_flag = 0;
     for (int64_t i = 0; i < n; i++) {
         int64_t f = flow[i];
         int d = (int)direction[i];
@@ -426,7 +425,6 @@ EXPORT void vx_account(void **cols, void **in, int64_t n) {
         if (ts[i] > t_last[f]) t_last[f] = ts[i];
         if (truncated[i]) trunc[f] = 1;
         if (fragment[i]) frags[f] += 1;
-        any_close_flag |= (fl & (TH_FIN | TH_RST)) != 0;
 
         unsigned letters = (paylen[i] > 0) << L_DATA;
         if (proto[i] == PROTO_TCP) {
@@ -442,7 +440,6 @@ EXPORT void vx_account(void **cols, void **in, int64_t n) {
             if (letters & (1u << l)) codes |= 1u << (2 * l + d);
         unsigned fresh = codes & ~(unsigned)hbits[f];
         if (!fresh) continue;
-        any_fresh = 1;
         if ((fresh & (3u << (2 * L_SYN))) && !(hbits[f] & (3u << (2 * L_SYN)))) {
             /* the flow's first SYN without ACK: from the responder, it makes that side the originator */
             if (d == 1 - orig[f] && !flipped[f] && segments[f] == 0) {
@@ -458,15 +455,13 @@ EXPORT void vx_account(void **cols, void **in, int64_t n) {
                 nib++;
             }
         }
-        hbits[f] = (uint16_t)(have | fresh);
-    }
-    if (!(any_fresh && any_close_flag)) return;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t f = flow[i];
-        unsigned hb = hbits[f];
-        int fin_both = ((hb >> (2 * L_FIN)) & 3) == 3;
-        int rst_any = ((hb >> (2 * L_RST)) & 3) != 0;
-        if ((fin_both || rst_any) && close_ts[f] == 0) close_ts[f] = t_last[f];
+        unsigned hb = have | fresh;
+        hbits[f] = (uint16_t)hb;
+        /* TCP close: FIN from both endpoints, or any RST, at the packet that completes it (a new
+           letter then): the flow's latest time so far, as if the packets came one a batch */
+        if ((fresh & (15u << (2 * L_FIN))) && close_ts[f] == 0 &&
+            (((hb >> (2 * L_FIN)) & 3) == 3 || ((hb >> (2 * L_RST)) & 3) != 0))
+            close_ts[f] = t_last[f];
     }
 }
 
