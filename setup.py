@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "receiver.native._vxnative",
-            sources=["receiver/native/vxnative.c", "receiver/native/vxrecv.c", "receiver/native/vxread.c"],
+            sources=["receiver/native/vxnative.c", "receiver/native/vxrecv.c", "receiver/native/vxread.c",
+                     "receiver/native/vxguard.c"],
             depends=["receiver/native/vxoffsets.h", "receiver/native/vxsync.h"],
             include_dirs=["receiver/native"],
             extra_compile_args=["-O2", "-ffp-contract=off", "-fvisibility=hidden"],

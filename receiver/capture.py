@@ -45,7 +45,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
-from . import capture_pcap, capture_pcapng, native
+from . import capture_pcap, capture_pcapng, mapguard, native
 from .packets import F64, I64, U8, U32, Layer, PacketBatch
 
 _Records = tuple[I64, U32, U32, F64]  # data offsets, caplen, wirelen, time of some records
@@ -136,6 +136,8 @@ class Capture:
         else:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with {head.hex() or 'nothing'})")
         self._warned: set[int] = set()
+        if isinstance(data, mmap.mmap):  # shrinking while read: zeros past the new end, not SIGBUS
+            mapguard.guard(data)
 
     # -- API -------------------------------------------------------------------------------
 
@@ -167,6 +169,26 @@ class Capture:
 
     def __repr__(self) -> str:
         return f"Capture({self.path!r}, format={self.format}, compressed={self.compressed})"
+
+    @property
+    def mapped(self) -> bool:
+        """The file is mapped (not read in pieces: gzip, a stream)."""
+        return isinstance(self._data, mmap.mmap)
+
+    def shrunk_to(self) -> int | None:
+        """The file's size now, if it is shorter than when it was mapped (truncated or rewritten
+        while being read: what lies past that reads as zeros); None if it is not."""
+        if not isinstance(self._data, mmap.mmap):
+            return None
+        try:
+            size = self._data.size()  # (fstat of the mapped file)
+        except (OSError, ValueError):
+            return None
+        return size if size < self._arr.shape[0] else None
+
+    def vanished_pages(self) -> int:
+        """Pages of the mapped file read as zeros because the file had shrunk under them."""
+        return mapguard.faults(self._data) if isinstance(self._data, mmap.mmap) else 0
 
     # for the readers in receiver.readahead and receiver.native.reader
 

@@ -18,7 +18,7 @@ from pathlib import Path
 log = logging.getLogger("vxmirror.native")
 
 HERE = Path(__file__).parent / "native"
-ABI = 11  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+ABI = 12  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 
 
 def library_path() -> Path | None:
@@ -52,6 +52,13 @@ def load() -> ctypes.CDLL | None:
     if abi != ABI:  # pragma: no cover - built from another version of vxnative.c
         log.warning("%s is stale (ABI %d, want %d; reinstall): using the numpy loops (slower)", path, abi, ABI)
         return None
-    lib.vx_touch.restype = ctypes.c_uint64
-    lib.vx_touch.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    # what the stdlib-only modules call (receiver.prefetch, receiver.mapguard); the rest: receiver.native
+    for name, restype, argtypes in (
+        ("vx_touch", ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]),
+        ("vx_guard_add", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int64]),
+        ("vx_guard_remove", None, [ctypes.c_int64]),
+        ("vx_guard_faults", ctypes.c_int64, [ctypes.c_int64]),
+    ):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
     return lib

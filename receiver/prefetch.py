@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from . import nativelib
+from . import mapguard, nativelib
 
 log = logging.getLogger("vxmirror.prefetch")
 
@@ -44,26 +44,6 @@ CHUNK = 16 << 20  # bytes faulted in (or dropped) per call: small enough to foll
 PAGE = mmap.PAGESIZE
 AHEAD = 1 << 30  # at most this far in front of the reader
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class _PyBuffer(ctypes.Structure):  # Py_buffer, to learn a read-only mapping's address without numpy
-    _fields_ = (
-        ("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
-    )
-
-
-def _address(m: mmap.mmap) -> int:
-    view = _PyBuffer()
-    obj = ctypes.py_object(m)
-    if ctypes.pythonapi.PyObject_GetBuffer(obj, ctypes.byref(view), 0) != 0:  # pragma: no cover
-        raise OSError("no buffer")
-    try:
-        return int(view.buf)
-    finally:
-        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
 def _advise(advice: int, name: str) -> Callable[[int, int], bool] | None:
@@ -110,9 +90,11 @@ def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
         with open(path, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or f.read(2) in (_GZIP_MAGIC, b""):
                 return None
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):
         return None
+    mapguard.guard(m)  # (touched ahead below: a file that shrinks meanwhile must not end the process)
+    return m
 
 
 class _File:
@@ -269,6 +251,6 @@ class Prefetcher:
         # close() then leaves it to be unmapped when this thread lets go)
         try:
             with memoryview(f.m):
-                return fn(_address(f.m) + job.pos, job.n)
+                return fn(mapguard.address(f.m) + job.pos, job.n)
         except ValueError:  # the reader closed the mapping: done with this file
             return False

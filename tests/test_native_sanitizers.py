@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 NATIVE = Path(__file__).resolve().parents[1] / "receiver" / "native"
-SOURCES = ["vxnative.c", "vxrecv.c", "vxread.c"]
+SOURCES = ["vxnative.c", "vxrecv.c", "vxread.c", "vxguard.c"]
 
 
 def _runtime(name: str) -> str:

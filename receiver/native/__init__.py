@@ -19,7 +19,9 @@ Each function here has a numpy twin that does the same work where this library i
 - the pcap reading thread (``vxread.c``, used through ``receiver.native.reader`` by
   ``receiver.readahead``; twin: the same steps on a Python thread);
 - ``vx_touch``: faulting a mapped capture in ahead of the reader (``receiver.prefetch``; twin:
-  ``madvise(MADV_POPULATE_READ)``).
+  ``madvise(MADV_POPULATE_READ)``);
+- the SIGBUS guard of mapped captures that shrink while read (``vxguard.c``, used through
+  ``receiver.mapguard``; no twin: without the library such a file still ends the process).
 
 The C sources are built at install time as ``receiver/native/_vxnative*.so`` (setup.py). When
 it is absent (no compiler then) or ``VXMIRROR_NATIVE=0`` is set, the twins do the work: the
