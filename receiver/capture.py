@@ -145,10 +145,14 @@ class Capture:
         """Every packet of the file, in order, as batches of at most ``batch_size``."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if self.format == "pcap":
-            yield from self._pcap_batches(batch_size)
-        else:
-            yield from self._pcapng_batches(batch_size)
+        batches = self._pcap_batches(batch_size) if self.format == "pcap" else self._pcapng_batches(batch_size)
+        for batch in batches:
+            if batch.count and (cut := self.cut_under(batch)) is not None:
+                kept, error = cut
+                if kept.count:
+                    yield kept
+                raise error
+            yield batch
 
     def close(self) -> None:
         """Release the file. Batches already handed out keep the mapping alive until dropped."""
@@ -185,6 +189,20 @@ class Capture:
         except (OSError, ValueError):
             return None
         return size if size < self._arr.shape[0] else None
+
+    def cut_under(self, batch: PacketBatch) -> tuple[PacketBatch, CaptureError] | None:
+        """None while the mapped file is whole. Once it was cut short under ``batch`` (see
+        ``shrunk_to``): the packets of the batch wholly before the cut, and the error to raise
+        after them (what lies past the cut reads as zeros, or is already another capture's)."""
+        size = self.shrunk_to()
+        if size is None:
+            return None
+        whole = batch.start + batch.caplen.astype(np.int64) <= size
+        k = batch.count if whole.all() else int(np.argmin(whole))  # (records are in file order)
+        at = int(batch.start[k - 1]) + int(batch.caplen[k - 1]) if k else int(batch.start[0]) - 16
+        kept = PacketBatch(batch.buf, batch.start[:k], batch.caplen[:k], batch.wirelen[:k], batch.ts[:k], batch.layer)
+        return kept, CaptureError(f"{self.path}: the file shrank to {size} bytes while being read (truncated or "
+                                  f"overwritten); reading stopped at byte {at}")
 
     def vanished_pages(self) -> int:
         """Pages of the mapped file read as zeros because the file had shrunk under them."""

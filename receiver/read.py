@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .capture import STDIN, Capture, CaptureError, open_capture
 from .engine import BatchResult, Engine
 from .flows.record import FlowRecord
@@ -85,8 +83,12 @@ class Analysis:
             for batch, prepared in prepared_batches(cap, engine.config, self.batch_size):
                 if batch.count:  # (the pages before this batch may be dropped)
                     prefetch.reached(i, int(batch.start[0]))
-                    if cap.mapped and (size := cap.shrunk_to()) is not None:
-                        yield from self._shrunk(cap, batch, size, engine)
+                    if (cut := cap.cut_under(batch)) is not None:  # (the file was cut short under it)
+                        kept, error = cut
+                        if kept.count:
+                            yield from engine.process(kept).records
+                            self._packets += kept.count
+                        raise error
                 result = engine.process(batch, prepared)
                 if self.on_batch is not None:
                     self.on_batch(batch, result)
@@ -100,21 +102,6 @@ class Analysis:
         finally:
             self.capture_counters.update({k: v for k, v in cap.counters.items() if v})
             cap.close()
-
-    def _shrunk(self, cap: Capture, batch: PacketBatch, size: int, engine: Engine) -> Iterator[FlowRecord]:
-        """The file was cut to ``size`` bytes while being read (tcpdump's ring buffer reusing it,
-        a copytruncate rotation): the packets of ``batch`` that lie wholly before that are counted,
-        then CaptureError (what lies past it reads as zeros, or is already another file's)."""
-        whole = batch.start + batch.caplen.astype(np.int64) <= size
-        k = int(np.argmin(whole)) if not whole.all() else batch.count  # (records are in file order)
-        if k:
-            kept = PacketBatch(batch.buf, batch.start[:k], batch.caplen[:k], batch.wirelen[:k], batch.ts[:k],
-                               batch.layer)
-            yield from engine.process(kept).records
-            self._packets += k
-        at = int(batch.start[k - 1]) + int(batch.caplen[k - 1]) if k else int(batch.start[0]) - 16
-        raise CaptureError(f"{cap.path}: the file shrank to {size} bytes while being read (truncated or "
-                           f"overwritten); reading stopped at byte {at}")
 
     def summary(self) -> dict[str, int]:
         """Engine counters (packets, decoded, drops by reason, flows) and capture-file counters."""

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from receiver import mapguard, native
+from receiver.capture import CaptureError, open_capture
 from receiver.read import Analysis, read_records
 from receiver.traffic import write_pcap
 
@@ -115,3 +116,24 @@ def test_the_cli_survives_a_capture_cut_under_it(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert "ring1.pcap: the file shrank to 1000000 bytes while being read" in r.stderr
     assert "Traceback" not in r.stderr and out.read_bytes().count(b"\n") > 0
+
+
+def test_the_capture_reader_itself_stops_at_the_cut(tmp_path: Path) -> None:
+    """Other readers of captures (``vxmirror replay``, the Python reading thread for pcapng, gzip
+    or no C library) get the same: the packets before the cut, then the error."""
+    path = tmp_path / "ring2.pcap"
+    write_pcap(path, 20_000, 200, seed=5)
+    got = 0
+    with open_capture(path) as cap:
+        batches = cap.batches(4096)
+        got += next(batches).count
+        os.truncate(path, 6_000_000)
+        with pytest.raises(CaptureError, match=r"ring2\.pcap: the file shrank to 6000000 bytes .* stopped at byte"):
+            for b in batches:
+                got += b.count
+                assert int(b.start[-1]) + int(b.caplen[-1]) <= 6_000_000
+    whole = 0
+    with open_capture(path) as cut:  # what the cut file holds whole: the same packets
+        for b in cut.batches(4096):
+            whole += b.count
+    assert 4096 < got == whole
