@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import commands, memtune
+
+# commands whose work is over when they return (outputs written and closed, threads joined): the
+# console script then ends the process without tearing the interpreter down, which unloads numpy
+# and the engine's modules one object at a time (20-30 ms of a 0.4 s `vxmirror read`)
+DONE_AT_RETURN = frozenset({"read"})
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -48,5 +55,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def console() -> None:
+    """The ``vxmirror`` console script: ``main``, then the process's end."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if _command_module(argv) not in DONE_AT_RETURN:
+        sys.exit(code)
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # (standard output closed by its reader: as BrokenPipeError in main)
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -186,6 +186,23 @@ def test_standard_input_is_read_by_the_command(tmp_path: Path) -> None:
     assert empty.returncode == 1 and b"-: empty file, not a capture" in empty.stderr
 
 
+def test_the_console_script_ends_read_with_everything_written(tmp_path: Path) -> None:
+    """`vxmirror read` ends the process without unloading the interpreter (os._exit): every record
+    on standard output, the summary on stderr and the exit status must still be there."""
+    path = tmp_path / "gen.pcap"
+    write_pcap(path, 60_000, 3_000, seed=6)
+    want = sorted(orjson.dumps(r) for r in read_records(path))
+    exe = Path(sys.executable).parent / "vxmirror"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (buffered, as usual)
+    r = subprocess.run([str(exe), "read", str(path)], capture_output=True, timeout=120, env=env)
+    assert r.returncode == 0 and sorted(r.stdout.splitlines()) == want and len(want) > 2_000
+    assert b"packets read" in r.stderr and b"records                 3,000" in r.stderr
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"\x00" * 100)
+    r = subprocess.run([str(exe), "read", str(path), str(bad), "--quiet"], capture_output=True, timeout=120, env=env)
+    assert r.returncode == 1 and sorted(r.stdout.splitlines()) == want and b"bad.pcap: not a pcap" in r.stderr
+
+
 def test_the_command_says_what_it_cannot_read_or_write_before_any_work(tmp_path: Path) -> None:
     good = tmp_path / "gen.pcap"
     write_pcap(good, 2_000, 40, seed=5)
