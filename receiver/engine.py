@@ -70,7 +70,7 @@ DROP_REASONS = frozenset(
 # counters of things noticed on packets that were still decoded
 NOTES = frozenset({"vxlan_reserved_bits", "capture_truncated_records", "capture_bad_records", "capture_bad_blocks",
                    "capture_unsupported_linktype", "capture_gzip_truncated", "capture_gzip_corrupt",
-                   "capture_failed_files"})
+                   "capture_failed_files", "clock_restarts"})
 
 
 @dataclass
@@ -153,19 +153,29 @@ class Engine:
         on where the batches fall (a flow that closed just before a batch boundary and one that
         closed just after it are treated alike)."""
         ts = batch.ts if counted is None else batch.ts[counted]
-        grid = self.config.expire_interval
+        cfg = self.config
+        grid = cfg.expire_interval
+        # a packet this far behind the clock means it went back (another capture, or a packet far in
+        # the future had moved it): the clock restarts there rather than wait for the future
+        horizon = max(cfg.tcp_idle_timeout, cfg.udp_idle_timeout, cfg.other_idle_timeout, cfg.active_timeout,
+                      cfg.tcp_close_linger) + grid
         if self._next_expire is None:
             self._next_expire = self._grid_point(float(ts[0])) + 1
         lo = 0
         while lo < n:
             due = self._next_expire * grid
-            past = np.flatnonzero(ts[lo:] >= due) if float(ts[lo:].max()) >= due else None
-            if past is None:
+            ahead = ts[lo:]
+            if float(ahead.max()) < due and float(ahead.min()) >= due - horizon:  # (the common case)
                 break
-            i = lo + int(past[0])
+            i = lo + int(np.flatnonzero((ahead >= due) | (ahead < due - horizon))[0])
             if i > lo:
                 self._count(batch, d, slice(lo, i) if counted is None else counted[lo:i], prepared)
-            self._expire_through(self._grid_point(float(ts[i])))  # (after it the next point is past ts[i])
+            if ts[i] >= due:
+                self._expire_through(self._grid_point(float(ts[i])))  # (after it the next point is past ts[i])
+            else:
+                self._counters["clock_restarts"] += 1
+                log.warning("packet time went back %.0f s: timeouts restart from it", due - float(ts[i]))
+                self._next_expire = self._grid_point(float(ts[i])) + 1
             lo = i
         rest = (slice(None) if lo == 0 else slice(lo, None)) if counted is None else counted[lo:]
         self._count(batch, d, rest, prepared)
@@ -428,9 +438,13 @@ class Engine:
             return float(np.inf)
         c, cfg = self.table.cols, self.config
         close_ts = c["close_ts"][live]
+        t_last = c["t_last"][live]
         closing = np.where(close_ts > 0, close_ts + cfg.tcp_close_linger, np.inf)
-        due = np.minimum(c["t_last"][live] + self._idle_limits(live), closing)
-        return float(min(due.min(), c["seg_start"][live].min() + cfg.active_timeout))
+        # an interim record is due where the record spans the active timeout, while the flow still
+        # counts as active (a packet within the last expire_interval): with no packet to come, never
+        cut = np.maximum(c["seg_start"][live] + cfg.active_timeout, t_last)
+        interim = np.where(cut <= t_last + cfg.expire_interval, cut, np.inf)
+        return float(np.minimum(np.minimum(t_last + self._idle_limits(live), closing), interim).min())
 
     def _expire(self, now: float) -> None:
         cfg = self.config
@@ -442,7 +456,10 @@ class Engine:
         idle = now - c["t_last"][live] >= self._idle_limits(live)
         close_ts = c["close_ts"][live]
         closed = ~idle & (close_ts > 0) & (now - close_ts >= cfg.tcp_close_linger)
-        active = ~idle & ~closed & (now - c["seg_start"][live] >= cfg.active_timeout)
+        # interim records cut long flows that are active (a packet within the last expire_interval):
+        # one that went quiet ends later as idle, whole, not as an interim record and an empty one
+        active = ~idle & ~closed & (now - c["seg_start"][live] >= cfg.active_timeout) & (
+            now - c["t_last"][live] <= cfg.expire_interval)
         self._emit(live[idle], "idle", now)
         self._emit(live[closed], "tcp_close", now)
         self._emit(live[active], "active", now)

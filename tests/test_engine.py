@@ -183,6 +183,38 @@ def test_a_tcp_close_dates_from_the_packet_that_completed_it(batch: int) -> None
     assert sorted((r["transport"], r["end_reason"]) for r in recs) == [("tcp", "tcp_close"), ("udp", "end_of_input")]
 
 
+@pytest.mark.parametrize("batch", [1, 1000])
+def test_a_packet_far_in_the_future_does_not_stop_the_timeouts(batch: int) -> None:
+    """A corrupt timestamp years ahead ends the open flows (time moved on, as packet by packet),
+    but when packet time comes back the timeouts restart from it instead of waiting for the
+    future: a flow idle for its timeout afterwards still ends mid-capture, not at the end."""
+    cfg = EngineConfig(udp_idle_timeout=5.0)
+    a, bogus, late = pf.udp(C, S, 1, 2, b"a"), pf.udp(C, S, 3, 4, b"b"), pf.udp(C, S, 5, 6, b"c")
+    frames = [a] * 50 + [bogus] + [a] * 50 + [late] + [a] * 100
+    ts = [1000.0 + 0.1 * i for i in range(50)] + [4e9] + [1005.0 + 0.1 * i for i in range(50)] + [1010.05]
+    ts += [1010.1 + 0.1 * i for i in range(100)]  # (the "late" flow is idle from 1010.05: due at 1015.05)
+    e = Engine(cfg)
+    during: list[dict] = []
+    for i in range(0, len(frames), batch):
+        during += e.process(PacketBatch.from_frames(frames[i : i + batch], ts[i : i + batch])).records
+    assert [(r["src_port"], r["end_reason"], r["packets_in"]) for r in during] == [(1, "idle", 50), (5, "idle", 1)]
+    assert e.counters()["clock_restarts"] == 1
+
+
+@pytest.mark.parametrize("batch", [1, 1000])
+def test_a_flow_that_went_quiet_ends_idle_and_whole(batch: int) -> None:
+    """With the default timeouts (TCP idle and active both 300 s) a connection that went quiet
+    without closing reaches its active timeout 0.1 s before its idle one: it must end as one idle
+    record with all its packets, not as an interim record followed by an empty one."""
+    quiet = handshake()[:5]
+    ticker = pf.udp(C, S, 7, 7, b"t")  # keeps packet time moving
+    frames = quiet + [ticker] * 400
+    ts = [1000.0 + 0.02 * i for i in range(5)] + [1001.0 + i for i in range(400)]
+    recs, _ = run(frames, ts=ts, batch=batch)
+    tcp = [r for r in recs if r["transport"] == "tcp"]
+    assert [(r["end_reason"], r["packets_in"] + r["packets_out"]) for r in tcp] == [("idle", 5)]
+
+
 def test_tcp_close_after_linger() -> None:
     cfg = EngineConfig(tcp_close_linger=1.0)
     frames = [*handshake(), pf.udp(C, S, 9, 9)]
