@@ -199,10 +199,11 @@ class Engine:
         assert at is not None
         while at <= last:
             self._expire(at * grid)
-            due = self._earliest_deadline()
+            due = self._earliest_deadline(at * grid)
             if due == np.inf:
                 break
-            at = max(at + 1, self._grid_point(due))
+            first = self._grid_point(due)  # the first grid point at or after due
+            at = max(at + 1, first if first * grid >= due else first + 1)
         self._next_expire = last + 1  # (not further: packets to come may be due sooner)
 
     def tick(self, now: float) -> list[FlowRecord]:
@@ -425,41 +426,39 @@ class Engine:
             log.warning("dropped %d IP fragments whose first fragment was not seen", lost)
         return ok
 
-    def _idle_limits(self, live: I64) -> np.ndarray:
-        cfg = self.config
-        proto = self.table.cols["kproto"][live] & 0xFF
-        return np.where(proto == 6, cfg.tcp_idle_timeout,
-                        np.where(proto == 17, cfg.udp_idle_timeout, cfg.other_idle_timeout))
+    def _deadlines(self, live: I64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per open flow ``live``, in packet time: when it is idle, when its TCP close linger ends
+        (inf: not closed), and from when until when an interim record cuts it: once the record
+        spans the active timeout, while the flow is active (a packet within the last
+        expire_interval). A flow that went quiet is not cut: it ends later as idle, whole, rather
+        than as an interim record and an empty one."""
+        c, cfg = self.table.cols, self.config
+        proto = c["kproto"][live] & 0xFF
+        idle_limit = np.where(proto == 6, cfg.tcp_idle_timeout,
+                              np.where(proto == 17, cfg.udp_idle_timeout, cfg.other_idle_timeout))
+        t_last, close_ts = c["t_last"][live], c["close_ts"][live]
+        closed_at = np.where(close_ts > 0, close_ts + cfg.tcp_close_linger, np.inf)
+        return t_last + idle_limit, closed_at, c["seg_start"][live] + cfg.active_timeout, t_last + cfg.expire_interval
 
-    def _earliest_deadline(self) -> float:
-        """The packet time at which the next open flow is due (idle, closed, or an interim record)."""
+    def _earliest_deadline(self, after: float) -> float:
+        """The packet time at which the next open flow is due after ``after`` (idle, closed, or an
+        interim record; inf: none, until packets come): an interim window that closed by then
+        stays closed."""
         live = self.table.active_indices()
         if not live.size:
             return float(np.inf)
-        c, cfg = self.table.cols, self.config
-        close_ts = c["close_ts"][live]
-        t_last = c["t_last"][live]
-        closing = np.where(close_ts > 0, close_ts + cfg.tcp_close_linger, np.inf)
-        # an interim record is due where the record spans the active timeout, while the flow still
-        # counts as active (a packet within the last expire_interval): with no packet to come, never
-        cut = np.maximum(c["seg_start"][live] + cfg.active_timeout, t_last)
-        interim = np.where(cut <= t_last + cfg.expire_interval, cut, np.inf)
-        return float(np.minimum(np.minimum(t_last + self._idle_limits(live), closing), interim).min())
+        idle_at, closed_at, cut_from, cut_until = self._deadlines(live)
+        cut = np.where((cut_from <= cut_until) & (cut_until > after), np.maximum(cut_from, after), np.inf)
+        return float(min(idle_at.min(), closed_at.min(), cut.min()))
 
     def _expire(self, now: float) -> None:
-        cfg = self.config
-        t = self.table
-        live = t.active_indices()
+        live = self.table.active_indices()
         if not live.size:
             return
-        c = t.cols
-        idle = now - c["t_last"][live] >= self._idle_limits(live)
-        close_ts = c["close_ts"][live]
-        closed = ~idle & (close_ts > 0) & (now - close_ts >= cfg.tcp_close_linger)
-        # interim records cut long flows that are active (a packet within the last expire_interval):
-        # one that went quiet ends later as idle, whole, not as an interim record and an empty one
-        active = ~idle & ~closed & (now - c["seg_start"][live] >= cfg.active_timeout) & (
-            now - c["t_last"][live] <= cfg.expire_interval)
+        idle_at, closed_at, cut_from, cut_until = self._deadlines(live)
+        idle = idle_at <= now
+        closed = ~idle & (closed_at <= now)
+        active = ~idle & ~closed & (cut_from <= now) & (now <= cut_until)
         self._emit(live[idle], "idle", now)
         self._emit(live[closed], "tcp_close", now)
         self._emit(live[active], "active", now)

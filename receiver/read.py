@@ -83,12 +83,6 @@ class Analysis:
             for batch, prepared in prepared_batches(cap, engine.config, self.batch_size):
                 if batch.count:  # (the pages before this batch may be dropped)
                     prefetch.reached(i, int(batch.start[0]))
-                    if (cut := cap.cut_under(batch)) is not None:  # (the file was cut short under it)
-                        kept, error = cut
-                        if kept.count:
-                            yield from engine.process(kept).records
-                            self._packets += kept.count
-                        raise error
                 result = engine.process(batch, prepared)
                 if self.on_batch is not None:
                     self.on_batch(batch, result)

@@ -106,6 +106,11 @@ def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Ite
             batch = PacketBatch(buf=cap.data, start=c["start"], caplen=c["caplen"], wirelen=c["wirelen"], ts=c["ts"],
                                 layer=layer)
             cap.count("records", slot.n)
+            if slot.n and (cut := cap.cut_under(batch)) is not None:  # as Capture.batches() does
+                kept, error = cut
+                if kept.count:
+                    yield kept, prepare(kept, config)
+                raise error
             yield batch, _prepared(batch, slot, config)
             reader.release(slot)
     finally:

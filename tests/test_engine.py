@@ -215,6 +215,25 @@ def test_a_flow_that_went_quiet_ends_idle_and_whole(batch: int) -> None:
     assert [(r["end_reason"], r["packets_in"] + r["packets_out"]) for r in tcp] == [("idle", 5)]
 
 
+def test_a_long_gap_costs_a_few_timeout_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across a gap in packet time the checks jump to the grid points where a flow is due: a flow
+    whose interim window (1001.2-1001.5 s) holds no grid point must not make them walk the gap
+    one grid point at a time until its idle timeout."""
+    cfg = EngineConfig(udp_idle_timeout=600.0, active_timeout=1.0)
+    calls: list[float] = []
+    expire = Engine._expire
+
+    def counting(self: Engine, now: float) -> None:
+        calls.append(now)
+        expire(self, now)
+
+    monkeypatch.setattr(Engine, "_expire", counting)
+    f = pf.udp(C, S, 1, 2, b"a")
+    recs, _ = run([f, f, pf.udp(C, S, 3, 4, b"b")], ts=[1000.2, 1000.5, 2000.0], cfg=cfg, batch=1)
+    assert [(r["src_port"], r["end_reason"]) for r in recs] == [(1, "idle"), (3, "end_of_input")]
+    assert len(calls) <= 4, calls
+
+
 def test_tcp_close_after_linger() -> None:
     cfg = EngineConfig(tcp_close_linger=1.0)
     frames = [*handshake(), pf.udp(C, S, 9, 9)]
