@@ -24,6 +24,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import native
+from .appmeta import state as appstate
 from .appmeta.state import DNS_TCP_PORTS, DNS_UDP_PORTS, START_BYTES, TCP, UDP, AppState, worth_parsing
 from .decode import Decoded, Frag, Status, decode
 from .flows.excerpts import ExcerptPool
@@ -342,18 +343,23 @@ class Engine:
         if rest.size:
             rp = idx[live[rest]]
             want[rest] = prepared.app_later[rp] if prepared.app_later is not None else _app_later(batch, d, rp)
+        # and the segments that may continue a message head the parser gathers (a request head
+        # over several segments): shown only if it still gathers when they come
+        heading = self._head_segments(batch, d, idx, key, live, want)
+        want |= heading
         sel = live[want]
         if not sel.size:
             return
+        heading = heading[want]
         p = idx[sel]
         f_sel = flow[sel]
         maybe = prepared.app_maybe[p] if prepared.app_maybe is not None else _app_maybe(batch, d, p)
         parsing = self.table.cols["app_parser"]
-        opaque = _only_counted(maybe, parsing[f_sel], f_sel)
+        opaque = _only_counted(maybe, parsing[f_sel], f_sel) & ~heading
         if opaque.any():
             _count_shown(seen, key[sel[opaque]])
             keep = ~opaque
-            sel, p, f_sel, maybe = sel[keep], p[keep], f_sel[keep], maybe[keep]
+            sel, p, f_sel, maybe, heading = sel[keep], p[keep], f_sel[keep], maybe[keep], heading[keep]
             if not sel.size:
                 return
         proto, sport, dport, off = d.proto[p], d.sport[p], d.dport[p], d.pay_off[p]
@@ -362,13 +368,17 @@ class Engine:
         done: set[int] = set()
         n_seen: dict[int, int] = {}  # flow * 2 + direction -> payload packets shown, updated here
         app, max_items = self.app, self.config.app_max_items
-        for f, k, c0, o, off_, cap, pr, sp, dp, mb in zip(
+        fed: set[int] = set()
+        for f, k, c0, o, off_, cap, pr, sp, dp, mb, hd in zip(
             f_sel.tolist(), key[sel].tolist(), count[sel].tolist(), orig, off.tolist(), d.pay_cap[p].tolist(),
-            proto.tolist(), sport.tolist(), dport.tolist(), maybe.tolist(),
+            proto.tolist(), sport.tolist(), dport.tolist(), maybe.tolist(), heading.tolist(),
         ):
             if f in done or n_seen.get(k) == APP_DONE:  # done earlier in this batch (the flow, or this direction)
                 continue
             state = app.get(f)
+            if hd and not (isinstance(state, AppState) and state.gathering((k & 1) ^ o)):
+                continue  # no head open there (any more): not shown
+            fed.add(f)
             if not isinstance(state, AppState):
                 if not mb or not worth_parsing(payload := mv[off_ : off_ + cap].tobytes(), pr, sp, dp):
                     # opaque payload: after the first few packets this direction is not looked at again
@@ -401,6 +411,37 @@ class Engine:
             ended = np.fromiter(done, np.int64, len(done))
             seen[ended] = APP_DONE
             parsing[ended] = False
+        # which directions gather a head now (their next segments are shown: _head_segments)
+        gathering = self.table.cols["app_head"]
+        for f in fed:
+            state = app.get(f)
+            if isinstance(state, AppState):
+                o = int(self.table.cols["orig"][f])
+                gathering[f] = (state.gathering(o), state.gathering(1 - o))
+            else:
+                gathering[f] = False
+
+    def _head_segments(self, batch: PacketBatch, d: Decoded, idx: I64, key: I64, live: I64, want: B) -> B:
+        """Of the ``live`` packets not in ``want``: those that may continue a message head the
+        parser gathers, up to the number of segments it gathers for one: after a packet shown in
+        this batch that may open one (a TLS hello, an HTTP request, a first byte of one), or in a
+        direction that gathered one when the batch began. Which of them continue a head is for
+        the loop to see; with a packet a batch, it is the gathering state alone."""
+        out = np.zeros(live.size, np.bool_)
+        w = np.flatnonzero(want)
+        wp = idx[live[w]]
+        # what may open a head: a TCP payload that starts like a TLS record or an HTTP message
+        starts = w[(d.proto[wp] == TCP) & _APP_START[batch.buf[d.pay_off[wp]]]]
+        lk = key[live]
+        open_before = self.table.cols["app_head"].reshape(-1)[lk]
+        if not starts.size and not open_before.any():
+            return out
+        of_interest = np.isin(lk, np.union1d(lk[starts], lk[open_before]))
+        m = np.flatnonzero(of_interest)
+        start = np.zeros(live.size, np.bool_)
+        start[starts] = True
+        out[m] = _segment_runs(lk[m], start[m], open_before[m], appstate.HEAD_SEGMENTS)
+        return out & ~want
 
     def _attribute_fragments(self, d: Decoded, ok: Any) -> Any:
         """Give later IP fragments the ports of their first fragment (same VNI, addresses, protocol, ID)."""
@@ -544,6 +585,28 @@ def _app_later(batch: PacketBatch, d: Decoded, p: I64) -> B:
         )
         later[http] |= np.isin(word, HTTP_WORDS)
     return later
+
+
+def _segment_runs(key: I64, start: B, open_before: B, span: int) -> B:
+    """For packets in arrival order with their direction ``key``: those among the ``span`` packets
+    of their direction after a ``start`` one, or among its first ``span`` when ``open_before``
+    (a message head was open in that direction before these packets)."""
+    n = key.size
+    order = _stable_order(key)
+    k = key[order]
+    group_start = np.zeros(n, np.int64)
+    breaks = np.flatnonzero(k[1:] != k[:-1]) + 1
+    group_start[breaks] = breaks
+    np.maximum.accumulate(group_start, out=group_start)
+    pos = np.arange(n)
+    # the position (in sorted order) of the latest start at or before each packet of its direction
+    last = np.where(start[order], pos, -1)
+    np.maximum.accumulate(last, out=last)
+    after_start = (last >= group_start) & (pos - last >= 1) & (pos - last <= span)
+    at_first = (last < group_start) & open_before[order] & (pos - group_start < span)
+    out = np.empty(n, np.bool_)
+    out[order] = after_start | at_first
+    return out
 
 
 def _app_maybe(batch: PacketBatch, d: Decoded, p: I64) -> B:

@@ -207,6 +207,48 @@ def test_opaque_flows_get_no_app_object_and_dns_flows_do() -> None:
     assert [d["query"] for d in recs[53]["app"]["dns"]] == ["a.example"] * 6
 
 
+@pytest.mark.parametrize("batch", [1, 3, 5, 1000])
+def test_later_request_heads_over_several_segments_are_gathered(batch: int) -> None:
+    """Past a direction's first four payload packets only message starts are shown; a request
+    head that spans segments there (a large cookie) must still be gathered whole, and the request
+    after it must not be taken for its continuation."""
+    c, s = "10.0.0.1", "10.0.0.2"
+
+    def req(k: int) -> list[bytes]:
+        head = f"GET /{k} HTTP/1.1\r\ncookie: {'c' * 1800}\r\nhost: h{k}.example\r\nuser-agent: ua{k}\r\n\r\n"
+        data = head.encode()
+        return [data[:1400], data[1400:]]  # the host and the user agent are in the second segment
+
+    frames = []
+    for k in range(1, 8):
+        frames += [pf.tcp(c, s, 40001, 80, ACK | PSH, seg) for seg in req(k)]
+        frames.append(pf.tcp(s, c, 80, 40001, ACK | PSH, f"HTTP/1.1 200 OK\r\nX-K: {k}\r\n\r\n".encode()))
+        frames += [pf.tcp(s, c, 80, 40001, ACK, bytes([0x80 + k]) * 1000) for _ in range(3)]
+    (rec,) = _run(frames, EngineConfig(), batch)
+    assert [(h["uri"], h["host"], h["user_agent"], h["status"]) for h in rec["app"]["http"]] == [
+        (f"/{k}", f"h{k}.example", f"ua{k}", 200) for k in range(1, 8)]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 1000])
+def test_a_head_opened_by_a_short_first_segment_goes_on_past_the_first_packets(batch: int) -> None:
+    """A request sent as "G" then the rest (the fourth payload packet, then the fifth): the parser
+    gathers from the "G", so the next segment is shown although it starts no message, in any
+    batching (with a packet a batch that follows from the gathering state alone)."""
+    c, s = "10.0.0.1", "10.0.0.2"
+    frames = [pf.tcp(c, s, 40002, 80, ACK | PSH, b"GET /a HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+              pf.tcp(s, c, 80, 40002, ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n")]
+    frames += [pf.tcp(c, s, 40002, 80, ACK | PSH, bytes([0x80 + k]) * 10) for k in range(2)]  # (body)
+    frames += [pf.tcp(c, s, 40002, 80, ACK | PSH, b"G"),
+               pf.tcp(c, s, 40002, 80, ACK | PSH, b"ET /b HTTP/1.1\r\nHost: b.example\r\n\r\n")]
+    (rec,) = _run(frames, EngineConfig(), batch)
+    assert [(h["uri"], h["host"]) for h in rec["app"]["http"]] == [("/a", "a.example"), ("/b", "b.example")]
+    # one body segment more, and the "G" is the fifth packet: past the first four, it starts no
+    # message, so neither it nor the rest is shown (as with a packet a batch)
+    frames.insert(4, pf.tcp(c, s, 40002, 80, ACK | PSH, b"\x90" * 10))
+    (rec,) = _run(frames, EngineConfig(), batch)
+    assert [(h["uri"], h["host"]) for h in rec["app"]["http"]] == [("/a", "a.example")]
+
+
 @pytest.mark.parametrize("batch", [1, 3, 1000])
 def test_a_direction_opaque_for_its_first_packets_is_not_looked_at_again(batch: int) -> None:
     """Four opaque payload packets without a parser end a direction for the parsers (counted in

@@ -2,8 +2,9 @@
 
 The engine creates an :class:`AppState` lazily for a flow and calls :meth:`AppState.feed`
 with the payload of each of the flow's first payload packets (and of later packets that
-look like an HTTP message or are DNS), in arrival order, one packet per call; it leaves out
-the segments :meth:`AppState.ignores` says would be ignored (HTTP body). Detection is
+look like an HTTP message or are DNS, and of the segments that continue a message head it
+gathers, :meth:`AppState.gathering`), in arrival order, one packet per call; it leaves out the
+segments :meth:`AppState.ignores` says would be ignored (HTTP body). Detection is
 by content for HTTP and TLS (HTTP on port 22 or 27272 is still HTTP) and by port for DNS
 (53, 5353 mDNS, 5355 LLMNR, 137 NetBIOS-NS; on TCP with the 2-byte length prefix).
 
@@ -22,7 +23,7 @@ DNS_UDP_PORTS = frozenset((53, 5353, 5355, 137))
 DNS_TCP_PORTS = frozenset((53, 5353, 5355))
 TCP, UDP = 6, 17
 UNKNOWN_GIVE_UP = 4  # payload packets with nothing recognised before giving up on a flow
-_MAX_SEGMENTS = 8  # segments gathered for one message head
+HEAD_SEGMENTS = 8  # segments gathered for one message head
 _PROBE_LEN = 8  # shorter starts that could begin "GET " or "HTTP/" wait for more bytes
 _TLS, _HTTP, _PROBE = 1, 2, 3
 # First payload bytes for which ``worth_parsing`` can hold on TCP away from the DNS ports: a TLS
@@ -170,7 +171,7 @@ class AppState:
         self._nothing()
 
     def _segs_probe_ok(self, d: int) -> bool:
-        return self._seen[d] <= _MAX_SEGMENTS
+        return self._seen[d] <= HEAD_SEGMENTS
 
     def _start(self, d: int, mode: int, data: bytes) -> None:
         self._buf[d] = bytearray(data)
@@ -185,7 +186,7 @@ class AppState:
             done = b"\n" in buf
         else:
             done = b"\r\n\r\n" in buf or b"\n\n" in buf
-        return done or len(buf) >= http.MAX_HEAD or segs >= _MAX_SEGMENTS
+        return done or len(buf) >= http.MAX_HEAD or segs >= HEAD_SEGMENTS
 
     def _http_progress(self, d: int, buf: bytearray) -> None:
         """An HTTP message head is being gathered: parse it once complete (or too long)."""
@@ -282,6 +283,11 @@ class AppState:
                 if hello["alpn"] is not None:
                     self.tls["alpn_selected"] = hello["alpn"]
         return hello is None or bool(hello["complete"]) or size >= self.tls_buffer
+
+    def gathering(self, d: int) -> bool:
+        """Whether direction ``d`` (0: originator to responder) has a message head open, waiting
+        for its next segments (the engine shows them even past the direction's first packets)."""
+        return self._buf[d & 1] is not None
 
     def ignores(self, d: int) -> bool:
         """Whether direction ``d`` (0: originator to responder) ignores a TCP payload whose first

@@ -62,6 +62,7 @@ COLUMNS: dict[str, tuple[str, bool]] = {
     "exc_row": ("u4", True),  # excerpt pool row + 1 (0: none yet)
     "app_pkts": ("u1", True),  # payload packets shown to the application parsers
     "app_parser": ("?", False),  # the flow has an application parser (engine.app holds its AppState)
+    "app_head": ("?", True),  # its parser gathers a message head's segments in this direction
 }
 
 
