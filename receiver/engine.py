@@ -592,12 +592,7 @@ def _segment_runs(key: I64, start: B, open_before: B, span: int) -> B:
     of their direction after a ``start`` one, or among its first ``span`` when ``open_before``
     (a message head was open in that direction before these packets)."""
     n = key.size
-    order = _stable_order(key)
-    k = key[order]
-    group_start = np.zeros(n, np.int64)
-    breaks = np.flatnonzero(k[1:] != k[:-1]) + 1
-    group_start[breaks] = breaks
-    np.maximum.accumulate(group_start, out=group_start)
+    order, group_start = _grouped_order(key)
     pos = np.arange(n)
     # the position (in sorted order) of the latest start at or before each packet of its direction
     last = np.where(start[order], pos, -1)
@@ -649,16 +644,23 @@ def _stable_order(key: I64) -> I64:
     return np.argsort(key, kind="stable")
 
 
+def _grouped_order(key: I64) -> tuple[I64, I64]:
+    """The stable order of (non-negative) ``key`` and, per element in that order, where its run of
+    equal keys starts."""
+    order = _stable_order(key)
+    k = key[order]
+    group_start = np.zeros(key.size, np.int64)
+    breaks = np.flatnonzero(k[1:] != k[:-1]) + 1
+    group_start[breaks] = breaks
+    np.maximum.accumulate(group_start, out=group_start)
+    return order, group_start
+
+
 def _rank_within(key: I64, values: I64 | None = None) -> tuple[I64, I64 | None]:
     """For each element: its rank among equal (non-negative) keys, in order, and the sum of ``values``
     before it (None without ``values``)."""
     n = key.size
-    order = _stable_order(key)
-    k = key[order]
-    group_start = np.zeros(n, np.int64)  # per sorted element: where its run of equal keys starts
-    breaks = np.flatnonzero(k[1:] != k[:-1]) + 1
-    group_start[breaks] = breaks
-    np.maximum.accumulate(group_start, out=group_start)
+    order, group_start = _grouped_order(key)
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n) - group_start
     if values is None:
