@@ -19,7 +19,7 @@
 #define MAX_GUARDS 64
 
 struct guard {
-    uintptr_t lo, hi; /* [lo, hi) guarded; hi == 0: a free entry */
+    uintptr_t lo, hi; /* [lo, hi) guarded; lo == 0: a free entry (claimed by setting lo, live once hi is) */
     int64_t faults;
 };
 
