@@ -174,11 +174,6 @@ class Capture:
     def __repr__(self) -> str:
         return f"Capture({self.path!r}, format={self.format}, compressed={self.compressed})"
 
-    @property
-    def mapped(self) -> bool:
-        """The file is mapped (not read in pieces: gzip, a stream)."""
-        return isinstance(self._data, mmap.mmap)
-
     def shrunk_to(self) -> int | None:
         """The file's size now, if it is shorter than when it was mapped (truncated or rewritten
         while being read: what lies past that reads as zeros); None if it is not."""

@@ -150,36 +150,30 @@ def walk(
                 yield Run(ifaces, r_iface, r_start, r_cap, r_wire, r_ts)
                 pos = nxt
                 continue
-        if pos + 12 > end:  # the end of the data, or a block cut there
+        blen = 0
+        if pos + 12 <= end:
+            (btype,) = unpack(e + "I", mv, pos)
+            if btype == SHB:  # a byte palindrome: the same in either byte order
+                (bom,) = unpack("<I", mv, pos + 8)
+                if bom == BOM:
+                    e = "<"
+                elif bom == 0x4D3C2B1A:
+                    e = ">"
+                else:
+                    raise PcapngError(f"{path}: section header at offset {pos} has a bad byte-order magic")
+                ifaces = []
+            (blen,) = unpack(e + "I", mv, pos + 4)
+            if blen < 12 or blen % 4:
+                count("bad_blocks", 1)
+                raise PcapngError(f"{path}: block at offset {pos} has an invalid length {blen}")
+        if pos + max(blen, 12) > end:  # the end of the data, or a block cut there
             more = refill(pos) if refill is not None else None
-            if more is not None:  # the file goes on in the next piece
+            if more is not None:  # the file goes on in the next piece (from this block on)
                 arr, pos, end, mv, fast = more, 0, more.shape[0], more.data, native.available()
                 yield Buffer(arr)
                 continue
             if pos < end:
                 count("truncated_records", 1)
-            return
-        (btype,) = unpack(e + "I", mv, pos)
-        if btype == SHB:  # a byte palindrome: the same in either byte order
-            (bom,) = unpack("<I", mv, pos + 8)
-            if bom == BOM:
-                e = "<"
-            elif bom == 0x4D3C2B1A:
-                e = ">"
-            else:
-                raise PcapngError(f"{path}: section header at offset {pos} has a bad byte-order magic")
-            ifaces = []
-        (blen,) = unpack(e + "I", mv, pos + 4)
-        if blen < 12 or blen % 4:
-            count("bad_blocks", 1)
-            raise PcapngError(f"{path}: block at offset {pos} has an invalid length {blen}")
-        if pos + blen > end:
-            more = refill(pos) if refill is not None else None
-            if more is not None:  # the block goes on in the next piece
-                arr, pos, end, mv, fast = more, 0, more.shape[0], more.data, native.available()
-                yield Buffer(arr)
-                continue
-            count("truncated_records", 1)
             return
         body, body_end = pos + 8, pos + blen - 4
         if unpack(e + "I", mv, body_end)[0] != blen:

@@ -378,7 +378,6 @@ class Engine:
             state = app.get(f)
             if hd and not (isinstance(state, AppState) and state.gathering((k & 1) ^ o)):
                 continue  # no head open there (any more): not shown
-            fed.add(f)
             if not isinstance(state, AppState):
                 if not mb or not worth_parsing(payload := mv[off_ : off_ + cap].tobytes(), pr, sp, dp):
                     # opaque payload: after the first few packets this direction is not looked at again
@@ -394,6 +393,7 @@ class Engine:
             else:
                 payload = mv[off_ : off_ + cap].tobytes()
             state.feed((k & 1) ^ o, payload, pr, sp, dp)
+            fed.add(f)
             if state.wants_more:
                 n_seen[k] = min(n_seen.get(k, c0) + 1, APP_DONE - 1)
             else:

@@ -100,10 +100,10 @@ def map_file(path: str | os.PathLike[str]) -> mmap.mmap | None:
 class _File:
     """A mapped file the thread works on: populated up to ``populated``, dropped below ``behind``."""
 
-    __slots__ = ("behind", "i", "m", "populated", "size")
+    __slots__ = ("addr", "behind", "i", "m", "populated", "size")
 
     def __init__(self, i: int, m: mmap.mmap) -> None:
-        self.i, self.m, self.size = i, m, len(m)
+        self.i, self.m, self.size, self.addr = i, m, len(m), mapguard.address(m)
         self.populated = self.behind = 0
 
 
@@ -251,6 +251,6 @@ class Prefetcher:
         # close() then leaves it to be unmapped when this thread lets go)
         try:
             with memoryview(f.m):
-                return fn(mapguard.address(f.m) + job.pos, job.n)
+                return fn(f.addr + job.pos, job.n)
         except ValueError:  # the reader closed the mapping: done with this file
             return False

@@ -90,7 +90,7 @@ class Analysis:
                 if self.progress is not None:
                     self.progress(str(path), _done_bytes(cap, batch, total), total, self._packets)
                 yield from result.records
-            if cap.mapped and (pages := cap.vanished_pages()):  # (cut and grown again between two checks)
+            if pages := cap.vanished_pages():  # (cut and grown again between two checks)
                 raise CaptureError(f"{path}: the file was truncated while being read ({pages} pages of it read "
                                    f"as zeros): its records may be incomplete")
         finally:
