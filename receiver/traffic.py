@@ -161,7 +161,7 @@ class Traffic:
                 _put(buf, hdr + 8, length.astype(np.uint64), 4, little=True)
                 _put(buf, hdr + 12, length.astype(np.uint64), 4, little=True)
                 end = int(start[-1] + length[-1])
-                f.write(buf[:end].tobytes() if False else buf[:end].data)
+                f.write(buf[:end].data)
                 total += end
         return total
 
