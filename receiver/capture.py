@@ -143,16 +143,27 @@ class Capture:
 
     def batches(self, batch_size: int = 8192) -> Iterator[PacketBatch]:
         """Every packet of the file, in order, as batches of at most ``batch_size``."""
+        for batch, _ in self.batches_made(batch_size):
+            yield batch
+
+    def batches_made(
+        self, batch_size: int = 8192, runner: capture_pcapng.Runner | None = None
+    ) -> Iterator[tuple[PacketBatch, object]]:
+        """``batches``, each with what ``runner`` made of it if the runner read it (the runs of a
+        pcapng's enhanced packet blocks it takes: ``capture_pcapng.walk``), else None."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        batches = self._pcap_batches(batch_size) if self.format == "pcap" else self._pcapng_batches(batch_size)
-        for batch in batches:
+        if self.format == "pcap":
+            items: Iterator[tuple[PacketBatch, object]] = ((b, None) for b in self._pcap_batches(batch_size))
+        else:
+            items = self._pcapng_batches(batch_size, runner)
+        for batch, made in items:
             if batch.count and (cut := self.cut_under(batch)) is not None:
                 kept, error = cut
                 if kept.count:
-                    yield kept
+                    yield kept, None
                 raise error
-            yield batch
+            yield batch, made
 
     def close(self) -> None:
         """Release the file. Batches already handed out keep the mapping alive until dropped."""
@@ -318,8 +329,11 @@ class Capture:
         )
         return chunks, nxt, truncated, bad
 
-    def _pcapng_batches(self, batch_size: int) -> Iterator[PacketBatch]:
-        """Batches of at most ``batch_size`` packets of one layer each, cut where the layer changes."""
+    def _pcapng_batches(
+        self, batch_size: int, runner: capture_pcapng.Runner | None
+    ) -> Iterator[tuple[PacketBatch, object]]:
+        """Batches of at most ``batch_size`` packets of one layer each, cut where the layer
+        changes; with what the runner made of those it read."""
         arr = self._arr
         parts: list[tuple[I64, U32, U32, F64]] = []  # the pending batch, in pieces
         singles: list[capture_pcapng.Packet] = []  # ... its last piece, packet by packet
@@ -334,7 +348,7 @@ class Capture:
         def must_flush(next_layer: Layer) -> bool:  # before adding packets of next_layer
             return bool(pending) and (pending >= batch_size or next_layer != layer)
 
-        def flush() -> PacketBatch:
+        def flush() -> tuple[PacketBatch, None]:
             nonlocal pending
             assert layer is not None
             close_singles()
@@ -342,14 +356,21 @@ class Capture:
             self.count("records", pending)
             parts.clear()
             pending = 0
-            return PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer)
+            return PacketBatch(buf=arr, start=start, caplen=cap, wirelen=wire, ts=ts, layer=layer), None
 
         try:
-            for item in capture_pcapng.walk(arr, arr.shape[0], self.count, self.path, self._refill()):
+            for item in capture_pcapng.walk(arr, arr.shape[0], self.count, self.path, self._refill(), runner):
                 if isinstance(item, capture_pcapng.Buffer):  # the next piece: the batch so far views the last
                     if pending:
                         yield flush()
                     arr = item.arr
+                    continue
+                if isinstance(item, capture_pcapng.Taken):  # a whole batch (of a supported link type)
+                    if pending:
+                        yield flush()
+                    self.count("records", item.start.shape[0])
+                    yield PacketBatch(buf=arr, start=item.start, caplen=item.caplen, wirelen=item.wirelen, ts=item.ts,
+                                      layer=LINKTYPE_LAYERS[item.linktype]), item.made
                     continue
                 if isinstance(item, capture_pcapng.Packet):
                     lt = item.iface.linktype

@@ -5,7 +5,9 @@ SHB 0x0A0D0D0A (starts a section, sets the byte order, forgets interfaces),
 IDB 1 (link type, snap length, options ``if_tsresol`` 9 and ``if_tsoffset`` 14),
 EPB 6, SPB 3 (no timestamp: the previous packet's is used), OPB 2 (obsolete).
 Other blocks are skipped. Each packet gets its interface's link type, so a
-file mixing interfaces yields batches of one layer each.
+file mixing interfaces yields batches of one layer each. Runs of enhanced packet blocks can be
+handed to another reader (``runner``: the C reading thread, ``receiver.readahead``), which takes
+them from where the walk is up to the first block it has to look at itself.
 """
 
 from __future__ import annotations
@@ -77,6 +79,25 @@ class Run:
     ts: F64
 
 
+@dataclass
+class Taken:
+    """A batch of enhanced packet blocks that the runner read: its record columns, where the walk
+    goes on after it, and what the runner made of the batch (opaque here)."""
+
+    linktype: int
+    start: I64
+    caplen: U32
+    wirelen: U32
+    ts: F64
+    next_pos: int
+    made: object
+
+
+# (file buffer, position of an enhanced packet block, big-endian, the section's interfaces) ->
+# the batches taken from there on, or None to leave the run to the walk
+Runner = Callable[[U8, int, bool, list[Interface]], Iterator[Taken] | None]
+
+
 class PcapngError(ValueError):
     """The section header is unusable: reading cannot go on."""
 
@@ -125,13 +146,14 @@ def _seconds(ifaces: list[Interface], iface: np.ndarray, units: np.ndarray) -> n
 
 def walk(
     arr: U8, end: int, count: Callable[[str, int], None], path: str,
-    refill: Callable[[int], U8 | None] | None = None,
-) -> Iterator[Packet | Run | Buffer]:
+    refill: Callable[[int], U8 | None] | None = None, runner: Runner | None = None,
+) -> Iterator[Packet | Run | Taken | Buffer]:
     """Yield every packet of the file, one by one or (runs of enhanced packet blocks, with the C
     library) as arrays; ``count(name, n)`` records truncation and bad blocks. A file read in
     pieces passes ``refill``: for a block cut by the end of ``arr`` it returns a new buffer that
     starts with that block and holds more (None: the file ended there), and the walk yields a
-    :class:`Buffer` before the packets in it."""
+    :class:`Buffer` before the packets in it. A whole file may pass ``runner``: where a run of
+    enhanced packet blocks may start, the runner's batches are yielded as :class:`Taken`."""
     pos = 0
     e = "<"
     ifaces: list[Interface] = []
@@ -140,6 +162,14 @@ def walk(
     mv = arr.data
     fast = native.available() and end == arr.shape[0]
     while True:
+        if (runner is not None and fast and ifaces and pos + 12 <= end and unpack(e + "I", mv, pos)[0] == EPB
+                and (taken := runner(arr, pos, e == ">", ifaces)) is not None):
+            at = pos
+            for t in taken:
+                pos, last_ts = t.next_pos, float(t.ts[-1])
+                yield t
+            if pos > at:
+                continue
         if fast and ifaces:
             nxt, r_start, r_cap, r_wire, r_iface, r_units = native.pcapng_epbs(
                 arr, pos, e == ">", len(ifaces), RUN_MAX

@@ -9,7 +9,11 @@ the results are the same as running both in turn on one thread.
 - A classic pcap, with the C library built: the C reading thread (``receiver.native.reader``)
   does it all without the GIL, a few batches ahead. Packets of shapes the C decode does not
   take are finished here, on the consumer's thread.
-- Anything else (pcapng, a pcap from gzip or a stream, another link type, no C library):
+- A pcapng file, with the C library built: the Python block walk (``capture_pcapng.walk``)
+  hands each run of enhanced packet blocks whose section has interfaces of one supported link
+  type to the C reading thread, as above; the few batches the walk makes itself (other blocks,
+  interfaces of mixed link types) are prepared on the consumer's thread.
+- Anything else (a capture from gzip or a stream, another link type, no C library):
   :func:`work_ahead` reads (and decompresses) the batches and calls ``engine.prepare`` on a
   Python thread (mostly C, numpy and zlib calls, which release the GIL).
 
@@ -25,12 +29,13 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from . import native
-from .capture import Capture
+from .capture import LINKTYPE_LAYERS, Capture
 from .capture_pcap import HEADER_LEN, MAX_RECORD_LEN, WINDOW_LEN
+from .capture_pcapng import Interface, Taken
 from .decode import Decoded, decode
 from .engine import APP_TABLES, Prepared, prepare, prepare_decoded
 from .flows.keys import Keys
-from .packets import PacketBatch
+from .packets import U8, PacketBatch
 from .settings import EngineConfig
 
 T = TypeVar("T")
@@ -89,6 +94,11 @@ def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Ite
     """Every batch of ``cap`` (as ``cap.batches(batch_size)``) with ``engine.prepare``'s result,
     computed ahead on another thread. A batch is valid until the next one is taken."""
     layer = cap.pcap_layer()
+    if cap.format == "pcapng" and not cap.streamed and native.available():
+        runner = _PcapngRunner(config, batch_size)
+        for batch, made in cap.batches_made(batch_size, runner):
+            yield batch, made if isinstance(made, Prepared) else prepare(batch, config)
+        return
     if layer is None or cap.streamed or not native.available() or cap.data.shape[0] <= HEADER_LEN:
         yield from work_ahead(cap.batches(batch_size), lambda b: prepare(b, config))
         return
@@ -117,6 +127,50 @@ def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Ite
         reader.close()
     if reader.status != native.SCAN_OK:
         cap.scan_stopped(reader.end_pos, bad=reader.status == native.SCAN_BAD)
+
+
+class _PcapngRunner:
+    """Reads the runs of a pcapng's enhanced packet blocks on the C reading thread (a
+    ``capture_pcapng.Runner``): those of a section whose interfaces share one supported link
+    type, at most ``MAX_RUNS`` a file (a thread each; a file whose runs are that short is read
+    by the walk itself from then on)."""
+
+    MAX_RUNS = 16
+
+    def __init__(self, config: EngineConfig, batch_size: int) -> None:
+        self.config, self.batch_size = config, batch_size
+        self.runs = 0
+
+    def __call__(self, arr: U8, pos: int, big_endian: bool, ifaces: list[Interface]) -> Iterator[Taken] | None:
+        linktypes = {i.linktype for i in ifaces}
+        if len(linktypes) != 1 or self.runs >= self.MAX_RUNS:
+            return None
+        linktype = linktypes.pop()
+        if linktype not in LINKTYPE_LAYERS:
+            return None
+        self.runs += 1
+        return self._run(arr, pos, big_endian, ifaces, linktype)
+
+    def _run(self, arr: U8, pos: int, big_endian: bool, ifaces: list[Interface], linktype: int) -> Iterator[Taken]:
+        from .native.reader import PcapReader
+
+        layer, config = LINKTYPE_LAYERS[linktype], self.config
+        reader = PcapReader(
+            arr, pos, big_endian=big_endian, nanos=False, max_len=0, frac_lim=0, window=0, layer=int(layer),
+            vxlan_ports=tuple(config.vxlan_ports), geneve_ports=tuple(config.geneve_ports),
+            max_depth=config.max_tunnel_depth, tables=APP_TABLES if config.app_metadata else None,
+            batch=self.batch_size, interfaces=ifaces,
+        )
+        try:
+            for slot in reader.slots():
+                c = slot.cols
+                batch = PacketBatch(buf=arr, start=c["start"], caplen=c["caplen"], wirelen=c["wirelen"], ts=c["ts"],
+                                    layer=layer)
+                yield Taken(linktype, batch.start, batch.caplen, batch.wirelen, batch.ts, slot.next_pos,
+                            _prepared(batch, slot, config))
+                reader.release(slot)
+        finally:
+            reader.close()
 
 
 def _prepared(batch: PacketBatch, slot: native.reader.Slot, config: EngineConfig) -> Prepared:

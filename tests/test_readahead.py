@@ -32,7 +32,7 @@ from receiver.readahead import prepared_batches, work_ahead
 from receiver.settings import EngineConfig
 from receiver.traffic import write_pcap
 from tests import packet_factory as pf
-from tests.capture_fixtures import Rec, pcap_bytes
+from tests.capture_fixtures import NgWriter, Rec, pcap_bytes
 from tests.test_native import _tricky_capture
 
 ZEEK = Path(__file__).resolve().parents[1].parent / "shared" / "captures" / "zeek"
@@ -361,6 +361,122 @@ def test_c_reader_on_captures_full_of_garbage(tmp_path: Path, seed: int) -> None
         for b, prep in prepared_batches(cap, config, 300):
             e.process(b, prep)
     assert e.counters()["packets"] == want_counters["records"]
+
+
+def _pcapng_sections(seed: int, frames: list[bytes], one_linktype: bool) -> bytes:
+    """Sections in both byte orders; interfaces of several time resolutions and offsets, all
+    Ethernet (``one_linktype``: the C reading thread takes their runs) or not; runs of enhanced
+    packet blocks broken by skipped blocks, bad blocks, blocks of undeclared interfaces, simple
+    packet blocks (they take the time before them) and an interface declared mid-section; maybe
+    cut at the end."""
+    rng = np.random.default_rng(seed)
+    frames = iter(frames)
+    out = b""
+    for _ in range(int(rng.integers(1, 4))):
+        w = NgWriter(bool(rng.integers(0, 2))).shb()
+        n_if = 0
+
+        def idb(w: NgWriter) -> None:
+            nonlocal n_if
+            w.idb(1 if one_linktype else int(rng.choice([1, 101, 105])), tsresol=int(rng.choice([6, 9, 0x80 | 20])),
+                  tsoffset=int(rng.integers(0, 3)))
+            n_if += 1
+
+        for _i in range(int(rng.integers(1, 4))):
+            idb(w)
+        for _ in range(int(rng.integers(1, 6))):  # runs
+            for _ in range(int(rng.integers(1, 300))):
+                f = next(frames)
+                units, extra = int(rng.integers(0, 2**62)), int(rng.integers(0, 3))
+                w.epb(int(rng.integers(0, n_if)), units, f, wirelen=len(f) + extra)
+            kind = rng.random()  # what ends the run
+            if kind < 0.2:
+                w.raw_block(int(rng.choice([4, 5, 0x80000001])), b"\0" * 8)
+            elif kind < 0.35:
+                w.epb(n_if + 1, 5, next(frames))  # an undeclared interface
+            elif kind < 0.5:
+                w.epb(0, 7, next(frames))
+                bad = bytearray(w.parts[-1])
+                bad[-4:] = b"\x01\x00\x00\x00"  # a wrong trailing length: counted, the packet kept
+                w.parts[-1] = bytes(bad)
+            elif kind < 0.65:
+                w.spb(next(frames))
+            elif kind < 0.8:
+                idb(w)
+        out += w.bytes()
+    cut = int(rng.integers(1, 50)) if rng.random() < 0.3 else 0
+    return out[: len(out) - cut]
+
+
+def _per_packet(items: list) -> dict[str, np.ndarray]:
+    """The batches' record columns, layers and decoded columns, packet by packet."""
+    cols: dict[str, list] = {}
+    for b, p in items:
+        for name in ("start", "caplen", "wirelen", "ts"):
+            cols.setdefault(name, []).append(getattr(b, name))
+        cols.setdefault("layer", []).append(np.full(b.count, int(b.layer)))
+        for name in Decoded.__dataclass_fields__:
+            cols.setdefault(name, []).append(getattr(p.decoded, name))
+    return {name: np.concatenate(parts) for name, parts in cols.items()}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_c_reader_takes_the_runs_of_a_pcapng_as_the_walk_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    runs: list[int] = []
+    real = reader_module.PcapReader
+    monkeypatch.setattr(reader_module, "PcapReader",
+                        lambda *a, **k: runs.append(len(k["interfaces"] or ())) or real(*a, **k))
+    one_linktype = seed % 5 != 4
+    p = tmp_path / "x.pcapng"
+    p.write_bytes(_pcapng_sections(seed, _mixed_frames(seed) * 2, one_linktype))
+    config = EngineConfig(excerpt_bytes=32)
+    batch = [5, 64, 300, 32768][seed % 4]
+    want, want_counters = _python_side(p, config, batch)
+    with open_capture(p) as cap:
+        got = _copied(prepared_batches(cap, config, batch))
+        assert dict(cap.counters) == want_counters
+    got_cols, want_cols = _per_packet(got), _per_packet(want)
+    assert got_cols.keys() == want_cols.keys()
+    for name in want_cols:  # times to the bit
+        np.testing.assert_array_equal(got_cols[name], want_cols[name], err_msg=name)
+    assert want_counters["records"] > 100
+    if one_linktype:
+        assert runs and all(runs)  # the C thread read the runs, with the section's interfaces
+    # and the records are those of one thread reading the batches the walk makes itself
+    assert [orjson.dumps(r) for r in Analysis([p], config, batch_size=batch).records()] == _one_thread([p], config,
+                                                                                                        batch)[0]
+
+
+def test_a_pcapng_of_many_short_runs_starts_a_bounded_number_of_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+    real = reader_module.PcapReader
+    monkeypatch.setattr(reader_module, "PcapReader", lambda *a, **k: runs.append(1) or real(*a, **k))
+    w = NgWriter().shb().idb(1)
+    frames = _mixed_frames(3)
+    for i, f in enumerate(frames[:400]):
+        w.epb(0, i, f)
+        if i % 10 == 9:
+            w.raw_block(4, b"\0" * 8)  # a run of 10, then a block the walk reads
+    p = tmp_path / "short.pcapng"
+    p.write_bytes(w.bytes())
+    config = EngineConfig()
+    want, want_counters = _python_side(p, config, 64)
+    with open_capture(p) as cap:
+        got = _copied(prepared_batches(cap, config, 64))
+        assert dict(cap.counters) == want_counters
+    for name, col in _per_packet(want).items():
+        np.testing.assert_array_equal(_per_packet(got)[name], col, err_msg=name)
+    assert len(runs) == 16 and want_counters["records"] == 400  # then the walk read the other 24 runs
+    before = threading.active_count()
+    with open_capture(p) as cap:  # a consumer that stops early stops the thread
+        gen = prepared_batches(cap, config, 64)
+        next(gen)
+        gen.close()
+    assert threading.active_count() == before
 
 
 def test_gzip_captures_read_in_pieces_as_plain_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import mmap
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from receiver import mapguard, native
 from receiver.capture import CaptureError, open_capture
 from receiver.read import Analysis, read_records
 from receiver.traffic import write_pcap
+from tests.capture_fixtures import NgWriter
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the guard is part of the native library")
 
@@ -64,19 +66,37 @@ def test_without_the_guard_the_same_read_is_fatal_and_other_faults_stay_fatal(tm
     assert "Fatal Python error: Bus error" in r.stderr  # chained to the handler installed before
 
 
-def test_a_capture_cut_while_read_stops_there_with_its_records(tmp_path: Path) -> None:
+def _as_pcapng(pcap: bytes, records: int | None = None) -> bytes:
+    """The first ``records`` records (all: None) of a little-endian microsecond Ethernet pcap, as a
+    pcapng with one interface (what ``editcap -F pcapng`` writes, in short)."""
+    w = NgWriter().shb().idb(1)
+    pos, n = 24, 0
+    while pos < len(pcap) and (records is None or n < records):
+        sec, usec, cap, orig = struct.unpack_from("<IIII", pcap, pos)
+        w.epb(0, sec * 1_000_000 + usec, pcap[pos + 16 : pos + 16 + cap], wirelen=orig)
+        pos += 16 + cap
+        n += 1
+    return w.bytes()
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_a_capture_cut_while_read_stops_there_with_its_records(tmp_path: Path, fmt: str) -> None:
     """The file is cut to a few bytes after the first batch: the reader (C thread, prefetcher and
     all, reading ahead into the cut) lives on, names the file, and gives the first batch's flows,
     as a capture holding just that batch would."""
-    path, first = tmp_path / "ring0.pcap", tmp_path / "first.pcap"
+    path, first = tmp_path / f"ring0.{fmt}", tmp_path / f"first.{fmt}"
     write_pcap(path, 20_000, 200, seed=3)
     batch = 4096
     data = path.read_bytes()
-    pos, n = 24, 0
-    while n < batch:  # the first batch's records, as a capture of their own
-        pos += 16 + int.from_bytes(data[pos + 8 : pos + 12], "little")
-        n += 1
-    first.write_bytes(data[:pos])
+    if fmt == "pcapng":
+        path.write_bytes(_as_pcapng(data))
+        first.write_bytes(_as_pcapng(data, batch))
+    else:
+        pos, n = 24, 0
+        while n < batch:  # the first batch's records, as a capture of their own
+            pos += 16 + int.from_bytes(data[pos + 8 : pos + 12], "little")
+            n += 1
+        first.write_bytes(data[:pos])
     cut = False
 
     def truncate(*_: object) -> None:
@@ -87,7 +107,8 @@ def test_a_capture_cut_while_read_stops_there_with_its_records(tmp_path: Path) -
 
     a = Analysis([path], batch_size=batch, on_batch=truncate, keep_going=True)
     got = sorted(orjson.dumps(r) for r in a.records())
-    assert cut and len(a.errors) == 1 and "ring0.pcap: the file shrank to 4096 bytes while being read" in a.errors[0]
+    assert cut and len(a.errors) == 1
+    assert f"ring0.{fmt}: the file shrank to 4096 bytes while being read" in a.errors[0]
     assert got == sorted(orjson.dumps(r) for r in read_records(first))
     assert a.summary()["packets"] == batch and a.summary()["capture_failed_files"] == 1
 

@@ -1,6 +1,7 @@
-"""The pcap reading thread in C (``receiver/native/vxread.c``): the stateless half of the engine
-(record scan, record columns, common-shape decode, flow keys, grouping, application screening)
-for a whole classic pcap, without the GIL, into a ring of batch slots.
+"""The capture reading thread in C (``receiver/native/vxread.c``): the stateless half of the
+engine (record scan, record columns, common-shape decode, flow keys, grouping, application
+screening) for a whole classic pcap, or for a run of a pcapng section's enhanced packet blocks,
+without the GIL, into a ring of batch slots.
 
 :class:`PcapReader` runs ``vx_read_run`` on a Python thread (ctypes releases the GIL for the
 whole call) and hands out the filled slots in file order as :class:`Slot` objects whose arrays
@@ -15,14 +16,18 @@ import ctypes
 import os
 import select
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..packets import U8
 from . import DECODE_COLUMNS, FLOW_KEY_OUTPUTS, MAX_LANES, library, sparse_int64
 from .tables import AppTables
+
+if TYPE_CHECKING:
+    from ..capture_pcapng import Interface
 
 # the slot columns, in vxread.c's order (its C_* enum); the decode columns' types are Decoded's
 _DECODED_DTYPES = {
@@ -42,12 +47,14 @@ _FIELDS = (
     "buf", "buflen", "pos", "big_endian", "nanos", "max_len", "frac_lim", "lanes", "window", "layer", "max_depth",
     "app", "vx_ports", "n_vx", "gn_ports", "n_gn", "dns_port", "udp_port", "tcp_port", "start_byte", "http_first",
     "words", "n_words", "offs", "scan_scratch", "group_scratch", "group_scratch_size", "batch", "n_slots", "cols",
-    "col_size", "slot_n", "slot_unhandled", "slot_groups", "slot_flags", "evfd", "head", "tail", "stop", "waiting",
+    "col_size", "slot_n", "slot_unhandled", "slot_groups", "slot_flags", "slot_next", "evfd", "format", "n_ifaces",
+    "if_per_second", "if_scale", "if_offset", "ng_iface", "ng_units", "head", "tail", "stop", "waiting",
     "status", "end_pos", "records", "slot_waits", "running", "done",
 )
 _POINTERS = {
     "buf", "vx_ports", "gn_ports", "dns_port", "udp_port", "tcp_port", "start_byte", "http_first", "words", "offs",
     "scan_scratch", "group_scratch", "cols", "col_size", "slot_n", "slot_unhandled", "slot_groups", "slot_flags",
+    "slot_next", "if_per_second", "if_scale", "if_offset", "ng_iface", "ng_units",
 }
 
 
@@ -66,16 +73,20 @@ class Slot:
     unhandled: int  # packets the C decode did not take (Python decodes them, then prepares the batch)
     groups: int  # distinct flows, when the flow keys were made
     flags: int  # F_PREPARED (nothing left unhandled: every packet decoded), F_FRAGMENTS
+    next_pos: int  # where the records after this slot's start in the file
     cols: dict[str, np.ndarray]  # READ_COLUMNS, each cut to n
 
 
 class PcapReader:
-    """The C reading thread over ``data`` (a whole classic pcap) from record header ``pos``."""
+    """The C reading thread over ``data`` from ``pos``: a classic pcap's records from that record
+    header to the end, or, given the pcapng section's ``interfaces`` (all of one link type,
+    ``layer``), the enhanced packet blocks from that block on, up to the first block or anything
+    else that the Python walk (``receiver.capture_pcapng.walk``) has to look at (``end_pos``)."""
 
     def __init__(
         self, data: U8, pos: int, *, big_endian: bool, nanos: bool, max_len: int, frac_lim: int, window: int,
         layer: int, vxlan_ports: tuple[int, ...], geneve_ports: tuple[int, ...], max_depth: int,
-        tables: AppTables | None, batch: int, slots: int = 4,
+        tables: AppTables | None, batch: int, slots: int = 4, interfaces: Sequence[Interface] | None = None,
     ) -> None:
         lib = library()
         if lib is None:
@@ -97,7 +108,7 @@ class PcapReader:
             *[arr(s[name]) for s in self._slots for name, _ in READ_COLUMNS]
         )
         self._cols = cols
-        self._meta = {k: np.zeros(slots, np.int64) for k in ("n", "unhandled", "groups", "flags")}
+        self._meta = {k: np.zeros(slots, np.int64) for k in ("n", "unhandled", "groups", "flags", "next")}
         self._evfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         group_size = max(16, 1 << (2 * batch - 1).bit_length())
         r = self._r = _Read()
@@ -121,7 +132,14 @@ class PcapReader:
         r.col_size = arr(np.array([np.dtype(d).itemsize for _, d in READ_COLUMNS], np.int64))
         r.slot_n, r.slot_unhandled = arr(self._meta["n"]), arr(self._meta["unhandled"])
         r.slot_groups, r.slot_flags = arr(self._meta["groups"]), arr(self._meta["flags"])
+        r.slot_next = arr(self._meta["next"])
         r.evfd = self._evfd
+        if interfaces is not None:
+            r.format, r.n_ifaces = 1, len(interfaces)
+            r.if_per_second = arr(np.array([i.per_second for i in interfaces], np.uint64))
+            r.if_scale = arr(np.array([i.scale for i in interfaces], np.float64))
+            r.if_offset = arr(np.array([i.offset for i in interfaces], np.float64))
+            r.ng_iface, r.ng_units = arr(np.empty(batch, np.int64)), arr(np.empty(batch, np.uint64))
         self._keep = keep
         self._taken = 0  # slots handed out
         self._thread = threading.Thread(target=lib.vx_read_run, args=(ctypes.byref(r),), name="vxmirror-read",
@@ -164,7 +182,7 @@ class PcapReader:
             s = self._slots[k]
             yield Slot(
                 self._taken, n, int(self._meta["unhandled"][k]), int(self._meta["groups"][k]),
-                int(self._meta["flags"][k]), {name: a[:n] for name, a in s.items()},
+                int(self._meta["flags"][k]), int(self._meta["next"][k]), {name: a[:n] for name, a in s.items()},
             )
             self._taken += 1
 

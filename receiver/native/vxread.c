@@ -1,9 +1,10 @@
-/* vxread: the stateless half of reading a classic pcap, on a thread of its own without the GIL.
+/* vxread: the stateless half of reading a capture file, on a thread of its own without the GIL.
  *
  * `vxmirror read` is a pipeline: finding the records, decoding them and keying them depend on
  * each batch alone (Engine.prepare); the flow table and the application parsers keep state
  * (Engine.process, Python). This thread (started from Python, running vx_read_run here) does
- * the first half for a whole pcap: the record scan, the record columns, the common-shape
+ * the first half for a whole classic pcap, or for a run of a pcapng's enhanced packet blocks
+ * (receiver.native.reader says when): the record scan, the record columns, the common-shape
  * decode, and for batches the C decode took whole, the flow keys, their grouping and the
  * application parsers' screening. Each batch goes into one slot of a ring of slots; Python
  * takes the slots in order, finishes what this thread left (packets of other shapes, see
@@ -27,6 +28,9 @@
 int64_t vx_pcap_scan_lanes(const uint8_t *buf, int64_t end, int64_t pos, int64_t stop, int big_endian,
                            int64_t max_len, int64_t frac_lim, int64_t lanes, int64_t *offs, int64_t *scratch,
                            int64_t *state);
+int64_t vx_pcapng_epbs(const uint8_t *buf, int64_t end, int64_t pos, int big_endian, int64_t n_ifaces,
+                       int64_t max_out, int64_t *start, uint32_t *caplen, uint32_t *wirelen, int64_t *iface,
+                       uint64_t *units, int64_t *next);
 void vx_pcap_columns(const uint8_t *buf, const int64_t *offs, int64_t n, int big_endian, int nanos, int64_t *start,
                      uint32_t *caplen, uint32_t *wirelen, double *ts);
 int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_t *start, const uint32_t *caplen,
@@ -76,7 +80,16 @@ struct vx_read {
     void **cols;                         /* n_slots * N_COLS column pointers */
     const int64_t *col_size;             /* N_COLS item sizes */
     int64_t *slot_n, *slot_unhandled, *slot_groups, *slot_flags;
+    int64_t *slot_next;                  /* per slot: where the records after its last one start */
     int64_t evfd;
+    /* pcapng (format 1): the interfaces of the section, per interface (Interface in
+     * receiver/capture_pcapng.py): timestamp units per second (0: too many to split on), seconds
+     * per unit, if_tsoffset */
+    int64_t format, n_ifaces;
+    const uint64_t *if_per_second;
+    const double *if_scale, *if_offset;
+    int64_t *ng_iface;                   /* the walk's work arrays, `batch` long */
+    uint64_t *ng_units;
     /* shared */
     int64_t head, tail, stop, waiting;
     /* results, written by the thread */
@@ -96,12 +109,11 @@ EXPORT void vx_read_release(struct vx_read *r, int64_t upto) {
     if (upto > r->tail) store_rel(&r->tail, upto);
 }
 
-/* Engine.prepare for the `n` records at header offsets `offs`, into slot `s` */
-static void fill(struct vx_read *r, int64_t s, const int64_t *offs, int64_t n) {
+/* Engine.prepare for the `n` records whose columns (start, caplen, wirelen, ts) slot `s` holds */
+static void fill(struct vx_read *r, int64_t s, int64_t n) {
     void **c = r->cols + s * N_COLS;
     int64_t *start = c[C_START];
     uint32_t *caplen = c[C_CAPLEN];
-    vx_pcap_columns(r->buf, offs, n, (int)r->big_endian, (int)r->nanos, start, caplen, c[C_WIRELEN], c[C_TS]);
     /* Decoded.empty: zeros, VNI and inner start -1 */
     for (int k = 0; k < 21; k++) memset(c[C_DECODED + k], 0, (size_t)(n * r->col_size[C_DECODED + k]));
     int64_t *vni = c[C_DECODED + D_VNI], *inner = c[C_DECODED + D_INNER_START];
@@ -153,10 +165,55 @@ static int64_t free_slot(struct vx_read *r) {
     return r->head % r->n_slots;
 }
 
+/* The record columns of up to `max` enhanced packet blocks from `pos`, into slot `s`: the walk of
+ * vx_pcapng_epbs, which stops where Python's walk (receiver/capture_pcapng.py) has something to
+ * do: another block, a block not well formed, an interface not declared. Times as
+ * Interface.seconds: whole seconds plus the fraction times the resolution, in that order (no
+ * contraction: setup.py). Returns the count; *next = where it stopped. */
+static int64_t pcapng_columns(struct vx_read *r, int64_t s, int64_t pos, int64_t max, int64_t *next) {
+    void **c = r->cols + s * N_COLS;
+    int64_t *iface = r->ng_iface;
+    uint64_t *units = r->ng_units;
+    int64_t n = vx_pcapng_epbs(r->buf, r->buflen, pos, (int)r->big_endian, r->n_ifaces, max, c[C_START], c[C_CAPLEN],
+                               c[C_WIRELEN], iface, units, next);
+    double *ts = c[C_TS];
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t u = units[i], per_second = r->if_per_second[iface[i]];
+        double offset = r->if_offset[iface[i]], scale = r->if_scale[iface[i]];
+        ts[i] = per_second ? (offset + (double)(u / per_second)) + (double)(u % per_second) * scale
+                           : offset + (double)u * scale;
+    }
+    return n;
+}
+
+/* format 1: batches of enhanced packet blocks until the walk stops */
+static void run_pcapng(struct vx_read *r) {
+    int64_t pos = r->pos;
+    while (!load_acq(&r->stop)) {
+        int64_t s = free_slot(r);
+        if (s < 0) break;
+        int64_t next, m = pcapng_columns(r, s, pos, r->batch, &next);
+        if (!m) break;
+        fill(r, s, m);
+        r->slot_next[s] = pos = next;
+        r->records += m;
+        store_rel(&r->head, r->head + 1);
+        wake(r);
+    }
+    r->end_pos = pos;
+}
+
 EXPORT int64_t vx_read_run(struct vx_read *r) {
     store_rel(&r->running, 1);
     int64_t pos = r->pos, state[2] = {0, SCAN_OK};
     r->status = SCAN_OK;
+    if (r->format == 1) {
+        run_pcapng(r);
+        store_rel(&r->done, 1);
+        wake(r);
+        store_rel(&r->running, 0);
+        return 0;
+    }
     while (pos < r->buflen && !load_acq(&r->stop)) {
         int64_t stop_at = pos + r->window < r->buflen ? pos + r->window : r->buflen;
         int64_t n = vx_pcap_scan_lanes(r->buf, r->buflen, pos, stop_at, (int)r->big_endian, r->max_len, r->frac_lim,
@@ -165,7 +222,11 @@ EXPORT int64_t vx_read_run(struct vx_read *r) {
             int64_t s = free_slot(r);
             if (s < 0) goto out;
             int64_t m = n - i < r->batch ? n - i : r->batch;
-            fill(r, s, r->offs + i, m);
+            void **c = r->cols + s * N_COLS;
+            vx_pcap_columns(r->buf, r->offs + i, m, (int)r->big_endian, (int)r->nanos, c[C_START], c[C_CAPLEN],
+                            c[C_WIRELEN], c[C_TS]);
+            fill(r, s, m);
+            r->slot_next[s] = ((int64_t *)c[C_START])[m - 1] + ((uint32_t *)c[C_CAPLEN])[m - 1];
             r->records += m;
             store_rel(&r->head, r->head + 1);
             wake(r);
