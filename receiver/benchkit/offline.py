@@ -47,10 +47,14 @@ def capture_path(work: Path, packets: int, flows: int, seed: int) -> Path:
 
 
 def _warm(path: Path) -> None:
-    """Read the capture once, untimed: every tool is measured with it in the page cache (a
-    capture evicted since an earlier run otherwise makes whichever tool reads first pay the disk:
-    measured 5-15x slower)."""
+    """Put the capture in the page cache as reading it from disk leaves it, untimed: every tool
+    is then measured on the same warm cache (a capture evicted since an earlier run otherwise
+    makes whichever tool reads first pay the disk: measured 5-15x slower). The cache is dropped
+    first because how it was filled matters to a reader that maps the file: pages cached by the
+    generator's writes cost ``vxmirror read`` 0.1 s more kernel time than the larger blocks a
+    sequential read caches (see bench/README.md); tshark copies either alike."""
     with open(path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         while f.read(16 << 20):
             pass
 
