@@ -364,11 +364,11 @@ def test_c_reader_on_captures_full_of_garbage(tmp_path: Path, seed: int) -> None
 
 
 def _pcapng_sections(seed: int, frames: list[bytes], one_linktype: bool) -> bytes:
-    """Sections in both byte orders; interfaces of several time resolutions and offsets, all
-    Ethernet (``one_linktype``: the C reading thread takes their runs) or not; runs of enhanced
-    packet blocks broken by skipped blocks, bad blocks, blocks of undeclared interfaces, simple
-    packet blocks (they take the time before them) and an interface declared mid-section; maybe
-    cut at the end."""
+    """Sections in both byte orders; interfaces of several time resolutions (one too fine to split
+    into seconds and fractions) and offsets, all Ethernet (``one_linktype``: the C reading thread
+    takes their runs) or not; runs of enhanced packet blocks broken by skipped blocks, bad blocks,
+    blocks of undeclared interfaces, simple packet blocks (they take the time before them) and an
+    interface declared mid-section; maybe cut at the end."""
     rng = np.random.default_rng(seed)
     frames = iter(frames)
     out = b""
@@ -378,8 +378,8 @@ def _pcapng_sections(seed: int, frames: list[bytes], one_linktype: bool) -> byte
 
         def idb(w: NgWriter) -> None:
             nonlocal n_if
-            w.idb(1 if one_linktype else int(rng.choice([1, 101, 105])), tsresol=int(rng.choice([6, 9, 0x80 | 20])),
-                  tsoffset=int(rng.integers(0, 3)))
+            linktype = 1 if one_linktype else int(rng.choice([1, 101, 105]))
+            w.idb(linktype, tsresol=int(rng.choice([6, 9, 0x80 | 20, 19])), tsoffset=int(rng.integers(0, 3)))
             n_if += 1
 
         for _i in range(int(rng.integers(1, 4))):
