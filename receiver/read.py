@@ -9,13 +9,19 @@ Several files are read as one stream (one flow table), in the order given.
 A file that fails (not a capture, a read error part-way) never costs the records of the others:
 the flows still open are emitted (``end_of_input``) before the error is raised, or, with
 ``keep_going``, the file is logged, listed in ``errors`` and skipped, and the rest are read.
+
+Reading can be stopped from outside (``stop``, an event: a signal handler sets it for ``vxmirror
+read``): after the batch in hand, the flows still open end with ``shutdown`` and nothing more is
+read, so an interrupted run keeps the records of what it read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -50,17 +56,22 @@ class Analysis:
     prefetch: Prefetcher | None = None  # maps the files and faults them in ahead (made here when None)
     keep_going: bool = False  # a file that fails is logged, listed in ``errors`` and skipped
     errors: list[str] = field(default_factory=list)  # the files that failed, and why (keep_going)
+    stop: threading.Event | None = None  # once set, reading stops after the batch in hand (``shutdown``)
+    stopped: bool = field(default=False, init=False)  # reading ended because ``stop`` was set
     _packets: int = field(default=0, init=False, repr=False)  # packets so far (for progress)
 
     def records(self) -> Iterator[FlowRecord]:
-        """Every flow record of the files; open flows end with ``end_of_input``. A file that fails
-        raises CaptureError (or OSError) after the flows still open are emitted, unless
-        ``keep_going``."""
+        """Every flow record of the files; open flows end with ``end_of_input`` (``shutdown`` when
+        ``stop`` was set). A file that fails raises CaptureError (or OSError) after the flows still
+        open are emitted, unless ``keep_going``."""
         self.engine = engine = Engine(self.config, self.labeler, self.sensor)
         self._packets = 0
+        self.stopped = False
         prefetch = self.prefetch if self.prefetch is not None else Prefetcher(self.paths)
         try:
             for i, path in enumerate(self.paths):
+                if self._stopping():
+                    break
                 try:
                     yield from self._file(i, path, engine, prefetch)
                 except (CaptureError, OSError) as exc:
@@ -74,22 +85,33 @@ class Analysis:
         finally:
             if self.prefetch is None:
                 prefetch.close()
-        yield from engine.finish("end_of_input")
+        yield from engine.finish("shutdown" if self.stopped else "end_of_input")
+
+    def _stopping(self) -> bool:
+        if not self.stopped and self.stop is not None and self.stop.is_set():
+            self.stopped = True
+            log.warning("reading stopped after %s packets: the flows still open end as 'shutdown'",
+                        f"{self._packets:,}")
+        return self.stopped
 
     def _file(self, i: int, path: str | os.PathLike[str], engine: Engine, prefetch: Prefetcher) -> Iterator[FlowRecord]:
         cap = open_capture(path, prefetch.mapping(i))
         total = _file_size(path)
         try:
-            for batch, prepared in prepared_batches(cap, engine.config, self.batch_size):
-                if batch.count:  # (the pages before this batch may be dropped)
-                    prefetch.reached(i, int(batch.start[0]))
-                result = engine.process(batch, prepared)
-                if self.on_batch is not None:
-                    self.on_batch(batch, result)
-                self._packets += batch.count
-                if self.progress is not None:
-                    self.progress(str(path), _done_bytes(cap, batch, total), total, self._packets)
-                yield from result.records
+            # (closed before the file: the threads reading ahead stop first, also when reading stops early)
+            with contextlib.closing(prepared_batches(cap, engine.config, self.batch_size)) as batches:
+                for batch, prepared in batches:
+                    if batch.count:  # (the pages before this batch may be dropped)
+                        prefetch.reached(i, int(batch.start[0]))
+                    result = engine.process(batch, prepared)
+                    if self.on_batch is not None:
+                        self.on_batch(batch, result)
+                    self._packets += batch.count
+                    if self.progress is not None:
+                        self.progress(str(path), _done_bytes(cap, batch, total), total, self._packets)
+                    yield from result.records
+                    if self._stopping():
+                        return
             if pages := cap.vanished_pages():  # (cut and grown again between two checks)
                 raise CaptureError(f"{path}: the file was truncated while being read ({pages} pages of it read "
                                    f"as zeros): its records may be incomplete")

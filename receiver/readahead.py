@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
 from . import native
@@ -90,7 +90,9 @@ def work_ahead(items: Iterator[T], work: Callable[[T], R], depth: int = DEPTH) -
         thread.join()
 
 
-def prepared_batches(cap: Capture, config: EngineConfig, batch_size: int) -> Iterator[tuple[PacketBatch, Prepared]]:
+def prepared_batches(
+    cap: Capture, config: EngineConfig, batch_size: int
+) -> Generator[tuple[PacketBatch, Prepared], None, None]:
     """Every batch of ``cap`` (as ``cap.batches(batch_size)``) with ``engine.prepare``'s result,
     computed ahead on another thread. A batch is valid until the next one is taken."""
     layer = cap.pcap_layer()
