@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import commands, memtune
@@ -43,11 +46,33 @@ def _command_module(argv: Sequence[str]) -> str | None:
     return name if name.isidentifier() and (Path(commands.__file__).parent / f"{name}.py").is_file() else None
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) waits until the block is done, then raises KeyboardInterrupt there. For
+    loading orjson: its module init uses what its imports of the standard library return without
+    checking, so an interrupt that lands in them crashes the process (SIGSEGV, ijl/orjson#310)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if came:
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     memtune.tune()  # before numpy is imported (the command modules import it when they run)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(_command_module(argv)).parse_args(argv)
+    command = _command_module(argv)
+    args = build_parser(command).parse_args(argv)
     try:
+        if command != "read":  # (read holds interrupts itself, from before the prefetcher starts)
+            with interrupts_held():
+                import orjson  # noqa: F401
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         return 130

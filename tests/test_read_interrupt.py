@@ -1,5 +1,6 @@
 """Stopping `vxmirror read` part-way (Ctrl-C, SIGTERM from `timeout` or a scheduler): the records
-of what was read are written, the flows still open end as ``shutdown``; a second signal aborts."""
+of what was read are written, the flows still open end as ``shutdown``; a second signal aborts.
+And no interrupt crashes a command while orjson loads."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import orjson
 import pytest
 
 from receiver.capture import open_capture
+from receiver.cli import interrupts_held
 from receiver.engine import Engine
 from receiver.read import Analysis
 from receiver.settings import EngineConfig
@@ -121,3 +123,16 @@ def test_a_second_signal_aborts(tmp_path: Path) -> None:
         if p.poll() is None:
             p.kill()
         p.communicate()
+
+
+def test_interrupts_held_while_orjson_loads_raise_after() -> None:
+    # (orjson's module init crashes the process if an interrupt lands in its imports: the CLI
+    # loads it with Ctrl-C held back, for every command but read, which holds it itself)
+    before = signal.getsignal(signal.SIGINT)
+    reached = False
+    with pytest.raises(KeyboardInterrupt), interrupts_held():
+        signal.raise_signal(signal.SIGINT)
+        reached = True
+    assert reached and signal.getsignal(signal.SIGINT) is before
+    with interrupts_held():  # nothing came: nothing raised
+        pass
