@@ -323,6 +323,41 @@ def test_c_reader_prepares_what_python_prepares(
     assert len(made) == len(paths) - 1  # every classic pcap but the bare header went through the C reader
 
 
+def test_c_readers_one_after_the_other_reuse_their_arrays(tmp_path: Path) -> None:
+    # (reading many small files, allocating and first touching the arrays again cost 1-2 ms a file)
+    paths = []
+    for seed in (1, 2):
+        p = tmp_path / f"{seed}.pcap"
+        write_pcap(p, 3_000, 50, seed=seed)
+        paths.append(p)
+    config = EngineConfig()
+    made: list[reader_module.PcapReader] = []
+    real = reader_module.PcapReader
+
+    def spy(*a: object, **k: object) -> reader_module.PcapReader:
+        made.append(real(*a, **k))
+        return made[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader_module, "PcapReader", spy)
+        got = []
+        for p in paths:
+            with open_capture(p) as cap:
+                got += _copied(prepared_batches(cap, config, 1000))
+        assert len(made) == 2 and made[0]._buffers is made[1]._buffers  # the second took the first's
+        with open_capture(paths[0]) as a, open_capture(paths[1]) as b:  # two at once: each its own
+            ga, gb = prepared_batches(a, config, 1000), prepared_batches(b, config, 1000)
+            both = _copied([next(ga), next(gb)])
+            assert made[2]._buffers is not made[3]._buffers
+            ga.close()
+            gb.close()
+    want = []
+    for p in paths:
+        want += _python_side(p, config, 1000)[0]
+    _same_prepared(got, want)
+    _same_prepared(both, [want[0], want[3]])  # (3,000 packets a file: three batches each)
+
+
 def test_c_reader_waits_for_a_slow_consumer_and_stops_when_it_stops(tmp_path: Path) -> None:
     p = tmp_path / "gen.pcap"
     write_pcap(p, 20_000, 100, seed=4)

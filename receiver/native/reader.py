@@ -77,6 +77,39 @@ class Slot:
     cols: dict[str, np.ndarray]  # READ_COLUMNS, each cut to n
 
 
+class _Buffers:
+    """The arrays a reading thread works in, by size: kept for the next reader when one closes
+    (reading many small files, allocating and first touching them again cost 1-2 ms a file)."""
+
+    def __init__(self, batch: int, slots: int, window: int) -> None:
+        self.key = (batch, slots, window)
+        self.slots: list[dict[str, np.ndarray]] = [
+            {name: np.empty(batch, dtype) for name, dtype in READ_COLUMNS} for _ in range(slots)
+        ]
+        self.cols = (ctypes.c_void_p * (slots * len(READ_COLUMNS)))(
+            *[int(s[name].ctypes.data) for s in self.slots for name, _ in READ_COLUMNS]
+        )
+        words = (window // 16) + 2
+        self.offs = sparse_int64(words)
+        self.scan_scratch = sparse_int64(words + 2 * MAX_LANES + 64)
+        self.group_scratch = np.empty(max(16, 1 << (2 * batch - 1).bit_length()), np.int64)
+        self.ng_iface, self.ng_units = np.empty(batch, np.int64), np.empty(batch, np.uint64)
+
+    @classmethod
+    def take(cls, batch: int, slots: int, window: int) -> _Buffers:
+        with _FREE_LOCK:
+            free = _FREE.pop((batch, slots, window), None)
+        return free if free is not None else cls(batch, slots, window)
+
+    def give_back(self) -> None:
+        with _FREE_LOCK:
+            _FREE[self.key] = self  # (one set a size: what a sequence of files reads with)
+
+
+_FREE: dict[tuple[int, int, int], _Buffers] = {}
+_FREE_LOCK = threading.Lock()
+
+
 class PcapReader:
     """The C reading thread over ``data`` from ``pos``: a classic pcap's records from that record
     header to the end, or, given the pcapng section's ``interfaces`` (all of one link type,
@@ -100,17 +133,10 @@ class PcapReader:
             keep.append(a)
             return int(a.ctypes.data)
 
-        words = (window // 16) + 2
-        self._slots: list[dict[str, np.ndarray]] = [
-            {name: np.empty(batch, dtype) for name, dtype in READ_COLUMNS} for _ in range(slots)
-        ]
-        cols = (ctypes.c_void_p * (slots * len(READ_COLUMNS)))(
-            *[arr(s[name]) for s in self._slots for name, _ in READ_COLUMNS]
-        )
-        self._cols = cols
+        self._buffers = b = _Buffers.take(batch, slots, window)
+        self._slots = b.slots
         self._meta = {k: np.zeros(slots, np.int64) for k in ("n", "unhandled", "groups", "flags", "next")}
         self._evfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        group_size = max(16, 1 << (2 * batch - 1).bit_length())
         r = self._r = _Read()
         r.buf, r.buflen, r.pos = int(data.ctypes.data), data.shape[0], pos
         r.big_endian, r.nanos, r.max_len, r.frac_lim = int(big_endian), int(nanos), max_len, frac_lim
@@ -125,10 +151,9 @@ class PcapReader:
                 assert t.shape == ((65536,) if name.endswith("port") else (256,))
                 setattr(r, name, arr(t))
             r.words, r.n_words = arr(np.ascontiguousarray(tables.words, np.int64)), tables.words.shape[0]
-        r.offs = arr(sparse_int64(words))
-        r.scan_scratch = arr(sparse_int64(words + 2 * MAX_LANES + 64))
-        r.group_scratch, r.group_scratch_size = arr(np.empty(group_size, np.int64)), group_size
-        r.batch, r.n_slots, r.cols = batch, slots, ctypes.cast(cols, ctypes.c_void_p)
+        r.offs, r.scan_scratch = arr(b.offs), arr(b.scan_scratch)
+        r.group_scratch, r.group_scratch_size = arr(b.group_scratch), b.group_scratch.shape[0]
+        r.batch, r.n_slots, r.cols = batch, slots, ctypes.cast(b.cols, ctypes.c_void_p)
         r.col_size = arr(np.array([np.dtype(d).itemsize for _, d in READ_COLUMNS], np.int64))
         r.slot_n, r.slot_unhandled = arr(self._meta["n"]), arr(self._meta["unhandled"])
         r.slot_groups, r.slot_flags = arr(self._meta["groups"]), arr(self._meta["flags"])
@@ -139,7 +164,7 @@ class PcapReader:
             r.if_per_second = arr(np.array([i.per_second for i in interfaces], np.uint64))
             r.if_scale = arr(np.array([i.scale for i in interfaces], np.float64))
             r.if_offset = arr(np.array([i.offset for i in interfaces], np.float64))
-            r.ng_iface, r.ng_units = arr(np.empty(batch, np.int64)), arr(np.empty(batch, np.uint64))
+            r.ng_iface, r.ng_units = arr(b.ng_iface), arr(b.ng_units)
         self._keep = keep
         self._taken = 0  # slots handed out
         self._thread = threading.Thread(target=lib.vx_read_run, args=(ctypes.byref(r),), name="vxmirror-read",
@@ -197,6 +222,8 @@ class PcapReader:
         self._thread.join()
         with contextlib.suppress(OSError):
             os.close(self._evfd)
+        if self._evfd >= 0:  # (once: the arrays go to the next reader, which writes them)
+            self._buffers.give_back()
         self._evfd = -1
 
     def __enter__(self) -> PcapReader:
