@@ -140,9 +140,11 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._run, name="vxmirror-prefetch", daemon=True)
         self._thread.start()
 
-    def mapping(self, i: int) -> mmap.mmap | None:
+    def mapping(self, i: int, advance: bool = True) -> mmap.mmap | None:
+        """``advance``: the reader is done with the files before ``i`` (False: it asks ahead)."""
         with self._cond:
-            self._advance(i, 0)  # the reader is done with the files before i (however far it read them)
+            if advance:
+                self._advance(i, 0)  # (however far it read them)
             self._cond.wait_for(lambda: i in self._maps or self._stop or not self._thread.is_alive())
             return self._maps.pop(i, None)
 

@@ -23,13 +23,13 @@ import os
 import stat
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .capture import STDIN, Capture, CaptureError, open_capture
-from .engine import BatchResult, Engine
+from .engine import BatchResult, Engine, Prepared
 from .flows.record import FlowRecord
 from .packets import PacketBatch
 from .prefetch import Prefetcher
@@ -68,12 +68,15 @@ class Analysis:
         self._packets = 0
         self.stopped = False
         prefetch = self.prefetch if self.prefetch is not None else Prefetcher(self.paths)
+        ahead: _Opening | None = None  # the next file, opened while this one is read
         try:
             for i, path in enumerate(self.paths):
                 if self._stopping():
                     break
+                opening = ahead if ahead is not None else _Opening(i, path, self, prefetch)
+                ahead = _Opening(i + 1, self.paths[i + 1], self, prefetch) if i + 1 < len(self.paths) else None
                 try:
-                    yield from self._file(i, path, engine, prefetch)
+                    yield from self._file(opening, engine, prefetch)
                 except (CaptureError, OSError) as exc:
                     self.capture_counters["failed_files"] += 1
                     if not self.keep_going:
@@ -83,6 +86,8 @@ class Analysis:
                     log.error("%s (file skipped)", message)
                     self.errors.append(message)
         finally:
+            if ahead is not None:
+                ahead.discard()
             if self.prefetch is None:
                 prefetch.close()
         yield from engine.finish("shutdown" if self.stopped else "end_of_input")
@@ -94,12 +99,13 @@ class Analysis:
                         f"{self._packets:,}")
         return self.stopped
 
-    def _file(self, i: int, path: str | os.PathLike[str], engine: Engine, prefetch: Prefetcher) -> Iterator[FlowRecord]:
-        cap = open_capture(path, prefetch.mapping(i))
+    def _file(self, opening: _Opening, engine: Engine, prefetch: Prefetcher) -> Iterator[FlowRecord]:
+        i, path = opening.i, opening.path
+        cap, batches = opening.opened()
         total = _file_size(path)
         try:
             # (closed before the file: the threads reading ahead stop first, also when reading stops early)
-            with contextlib.closing(prepared_batches(cap, engine.config, self.batch_size)) as batches:
+            with contextlib.closing(batches):
                 for batch, prepared in batches:
                     if batch.count:  # (the pages before this batch may be dropped)
                         prefetch.reached(i, int(batch.start[0]))
@@ -125,6 +131,70 @@ class Analysis:
         for k, v in self.capture_counters.items():
             out[f"capture_{k}"] = v
         return out
+
+
+_Batches = Generator[tuple[PacketBatch, Prepared], None, None]
+
+
+class _Opening:
+    """File ``i`` opened, and its first batch read, on a thread of its own: started when the file
+    before it starts, so what a new file's reading thread takes to deliver its first batch (1-2 ms,
+    most of the cost of a small file after the first) passes while that file is read."""
+
+    def __init__(self, i: int, path: str | os.PathLike[str], analysis: Analysis, prefetch: Prefetcher) -> None:
+        self.i, self.path = i, path
+        self.cap: Capture | None = None
+        self.batches: _Batches | None = None
+        self.first: tuple[PacketBatch, Prepared] | None = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._discarded = self._done = False
+        self._thread = threading.Thread(target=self._open, args=(analysis.config, analysis.batch_size, prefetch),
+                                        name="vxmirror-open", daemon=True)
+        self._thread.start()
+
+    def _open(self, config: EngineConfig, batch_size: int, prefetch: Prefetcher) -> None:
+        try:  # (the mapping as the prefetcher made it; the reader is not there yet: nothing dropped)
+            self.cap = open_capture(self.path, prefetch.mapping(self.i, advance=False))
+            self.batches = prepared_batches(self.cap, config, batch_size)
+            self.first = next(self.batches, None)
+        except BaseException as exc:  # raised where the file is read, as if it had been opened there
+            self.error = exc
+        with self._lock:
+            self._done = True
+            if self._discarded:  # (reading ended before this file: nobody will take it)
+                self._close()
+
+    def opened(self) -> tuple[Capture, _Batches]:
+        """The capture and its batches (the first one included); raises what opening it raised."""
+        self._thread.join()
+        if self.cap is None:
+            assert self.error is not None
+            raise self.error
+        return self.cap, self._batches()
+
+    def _batches(self) -> _Batches:
+        if self.error is not None:
+            raise self.error
+        assert self.batches is not None
+        with contextlib.closing(self.batches):
+            if self.first is not None:
+                yield self.first
+                yield from self.batches
+
+    def discard(self) -> None:
+        """Reading ended before this file: close what was opened (now, or when the thread is done:
+        a FIFO with no writer may keep it waiting)."""
+        with self._lock:
+            self._discarded = True
+            if self._done:
+                self._close()
+
+    def _close(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
+        if self.cap is not None:
+            self.cap.close()
 
 
 def read_records(

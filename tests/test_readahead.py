@@ -232,6 +232,32 @@ def test_reading_on_two_threads_gives_the_records_of_one(tmp_path: Path, batch: 
     assert counters["fragment_without_first"] == 1 and counters["packets"] > 20_000
 
 
+def test_the_next_file_is_opened_ahead_and_dropped_when_reading_ends_before_it(tmp_path: Path) -> None:
+    paths = []
+    for seed in (5, 6, 7):
+        p = tmp_path / f"{seed}.pcap"
+        write_pcap(p, 3_000, 40, seed=seed)
+        paths.append(p)
+    before = threading.active_count()
+    want, _ = _one_thread(paths, EngineConfig(), 1000)
+    assert [orjson.dumps(r) for r in read_records(paths)] == want  # (several files: each opened ahead)
+    _wait(lambda: threading.active_count() == before)
+    def stopped_in_the_first_file(files: list[Path]) -> list[bytes]:
+        stop = threading.Event()
+        a = Analysis(list(files), batch_size=1000, on_batch=lambda *_: stop.set(), stop=stop)
+        return [orjson.dumps(r) for r in a.records()]
+
+    assert stopped_in_the_first_file(paths) == stopped_in_the_first_file(paths[:1])
+    _wait(lambda: threading.active_count() == before)  # the second file's reading thread and opener are gone
+    # a FIFO next, with no writer yet: opening it waits, and reading that stops does not
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert stopped_in_the_first_file([paths[0], fifo]) == stopped_in_the_first_file(paths[:1])
+    with open(fifo, "wb"):  # (the opener gets its writer, then the end of the data)
+        pass
+    _wait(lambda: threading.active_count() == before)
+
+
 # -- the C reading thread ----------------------------------------------------------------------
 
 
