@@ -105,7 +105,7 @@ class Analysis:
         total = _file_size(path)
         try:
             # (closed before the file: the threads reading ahead stop first, also when reading stops early)
-            with contextlib.closing(batches):
+            with contextlib.closing(opening):
                 for batch, prepared in batches:
                     if batch.count:  # (the pages before this batch may be dropped)
                         prefetch.reached(i, int(batch.start[0]))
@@ -165,7 +165,7 @@ class _Opening:
             if self._discarded:  # (reading ended before this file: nobody will take it)
                 self._close()
 
-    def opened(self) -> tuple[Capture, _Batches]:
+    def opened(self) -> tuple[Capture, Iterator[tuple[PacketBatch, Prepared]]]:
         """The capture and its batches (the first one included); raises what opening it raised."""
         self._thread.join()
         if self.cap is None:
@@ -173,14 +173,18 @@ class _Opening:
             raise self.error
         return self.cap, self._batches()
 
-    def _batches(self) -> _Batches:
+    def _batches(self) -> Iterator[tuple[PacketBatch, Prepared]]:
         if self.error is not None:
             raise self.error
         assert self.batches is not None
-        with contextlib.closing(self.batches):
-            if self.first is not None:
-                yield self.first
-                yield from self.batches
+        if self.first is not None:
+            yield self.first
+            yield from self.batches
+
+    def close(self) -> None:
+        """The file's batches are done with (read to the end or not): its reading threads stop."""
+        if self.batches is not None:
+            self.batches.close()
 
     def discard(self) -> None:
         """Reading ended before this file: close what was opened (now, or when the thread is done:
@@ -191,8 +195,7 @@ class _Opening:
                 self._close()
 
     def _close(self) -> None:
-        if self.batches is not None:
-            self.batches.close()
+        self.close()
         if self.cap is not None:
             self.cap.close()
 
