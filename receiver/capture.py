@@ -31,6 +31,7 @@ counted (``bad_blocks``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import mmap
 import os
@@ -41,7 +42,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
 
 import numpy as np
 
@@ -100,10 +101,10 @@ class Capture:
     def __init__(
         self,
         path: str,
-        data: mmap.mmap | bytes | bytearray,
+        data: mmap.mmap | bytes | bytearray | np.ndarray,
         compressed: bool,
         counters: dict[str, int],
-        more: Iterator[bytes] | None = None,
+        more: _Pieces | None = None,
         source: BinaryIO | None = None,
     ) -> None:
         """``data``: the file (mapped or in memory), or with ``more`` its first piece, the rest
@@ -112,7 +113,7 @@ class Capture:
         self.compressed = compressed
         self.counters = counters
         self._more, self._source = more, source
-        self._data: mmap.mmap | bytes | bytearray | None = data
+        self._data: mmap.mmap | bytes | bytearray | np.ndarray | None = data
         self._arr: U8 = np.frombuffer(data, np.uint8)
         self._scan_buffers: dict[str, np.ndarray] = {}  # the C record scan's work arrays, kept across windows
         head = bytes(self._arr[:4])
@@ -298,12 +299,14 @@ class Capture:
         last = [self._arr]
 
         def refill(pos: int) -> U8 | None:
-            piece = bytearray(last[0][pos:])  # a new buffer: batches handed out keep viewing theirs
-            have = len(piece)
-            _fill(piece, more, max(STREAM_CHUNK, have + 1))
-            if len(piece) == have:
+            rest = last[0][pos:]
+            have = rest.shape[0]
+            piece = np.empty(max(STREAM_CHUNK, have + 1), np.uint8)  # new: batches handed out keep viewing theirs
+            piece[:have] = rest
+            n = more.fill(piece, have)
+            if n == have:
                 return None
-            last[0] = np.frombuffer(piece, np.uint8)
+            last[0] = piece[:n]
             return last[0]
 
         return refill
@@ -407,6 +410,58 @@ class Capture:
             yield flush()
 
 
+class _Pieces:
+    """The bytes of a file read in pieces (a stream, or gzip): ``fill(buf, have)`` tops ``buf``
+    (which holds ``have`` bytes) up from the file and returns how many it holds then (``have``:
+    the file has nothing more)."""
+
+    def fill(self, buf: U8, have: int) -> int:
+        raise NotImplementedError
+
+
+class _ReadsInto(Protocol):
+    def readinto(self, b: memoryview, /) -> int | None: ...
+
+
+class _Reads(_Pieces):
+    """A stream, read straight into the piece (no copies in between, none to grow a buffer)."""
+
+    def __init__(self, f: _ReadsInto, head: bytes) -> None:
+        self.f, self.head = f, head
+
+    def fill(self, buf: U8, have: int) -> int:
+        if self.head:
+            buf[have : have + len(self.head)] = np.frombuffer(self.head, np.uint8)
+            have += len(self.head)
+            self.head = b""
+        view = memoryview(buf)  # type: ignore[arg-type]
+        while have < buf.shape[0] and (n := self.f.readinto(view[have:])):
+            have += n
+        return have
+
+
+class _Copies(_Pieces):
+    """Pieces made of the chunks an iterator yields (decompressed data): copied in; what does not
+    fit is kept for the next piece."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.rest = memoryview(b"")
+
+    def fill(self, buf: U8, have: int) -> int:
+        while have < buf.shape[0]:
+            if not self.rest:
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    break
+                self.rest = memoryview(chunk)
+            take = min(len(self.rest), buf.shape[0] - have)
+            buf[have : have + take] = np.frombuffer(self.rest[:take], np.uint8)
+            self.rest = self.rest[take:]
+            have += take
+        return have
+
+
 def _chunks(f: BinaryIO, first: bytes) -> Iterator[bytes]:
     """``first``, then the rest of ``f`` in pieces of ``READ_SIZE``."""
     yield first
@@ -414,14 +469,12 @@ def _chunks(f: BinaryIO, first: bytes) -> Iterator[bytes]:
         yield chunk
 
 
-def _fill(buf: bytearray, pieces: Iterator[bytes], size: int) -> bool:
-    """Append ``pieces`` to ``buf`` until it holds ``size`` bytes; True when they ran out."""
-    while len(buf) < size:
-        piece = next(pieces, None)
-        if piece is None:
-            return True
-        buf += piece
-    return False
+def _bigger_pipe(f: BinaryIO) -> None:
+    """A pipe or FIFO we read holds 1 MiB instead of 64 KiB: the writer and we wake each other
+    16 times less often (the unprivileged limit; left as it is where that fails)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if stat.S_ISFIFO(os.fstat(f.fileno()).st_mode):
+            fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
 
 
 def _gunzip(chunks: Iterable[bytes], path: str, counters: dict[str, int]) -> Iterator[bytes]:
@@ -477,10 +530,11 @@ def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) 
                 raise CaptureError(f"{p}: empty file, not a capture")
             gzipped = head[:2] == _GZIP_MAGIC
             if gzipped or is_stream(f):  # read as it comes (a pipe, FIFO or terminal cannot be mapped)
-                more = _gunzip(_chunks(f, head), p, counters) if gzipped else _chunks(f, head)
-                first = bytearray()
-                _fill(first, more, STREAM_CHUNK)
-                if not first:
+                _bigger_pipe(f)
+                more = _Copies(_gunzip(_chunks(f, head), p, counters)) if gzipped else _Reads(f, head)  # type: ignore[arg-type]
+                piece = np.empty(STREAM_CHUNK, np.uint8)
+                first = piece[: more.fill(piece, 0)]
+                if not first.shape[0]:
                     raise CaptureError(f"{p}: gzip file holds no data")
                 return Capture(p, first, gzipped, counters, more, f)
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

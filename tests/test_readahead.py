@@ -553,6 +553,37 @@ def test_gzip_captures_read_in_pieces_as_plain_ones(tmp_path: Path, monkeypatch:
     assert want and [orjson.dumps(r) for r in read_records(gz)] == want
 
 
+def test_a_capture_from_a_pipe_reads_like_the_file_through_a_bigger_pipe(tmp_path: Path) -> None:
+    # a 64 KiB pipe made the writer and the reader wake each other for every 64 KiB: 1 GB through
+    # `cat F | vxmirror read -` took 1.66 s, 0.89 s through 1 MiB (medians of 6 runs each)
+    import fcntl
+
+    plain = tmp_path / "gen.pcap"
+    write_pcap(plain, 20_000, 150, seed=8)
+    data = plain.read_bytes()
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, data), os.close(w)))
+    try:
+        with os.fdopen(r, "rb") as f:
+            assert fcntl.fcntl(f.fileno(), fcntl.F_GETPIPE_SZ) == 64 << 10
+            writer.start()
+            with capture_module.open_capture(f"/dev/fd/{f.fileno()}") as cap:
+                assert cap.streamed
+                assert fcntl.fcntl(f.fileno(), fcntl.F_GETPIPE_SZ) == 1 << 20
+                assert sum(b.count for b in cap.batches(4096)) == 20_000
+    finally:
+        writer.join()
+    want = [orjson.dumps(rec) for rec in read_records(plain)]
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, data), os.close(w)))
+    writer.start()
+    try:
+        assert [orjson.dumps(rec) for rec in read_records(f"/dev/fd/{r}")] == want
+    finally:
+        writer.join()
+        os.close(r)
+
+
 def test_prefetch_leaves_a_pipe_alone(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
