@@ -35,6 +35,7 @@ import fcntl
 import logging
 import mmap
 import os
+import select
 import stat
 import struct
 import sys
@@ -420,24 +421,44 @@ class _Pieces:
 
 
 class _ReadsInto(Protocol):
-    def readinto(self, b: memoryview, /) -> int | None: ...
+    def readinto1(self, b: memoryview, /) -> int: ...
+
+    def fileno(self) -> int: ...
 
 
 class _Reads(_Pieces):
-    """A stream, read straight into the piece (no copies in between, none to grow a buffer)."""
+    """A stream, read straight into the piece (no copies in between, none to grow a buffer). A
+    stream that goes quiet for ``QUIET`` seconds (a live source: ``tcpdump -w - | vxmirror read
+    -``) has the piece so far read then, not once the piece is full."""
+
+    QUIET = 0.1
+    MIN_PIECE = 64  # bytes a piece holds at least before it may end early (the file headers)
 
     def __init__(self, f: _ReadsInto, head: bytes) -> None:
         self.f, self.head = f, head
 
     def fill(self, buf: U8, have: int) -> int:
+        start = have
         if self.head:
             buf[have : have + len(self.head)] = np.frombuffer(self.head, np.uint8)
             have += len(self.head)
             self.head = b""
         view = memoryview(buf)  # type: ignore[arg-type]
-        while have < buf.shape[0] and (n := self.f.readinto(view[have:])):
+        while have < buf.shape[0]:
+            if have > start and have >= self.MIN_PIECE and not self._ready():
+                break
+            n = self.f.readinto1(view[have:])
+            if not n:
+                break
             have += n
         return have
+
+    def _ready(self) -> bool:
+        """Whether more comes within ``QUIET`` seconds (or the end of the stream)."""
+        try:
+            return bool(select.select([self.f], [], [], self.QUIET)[0])
+        except (OSError, ValueError):  # (not selectable: read on, as for a file)
+            return True
 
 
 class _Copies(_Pieces):

@@ -584,6 +584,38 @@ def test_a_capture_from_a_pipe_reads_like_the_file_through_a_bigger_pipe(tmp_pat
         os.close(r)
 
 
+def test_a_live_stream_is_read_as_it_comes_not_once_a_piece_is_full(tmp_path: Path) -> None:
+    # `tcpdump -w - | vxmirror read -`: what came is analysed when the source goes quiet, not once
+    # 64 MiB have come (a slow source could take hours)
+    plain = tmp_path / "gen.pcap"
+    write_pcap(plain, 20_000, 150, seed=9)
+    data = plain.read_bytes()
+    half = len(data) // 2
+    fifo = tmp_path / "live"
+    os.mkfifo(fifo)
+    first_half_read = threading.Event()
+    waited: list[bool] = []
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(data[:half])
+            f.flush()
+            waited.append(first_half_read.wait(30))  # (the rest comes once the first half was analysed)
+            f.write(data[half:])
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        a = Analysis([fifo], on_batch=lambda *_: first_half_read.set())
+        got = [orjson.dumps(rec) for rec in a.records()]
+    finally:
+        first_half_read.set()
+        writer.join()
+    assert waited == [True]  # analysed while the source was quiet
+    assert a.summary()["packets"] == 20_000
+    assert got == [orjson.dumps(rec) for rec in read_records(plain)]  # the same records as the file
+
+
 def test_prefetch_leaves_a_pipe_alone(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
