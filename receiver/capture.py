@@ -552,7 +552,10 @@ def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) 
             gzipped = head[:2] == _GZIP_MAGIC
             if gzipped or is_stream(f):  # read as it comes (a pipe, FIFO or terminal cannot be mapped)
                 _bigger_pipe(f)
-                more = _Copies(_gunzip(_chunks(f, head), p, counters)) if gzipped else _Reads(f, head)  # type: ignore[arg-type]
+                if gzipped:
+                    more: _Pieces = _Copies(_gunzip(_chunks(f, head), p, counters))
+                else:  # (typing's BinaryIO does not declare readinto1)
+                    more = _Reads(f, head)  # type: ignore[arg-type]
                 piece = np.empty(STREAM_CHUNK, np.uint8)
                 first = piece[: more.fill(piece, 0)]
                 if not first.shape[0]:
