@@ -23,10 +23,11 @@ raised in the consumer when it reaches that point; a consumer that stops early s
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import native
 from .capture import LINKTYPE_LAYERS, Capture
@@ -35,8 +36,11 @@ from .capture_pcapng import Interface, Taken
 from .decode import Decoded, decode
 from .engine import APP_TABLES, Prepared, prepare, prepare_decoded
 from .flows.keys import Keys
-from .packets import U8, PacketBatch
+from .packets import U8, Layer, PacketBatch
 from .settings import EngineConfig
+
+if TYPE_CHECKING:
+    from .native.reader import PcapReader, Slot
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -104,19 +108,12 @@ def prepared_batches(
     if layer is None or cap.streamed or not native.available() or cap.data.shape[0] <= HEADER_LEN:
         yield from work_ahead(cap.batches(batch_size), lambda b: prepare(b, config))
         return
-    from .native.reader import PcapReader
-
-    reader = PcapReader(
-        cap.data, HEADER_LEN, big_endian=cap.big_endian, nanos=cap.nanoseconds, max_len=MAX_RECORD_LEN,
-        frac_lim=1_000_000_000 if cap.nanoseconds else 1_000_000, window=WINDOW_LEN, layer=int(layer),
-        vxlan_ports=tuple(config.vxlan_ports), geneve_ports=tuple(config.geneve_ports),
-        max_depth=config.max_tunnel_depth, tables=APP_TABLES if config.app_metadata else None, batch=batch_size,
+    reader = _c_reader(
+        cap.data, HEADER_LEN, layer, config, batch_size, big_endian=cap.big_endian, nanos=cap.nanoseconds,
+        max_len=MAX_RECORD_LEN, frac_lim=1_000_000_000 if cap.nanoseconds else 1_000_000, window=WINDOW_LEN,
     )
-    try:
-        for slot in reader.slots():
-            c = slot.cols
-            batch = PacketBatch(buf=cap.data, start=c["start"], caplen=c["caplen"], wirelen=c["wirelen"], ts=c["ts"],
-                                layer=layer)
+    with contextlib.closing(_slot_batches(reader, cap.data, layer)) as slots:
+        for slot, batch in slots:
             cap.count("records", slot.n)
             if slot.n and (cut := cap.cut_under(batch)) is not None:  # as Capture.batches() does
                 kept, error = cut
@@ -124,9 +121,6 @@ def prepared_batches(
                     yield kept, prepare(kept, config)
                 raise error
             yield batch, _prepared(batch, slot, config)
-            reader.release(slot)
-    finally:
-        reader.close()
     if reader.status != native.SCAN_OK:
         cap.scan_stopped(reader.end_pos, bad=reader.status == native.SCAN_BAD)
 
@@ -154,28 +148,41 @@ class _PcapngRunner:
         return self._run(arr, pos, big_endian, ifaces, linktype)
 
     def _run(self, arr: U8, pos: int, big_endian: bool, ifaces: list[Interface], linktype: int) -> Iterator[Taken]:
-        from .native.reader import PcapReader
-
-        layer, config = LINKTYPE_LAYERS[linktype], self.config
-        reader = PcapReader(
-            arr, pos, big_endian=big_endian, nanos=False, max_len=0, frac_lim=0, window=0, layer=int(layer),
-            vxlan_ports=tuple(config.vxlan_ports), geneve_ports=tuple(config.geneve_ports),
-            max_depth=config.max_tunnel_depth, tables=APP_TABLES if config.app_metadata else None,
-            batch=self.batch_size, interfaces=ifaces,
-        )
-        try:
-            for slot in reader.slots():
-                c = slot.cols
-                batch = PacketBatch(buf=arr, start=c["start"], caplen=c["caplen"], wirelen=c["wirelen"], ts=c["ts"],
-                                    layer=layer)
+        layer = LINKTYPE_LAYERS[linktype]
+        reader = _c_reader(arr, pos, layer, self.config, self.batch_size, big_endian=big_endian, nanos=False,
+                           max_len=0, frac_lim=0, window=0, interfaces=ifaces)
+        with contextlib.closing(_slot_batches(reader, arr, layer)) as slots:
+            for slot, batch in slots:
                 yield Taken(linktype, batch.start, batch.caplen, batch.wirelen, batch.ts, slot.next_pos,
-                            _prepared(batch, slot, config))
-                reader.release(slot)
-        finally:
-            reader.close()
+                            _prepared(batch, slot, self.config))
 
 
-def _prepared(batch: PacketBatch, slot: native.reader.Slot, config: EngineConfig) -> Prepared:
+def _c_reader(data: U8, pos: int, layer: Layer, config: EngineConfig, batch_size: int, **fmt: Any) -> PcapReader:
+    """The C reading thread over ``data`` from ``pos`` with what the engine's config asks of it;
+    ``fmt``: the capture format's part (``PcapReader``'s other arguments)."""
+    from .native.reader import PcapReader
+
+    return PcapReader(
+        data, pos, layer=int(layer), vxlan_ports=tuple(config.vxlan_ports), geneve_ports=tuple(config.geneve_ports),
+        max_depth=config.max_tunnel_depth, tables=APP_TABLES if config.app_metadata else None, batch=batch_size,
+        **fmt,
+    )
+
+
+def _slot_batches(reader: PcapReader, data: U8, layer: Layer) -> Generator[tuple[Slot, PacketBatch], None, None]:
+    """Each slot the thread fills, with its packets as a batch of ``data``; a slot is given back
+    when the next one is asked for, and the thread stops when this is closed."""
+    try:
+        for slot in reader.slots():
+            c = slot.cols
+            yield slot, PacketBatch(buf=data, start=c["start"], caplen=c["caplen"], wirelen=c["wirelen"], ts=c["ts"],
+                                    layer=layer)
+            reader.release(slot)
+    finally:
+        reader.close()
+
+
+def _prepared(batch: PacketBatch, slot: Slot, config: EngineConfig) -> Prepared:
     """``engine.prepare(batch, config)`` from what the C reading thread left in ``slot``."""
     from .native.reader import F_FRAGMENTS, F_PREPARED
 
