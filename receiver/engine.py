@@ -4,6 +4,7 @@
     result = engine.process(batch)      # -> BatchResult(records, decap)
     records = engine.tick(now)          # wall-clock expiry (live service)
     records = engine.finish("shutdown") # every open flow, end_reason as given
+    # records: a RecordBatch (receiver.flows.recordbatch): JSON lines and key columns
     engine.counters()                   # {"packets": .., "decoded": .., "<drop reason>": .., ...}
 
 Per batch: decode (numpy fast path, slow path for the rest) -> attribute IP fragments ->
@@ -27,10 +28,12 @@ from . import native
 from .appmeta import state as appstate
 from .appmeta.state import DNS_TCP_PORTS, DNS_UDP_PORTS, START_BYTES, TCP, UDP, AppState, worth_parsing
 from .decode import Decoded, Frag, Status, decode
+from .flows.encode import encode_records
 from .flows.excerpts import ExcerptPool
 from .flows.keys import Keys, make_keys
-from .flows.record import EndReason, FlowRecord
-from .flows.records import build_records, talkers
+from .flows.record import EndReason
+from .flows.recordbatch import RecordBatch
+from .flows.records import talkers
 from .flows.table import FlowTable, Grouped, group_keys
 from .native.tables import AppTables
 from .packets import I64, B, Decapsulated, PacketBatch
@@ -96,7 +99,7 @@ class Prepared:
 
 @dataclass
 class BatchResult:
-    records: list[FlowRecord]  # flows that ended (or interim records) while processing the batch
+    records: RecordBatch  # flows that ended (or interim records) while processing the batch
     decap: Decapsulated  # where each packet's inner frame starts, and its VNI (for packet sinks)
 
 
@@ -116,7 +119,7 @@ class Engine:
         self._counters: Counter[str] = Counter(dict.fromkeys(BASE_COUNTERS, 0))
         self._fragments: OrderedDict[tuple[int, ...], tuple[int, int]] = OrderedDict()
         self._next_expire: int | None = None  # number of the next grid point of packet time for the timeouts
-        self._pending: list[FlowRecord] = []
+        self._pending: list[RecordBatch] = []
 
     # -- public API ---------------------------------------------------------------------------
     def process(self, batch: PacketBatch, prepared: Prepared | None = None) -> BatchResult:
@@ -144,8 +147,7 @@ class Engine:
         n = batch.count if counted is None else counted.size
         if n:
             self._count_in_time(batch, d, counted, n, prepared)
-        records, self._pending = self._pending, []
-        return BatchResult(records, Decapsulated(d.inner_start, d.vni))
+        return BatchResult(self._take_pending(), Decapsulated(d.inner_start, d.vni))
 
     def _count_in_time(self, batch: PacketBatch, d: Decoded, counted: I64 | None, n: int, prepared: Prepared) -> None:
         """Count the packets (``counted``: their numbers, None: all), with timeouts checked at
@@ -207,14 +209,18 @@ class Engine:
             at = max(at + 1, first if first * grid >= due else first + 1)
         self._next_expire = last + 1  # (not further: packets to come may be due sooner)
 
-    def tick(self, now: float) -> list[FlowRecord]:
+    def tick(self, now: float) -> RecordBatch:
         """Expire flows by the wall clock (the live service calls this when traffic is quiet)."""
         self._expire(now)
         self._next_expire = self._grid_point(now) + 1
-        records, self._pending = self._pending, []
-        return records
+        return self._take_pending()
 
-    def finish(self, reason: EndReason) -> list[FlowRecord]:
+    def _take_pending(self) -> RecordBatch:
+        """The records made since the last call, as one batch."""
+        pending, self._pending = self._pending, []
+        return RecordBatch.concat(pending)
+
+    def finish(self, reason: EndReason) -> RecordBatch:
         """Emit every open flow with ``reason`` ("shutdown" or "end_of_input"). Flows whose timeout
         or TCP close linger ran out by the last packet end as that first, so the records do not
         depend on where the batches happened to fall (timeouts are checked once a batch)."""
@@ -222,8 +228,7 @@ class Engine:
         if live.size:
             self._expire(float(self.table.cols["t_last"][live].max()))
         self._emit(self.table.active_indices(), reason, None)
-        records, self._pending = self._pending, []
-        return records
+        return self._take_pending()
 
     def top_talkers(self, n: int = 20) -> list[dict[str, Any]]:
         """The ``n`` open flows that moved the most IP bytes since they started (or since their
@@ -511,8 +516,8 @@ class Engine:
         if not flows.size:
             return
         flows = flows[np.argsort(self.table.cols["seg_start"][flows], kind="stable")]
-        self._pending.extend(
-            build_records(self.table, flows, reason, now, self.excerpts, self.app, self.labeler, self.sensor)
+        self._pending.append(
+            encode_records(self.table, flows, reason, now, self.excerpts, self.app, self.labeler, self.sensor)
         )
         self._counters[f"flows_{reason}"] += int(flows.size)
         self._counters["records"] += int(flows.size)

@@ -309,7 +309,8 @@ def test_live_vxlan_datagrams_decode_like_captured_frames() -> None:
     frames = [pf.vxlan(f, vni=77) for f in handshake()]
     datagrams = [f[42:] for f in frames]
     e = Engine()
-    recs = e.process(PacketBatch.from_frames(datagrams, [1.0] * 8, layer=Layer.VXLAN)).records + e.finish("shutdown")
+    recs = list(e.process(PacketBatch.from_frames(datagrams, [1.0] * 8, layer=Layer.VXLAN)).records)
+    recs += e.finish("shutdown")
     captured, _ = run(frames, ts=[1.0] * 8)
     strip = ("end_reason",)
     assert [{k: v for k, v in r.items() if k not in strip} for r in recs] == [

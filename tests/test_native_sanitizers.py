@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 NATIVE = Path(__file__).resolve().parents[1] / "receiver" / "native"
-SOURCES = ["vxnative.c", "vxrecv.c", "vxread.c", "vxguard.c"]
+SOURCES = [NATIVE / s for s in ("vxnative.c", "vxrecv.c", "vxread.c", "vxguard.c")]
+SOURCES.append(NATIVE.parent / "flows" / "vxrecords.c")
 
 
 def _runtime(name: str) -> str:
@@ -29,7 +30,7 @@ def test_the_c_library_is_clean_under_the_sanitizers(tmp_path: Path) -> None:
     subprocess.run(
         ["gcc", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
          "-fno-omit-frame-pointer", "-ffp-contract=off", "-fvisibility=hidden", "-shared", "-fPIC",
-         f"-I{NATIVE}", "-o", str(lib), *(str(NATIVE / s) for s in SOURCES)],
+         f"-I{NATIVE}", "-o", str(lib), *(str(s) for s in SOURCES)],
         check=True,
     )
     asan, ubsan = _runtime("libasan.so"), _runtime("libubsan.so")
@@ -47,7 +48,8 @@ def test_the_c_library_is_clean_under_the_sanitizers(tmp_path: Path) -> None:
     assert which.returncode == 0 and which.stdout.strip() == str(lib), which.stdout + which.stderr
     run = subprocess.run(  # -s: the sanitizer writes its report to fd 2, which pytest would capture and lose
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(here / "test_native.py"),
-         str(here / "test_readahead.py"), str(here / "test_capture.py"), str(here / "test_rxthread.py"), "-k",
+         str(here / "test_readahead.py"), str(here / "test_capture.py"), str(here / "test_record_encode.py"),
+         str(here / "test_rxthread.py"), "-k",
          "not tshark"],
         env=env, capture_output=True, text=True, timeout=600,
     )

@@ -32,7 +32,7 @@ def _run(frames: list[bytes], cfg: EngineConfig, batch: int) -> list[Any]:
     recs: list[Any] = []
     for i in range(0, len(frames), batch):
         recs += e.process(PacketBatch.from_frames(frames[i : i + batch], ts[i : i + batch])).records
-    return recs + e.finish("end_of_input")
+    return recs + list(e.finish("end_of_input"))
 
 
 @pytest.mark.parametrize("size", [16, 128])
