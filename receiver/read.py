@@ -2,6 +2,8 @@
 
     for record in read_records(["trace.pcap"]):
         ...
+    for batch in Analysis(["trace.pcap"]).batches():   # RecordBatch: the records as JSON lines
+        out.write(batch.data)
 
 ``Analysis`` is the same with the counters kept for a summary (``vxmirror read`` prints it).
 Several files are read as one stream (one flow table), in the order given.
@@ -31,6 +33,7 @@ from typing import Any
 from .capture import STDIN, Capture, CaptureError, open_capture
 from .engine import BatchResult, Engine, Prepared
 from .flows.record import FlowRecord
+from .flows.recordbatch import RecordBatch
 from .packets import PacketBatch
 from .prefetch import Prefetcher
 from .readahead import prepared_batches
@@ -61,9 +64,15 @@ class Analysis:
     _packets: int = field(default=0, init=False, repr=False)  # packets so far (for progress)
 
     def records(self) -> Iterator[FlowRecord]:
-        """Every flow record of the files; open flows end with ``end_of_input`` (``shutdown`` when
-        ``stop`` was set). A file that fails raises CaptureError (or OSError) after the flows still
-        open are emitted, unless ``keep_going``."""
+        """Every flow record of the files, as dicts (see ``batches``)."""
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[RecordBatch]:
+        """Every flow record of the files, as they come out of the engine (encoded JSON lines,
+        no dict per record); open flows end with ``end_of_input`` (``shutdown`` when ``stop`` was
+        set). A file that fails raises CaptureError (or OSError) after the flows still open are
+        emitted, unless ``keep_going``."""
         self.engine = engine = Engine(self.config, self.labeler, self.sensor)
         self._packets = 0
         self.stopped = False
@@ -80,7 +89,7 @@ class Analysis:
                 except (CaptureError, OSError) as exc:
                     self.capture_counters["failed_files"] += 1
                     if not self.keep_going:
-                        yield from engine.finish("end_of_input")  # what was read is not lost
+                        yield engine.finish("end_of_input")  # what was read is not lost
                         raise
                     message = str(exc) if isinstance(exc, CaptureError) else f"{path}: {exc.strerror or exc}"
                     log.error("%s (file skipped)", message)
@@ -90,7 +99,7 @@ class Analysis:
                 ahead.discard()
             if self.prefetch is None:
                 prefetch.close()
-        yield from engine.finish("shutdown" if self.stopped else "end_of_input")
+        yield engine.finish("shutdown" if self.stopped else "end_of_input")
 
     def _stopping(self) -> bool:
         if not self.stopped and self.stop is not None and self.stop.is_set():
@@ -99,7 +108,7 @@ class Analysis:
                         f"{self._packets:,}")
         return self.stopped
 
-    def _file(self, opening: _Opening, engine: Engine, prefetch: Prefetcher) -> Iterator[FlowRecord]:
+    def _file(self, opening: _Opening, engine: Engine, prefetch: Prefetcher) -> Iterator[RecordBatch]:
         i, path = opening.i, opening.path
         cap, batches = opening.opened()
         total = _file_size(path)
@@ -115,7 +124,8 @@ class Analysis:
                     self._packets += batch.count
                     if self.progress is not None:
                         self.progress(str(path), _done_bytes(cap, batch, total), total, self._packets)
-                    yield from result.records
+                    if result.records:
+                        yield result.records
                     if self._stopping():
                         return
             if pages := cap.vanished_pages():  # (cut and grown again between two checks)

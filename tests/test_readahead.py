@@ -658,13 +658,13 @@ def test_the_read_command_leaves_the_collector_as_it_found_it(
     from receiver.cli import main
 
     during: list[bool] = []
-    records = Analysis.records
+    batches = Analysis.batches
 
     def watched(self: Analysis) -> object:
         during.append(gc.isenabled())  # on while records are made: a long read's cycles are collected
-        return records(self)
+        return batches(self)
 
-    monkeypatch.setattr(Analysis, "records", watched)
+    monkeypatch.setattr(Analysis, "batches", watched)
     p = tmp_path / "gen.pcap"
     write_pcap(p, 2_000, 40, seed=3)
     before = gc.get_threshold()

@@ -87,8 +87,7 @@ class _Interrupts:
 
 def _run(args: argparse.Namespace, prefetch: Any, interrupts: _Interrupts) -> int:
     # imported here, not at the top: the CLI imports every command's module to build its parser
-    import orjson
-
+    # (the engine's modules load orjson)
     from ..read import Analysis
     from ..settings import EngineConfig
 
@@ -131,15 +130,9 @@ def _run(args: argparse.Namespace, prefetch: Any, interrupts: _Interrupts) -> in
         stop=interrupts.stop,
     )
     started = time.monotonic()
-    lines: list[bytes] = []
     try:
-        for record in analysis.records():
-            lines.append(orjson.dumps(record))
-            if len(lines) >= 4096:
-                out.write(b"\n".join(lines) + b"\n")
-                lines.clear()
-        if lines:
-            out.write(b"\n".join(lines) + b"\n")
+        for batch in analysis.batches():  # (the records' JSON lines, as the engine encoded them)
+            out.write(batch.data)
         out.flush()
     except OSError as e:  # the output failed (a full disk, a closed pipe)
         print(f"\nvxmirror read: {args.output or 'standard output'}: cannot write ({e.strerror or e})",
