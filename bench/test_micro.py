@@ -12,7 +12,8 @@ Stages: decap+decode fast path (one 8192-packet batch); slow path (IPv6 with ext
 headers, which only the dpkt path decodes); the flow table update of the engine (keys,
 find-or-add, per-direction counters: ``Engine._count`` with excerpts and app metadata off,
 on flows already in the table); the whole ``Engine.process`` (steady state); record
-serialisation with orjson; each record forwarder's ``encode`` and the pcap encoders.
+serialisation (the C builder against the Python one, and orjson over dicts); the cost of each
+application parser per flow; each record forwarder's ``encode`` and the pcap encoders.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from forwarders.splunk_hec import SplunkHecConfig, SplunkHecSink
 from receiver.configschema import from_table
 from receiver.decode import Status, decode
 from receiver.engine import Engine, Prepared
-from receiver.flows.record import FlowRecord
+from receiver.flows.recordbatch import RecordBatch
 from receiver.packets import Layer, PacketBatch
 from receiver.settings import EngineConfig
 from receiver.traffic import TrafficSpec, generate
@@ -78,14 +79,11 @@ def slow_batch() -> PacketBatch:
 
 
 @pytest.fixture(scope="module")
-def records() -> list[FlowRecord]:
+def records() -> RecordBatch:
     traffic = generate(TrafficSpec(n_packets=RECORDS * 6, n_flows=RECORDS, seed=5, duration=5.0))
     engine = Engine()
-    out: list[FlowRecord] = []
-    for b in traffic.batches():
-        out.extend(engine.process(b).records)
-    out.extend(engine.finish("end_of_input"))
-    return out
+    out = [engine.process(b).records for b in traffic.batches()]
+    return RecordBatch.concat([*out, engine.finish("end_of_input")])
 
 
 def test_decode_fast_path(benchmark: Any, datagrams: PacketBatch) -> None:
@@ -127,9 +125,12 @@ def test_engine_process_no_excerpts_no_app(benchmark: Any, datagrams: PacketBatc
     benchmark(engine.process, datagrams)
 
 
-def test_record_serialisation(benchmark: Any, records: list[FlowRecord]) -> None:
-    _items(benchmark, len(records), "record")
-    out = benchmark(lambda: [orjson.dumps(r) for r in records])
+def test_record_serialisation(benchmark: Any, records: RecordBatch) -> None:
+    """orjson over the records as dicts: what a record cost before the records were built in bulk
+    (test_record_builder)."""
+    dicts = records.records()
+    _items(benchmark, len(dicts), "record")
+    out = benchmark(lambda: [orjson.dumps(r) for r in dicts])
     assert orjson.loads(out[0])["community_id"]
 
 
@@ -139,7 +140,7 @@ def ctx() -> Any:
         yield SinkContext("bench", Path(d))
 
 
-def test_encode_jsonl(benchmark: Any, records: list[FlowRecord], ctx: SinkContext) -> None:
+def test_encode_jsonl(benchmark: Any, records: RecordBatch, ctx: SinkContext) -> None:
     sink = JsonlSink(from_table(JsonlConfig, {}), ctx)
     _items(benchmark, len(records), "record")
     try:
@@ -148,7 +149,7 @@ def test_encode_jsonl(benchmark: Any, records: list[FlowRecord], ctx: SinkContex
         sink.close()
 
 
-def test_encode_splunk_hec(benchmark: Any, records: list[FlowRecord], ctx: SinkContext,
+def test_encode_splunk_hec(benchmark: Any, records: RecordBatch, ctx: SinkContext,
                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VXMIRROR_HEC_TOKEN", "micro-benchmark-token")
     sink = SplunkHecSink(from_table(SplunkHecConfig, {"url": "http://127.0.0.1:9"}), ctx)
@@ -159,7 +160,7 @@ def test_encode_splunk_hec(benchmark: Any, records: list[FlowRecord], ctx: SinkC
         sink.close()
 
 
-def test_encode_kafka(benchmark: Any, records: list[FlowRecord], ctx: SinkContext) -> None:
+def test_encode_kafka(benchmark: Any, records: RecordBatch, ctx: SinkContext) -> None:
     sink = KafkaSink(from_table(KafkaConfig, {"brokers": "127.0.0.1:9"}), ctx)
     _items(benchmark, len(records), "record")
     try:
@@ -198,3 +199,82 @@ def test_frame_block(benchmark: Any, datagrams: PacketBatch) -> None:
     dec = Decapsulated(d.inner_start, d.vni)
     _items(benchmark, datagrams.count, "frame")
     benchmark(frame_block, datagrams, dec, False, 65535)
+
+
+# -- the cost of a flow (issue 14): the record builder, and each application parser per flow ---------------
+
+
+@pytest.fixture(scope="module")
+def open_table() -> Engine:
+    """An engine whose table holds the flows of generated traffic, none ended yet (long timeouts)."""
+    cfg = EngineConfig(tcp_idle_timeout=1e6, udp_idle_timeout=1e6, other_idle_timeout=1e6, active_timeout=1e6)
+    engine = Engine(cfg)
+    traffic = generate(TrafficSpec(n_packets=60_000, n_flows=10_000, seed=7, duration=5.0))
+    for b in traffic.batches():
+        engine.process(b)
+    return engine
+
+
+def _build(engine: Engine, native: bool, app: bool) -> int:
+    from receiver.flows.encode import encode_records
+    from receiver.flows.records import build_records
+
+    live = engine.table.active_indices()
+    meta = engine.app if app else {}
+    if native:
+        return len(encode_records(engine.table, live, "shutdown", None, engine.excerpts, meta, None, None))
+    recs = build_records(engine.table, live, "shutdown", None, engine.excerpts, meta, None, None)
+    return len([orjson.dumps(r) for r in recs])
+
+
+@pytest.mark.parametrize("app", [False, True], ids=["no_app", "with_app"])
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_record_builder(benchmark: Any, open_table: Engine, native: bool, app: bool) -> None:
+    """Records of every open flow, built and serialised (default 128-byte excerpts): the C builder
+    against the Python oracle. ``with_app``: the flows' application metadata too (its objects are
+    serialised in Python)."""
+    from receiver.flows import encode
+
+    if native and not encode.available():
+        pytest.skip("the C library is not built")
+    n = open_table.table.n_used
+    _items(benchmark, n, "record")
+    assert benchmark(_build, open_table, native, app) == n
+
+
+def _app_flow(kind: str) -> tuple[list[tuple[int, bytes]], int, int, int]:
+    """One flow's payloads (direction, bytes), protocol and ports, as the generator makes them."""
+    from receiver.traffic import _client_hello, _dns, _http
+
+    rng = np.random.default_rng(1)
+    if kind == "dns_pair":
+        q, r = _dns("api.example.com", 4242, False)
+        return [(0, q), (1, r)], 17, 40000, 53
+    if kind == "http_exchange":
+        req, resp = _http("www.example.com", rng)
+        return [(0, req), (1, resp)], 6, 40000, 80
+    if kind == "tls_hello":
+        return [(0, _client_hello("cdn.example.org", rng))], 6, 40000, 443
+    return [(0, bytes(range(7, 107))), (1, bytes(range(9, 109)))], 6, 40000, 5432  # opaque: no parser
+
+
+@pytest.mark.parametrize("kind", ["dns_pair", "http_exchange", "tls_hello", "opaque"])
+def test_app_parser_per_flow(benchmark: Any, kind: str) -> None:
+    """What the application metadata of one flow costs: screening, the parser's state, feeding its
+    payloads and the result (an opaque flow is screened out: no parser object is made)."""
+    from receiver.appmeta.state import AppState, worth_parsing
+
+    payloads, proto, sport, dport = _app_flow(kind)
+
+    def one_flow() -> dict[str, Any] | None:
+        if not worth_parsing(payloads[0][1], proto, sport, dport):
+            return None
+        state = AppState()
+        for d, p in payloads:
+            state.feed(d, p, proto, sport if d == 0 else dport, dport if d == 0 else sport)
+        return state.to_record(copy=False)
+
+    result = one_flow()
+    assert (result is None) == (kind == "opaque")
+    _items(benchmark, 1, "flow")
+    benchmark(one_flow)

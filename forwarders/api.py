@@ -1,7 +1,8 @@
 """The forwarder interface every sink implements (see docs/architecture.md).
 
-A *record sink* turns a batch of FlowRecords into one payload (``encode``) and
-delivers it (``send``). A *packet sink* writes blocks of frames. Queues,
+A *record sink* turns a batch of FlowRecords (a RecordBatch: the records already
+encoded as JSON lines, with the columns sinks key on) into one payload (``encode``)
+and delivers it (``send``). A *packet sink* writes blocks of frames. Queues,
 batching, retry with backoff and jitter, disk spooling, dead-lettering and the
 counters live once in ``forwarders.runner`` and wrap every sink alike; a sink
 only knows its own protocol.
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from receiver.flows.record import FlowRecord
+from receiver.flows.recordbatch import RecordBatch
 
 
 class SendError(Exception):
@@ -78,10 +79,16 @@ class RecordSink(abc.ABC):
         return Health(True)
 
     @abc.abstractmethod
-    def encode(self, records: list[FlowRecord]) -> bytes:
+    def encode(self, batch: RecordBatch) -> bytes:
         """One batch as the bytes ``send`` delivers.
 
-        The runner spools and dead-letters the records themselves (JSON lines),
+        ``batch.data`` holds the records as JSON lines (exactly ``orjson.dumps(record)`` and a
+        newline each), ``batch.line(i)`` / ``batch.lines()`` give one record's JSON, and the
+        columns ``community_id``, ``vni``, ``ts_start``, ``ts_end`` (or ``batch.column(name)``
+        for any field) give what a sink keys on, without decoding the records. Iterating the
+        batch gives dicts (decoded once, on demand: a slow path, for sinks that need them).
+
+        The runner spools and dead-letters the records themselves (the JSON lines),
         so a batch is re-encoded when it is replayed or partially accepted.
         """
 

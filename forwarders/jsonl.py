@@ -1,6 +1,6 @@
 """JSON-lines record sink (kind ``jsonl``): the embedded default.
 
-One FlowRecord per line (orjson) in rolling files under ``<data_dir>/flows/``
+One FlowRecord per line (the batch's JSON lines, written as they come) in rolling files under ``<data_dir>/flows/``
 (forwarders.rolling: ``.part`` then fsync and rename, rotation by size and
 age, retention). With ``gzip = true`` each closed file is compressed to
 ``.jsonl.gz`` (written as ``.part`` and renamed too) and the plain file removed.
@@ -15,10 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from receiver.configschema import opt
-from receiver.flows.record import FlowRecord
+from receiver.flows.recordbatch import RecordBatch
 
 from .api import Health, RecordSink, SendError, SinkContext
 from .rolling import RollingFile, RollingOutput, RollPolicy
@@ -77,8 +75,8 @@ class JsonlSink(RollingOutput, RecordSink):
         )
         self._left = 0  # bytes of the payload being sent not yet written
 
-    def encode(self, records: list[FlowRecord]) -> bytes:
-        return b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
+    def encode(self, batch: RecordBatch) -> bytes:
+        return batch.data  # one orjson line per record already
 
     def send(self, payload: bytes, count: int) -> None:
         self._left = len(payload)

@@ -1,17 +1,19 @@
 """Kafka record sink (confluent-kafka / librdkafka), e.g. for Amazon MSK.
 
 Each record is one message: key = the record's ``community_id`` (both directions
-and the interim records of one flow land in one partition), value = the record as
-JSON (orjson). The producer runs with ``acks=all``, ``enable.idempotence=true`` and
-zstd compression; TLS/SASL and any other librdkafka setting pass through from the
-``[forwarders.kafka.librdkafka]`` table, where a secret can be given as
-``{ file = "/path" }`` or ``{ env = "NAME" }`` instead of a literal (and is never
-logged).
+and the interim records of one flow land in one partition), value = the record's
+JSON line as it came in the RecordBatch (no decoding: the payload is the batch's
+bytes and the keys come from its ``community_id`` column). The producer runs with
+``acks=all``, ``enable.idempotence=true`` and zstd compression; TLS/SASL and any
+other librdkafka setting pass through from the ``[forwarders.kafka.librdkafka]``
+table, where a secret can be given as ``{ file = "/path" }`` or ``{ env = "NAME" }``
+instead of a literal (and is never logged).
 
 ``send`` is synchronous per batch: it produces every message (on ``BufferError``,
 librdkafka's local queue being full, it serves delivery reports with ``poll`` and
 tries again: back-pressure stays in the sink's own thread), then waits until every
-message of the batch has its delivery report. The batch succeeds when all are
+message of the batch is delivered or failed (``flush``; only failures are reported
+to Python, ``delivery.report.only.error``). The batch succeeds when all are
 delivered; otherwise it raises a retryable ``SendError`` and the runner retries or
 spools it. Messages of a failed batch that *were* delivered are remembered, so the
 resend of the same batch skips them (no duplicates from partial failures). After a
@@ -33,7 +35,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from receiver.configschema import ConfigError, opt
-from receiver.flows.record import FlowRecord
+from receiver.flows.recordbatch import RecordBatch
 
 from .api import Health, RecordSink, SendError, SinkContext
 from .hec_auth import read_secret_file
@@ -105,26 +107,21 @@ def resolve_settings(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return real, shown
 
 
-class _Batch:
-    __slots__ = ("delivered", "errors", "failed", "pending")
+class _Failures:
+    """Delivery reports of failed messages (the producer reports only those) during one send."""
+
+    __slots__ = ("errors", "values")
 
     def __init__(self) -> None:
-        self.pending = 0
-        self.delivered: set[int] = set()
-        self.failed = 0
+        self.values: list[bytes] = []
         self.errors: dict[str, int] = {}
 
-    def callback(self, index: int) -> Any:
-        def done(err: KafkaError | None, msg: Any) -> None:
-            self.pending -= 1
-            if err is None:
-                self.delivered.add(index)
-            else:
-                self.failed += 1
-                name = err.name()
-                self.errors[name] = self.errors.get(name, 0) + 1
-
-        return done
+    def report(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:  # a success (if delivery.report.only.error was turned off)
+            return
+        self.values.append(msg.value())
+        name = err.name()
+        self.errors[name] = self.errors.get(name, 0) + 1
 
 
 class KafkaSink(RecordSink):
@@ -158,8 +155,10 @@ class KafkaSink(RecordSink):
             "linger.ms": config.linger_ms,
             "message.timeout.ms": int(config.delivery_timeout * 1000),
             "reconnect.backoff.max.ms": 1000,
+            "delivery.report.only.error": True,
             **extra,
             **FORCED,
+            "on_delivery": self._on_delivery,
             "error_cb": self._on_error,
             "logger": logging.getLogger(f"{__name__}.librdkafka"),
         }
@@ -177,6 +176,8 @@ class KafkaSink(RecordSink):
         }
         self._need_restart = False
         self._partial: tuple[bytes, set[int]] | None = None
+        self._failures = _Failures()
+        self._keys: tuple[bytes, list[bytes | None]] | None = None  # (payload, its keys) from encode
         self._producer = Producer(self._settings)
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -202,10 +203,19 @@ class KafkaSink(RecordSink):
         self._need_restart = False
         self._count("producer_restarts")
 
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        self._failures.report(err, msg)
+
     # -- RecordSink ----------------------------------------------------------------
-    def encode(self, records: list[FlowRecord]) -> bytes:
-        dumps = orjson.dumps
-        return b"".join(dumps(r) + b"\n" for r in records)
+    def encode(self, batch: RecordBatch) -> bytes:
+        """The batch's JSON lines (one message each); their keys are kept for ``send``."""
+        field = self.config.key_field
+        if field == "community_id":
+            keys: list[bytes | None] = [k or None for k in batch.community_id.tolist()]
+        else:
+            keys = [None if v is None else str(v).encode() for v in batch.column(field)]
+        self._keys = (batch.data, keys)
+        return batch.data
 
     def _key(self, line: bytes) -> bytes | None:
         try:
@@ -217,24 +227,32 @@ class KafkaSink(RecordSink):
     def send(self, payload: bytes, count: int) -> None:
         if self._need_restart:
             self._restart()
-        lines = [ln for ln in payload.split(b"\n") if ln]
-        digest = hashlib.blake2b(payload, digest_size=16).digest()
+        lines = payload[:-1].split(b"\n") if payload.endswith(b"\n") else payload.split(b"\n")
+        if self._keys is not None and self._keys[0] is payload:
+            keys = self._keys[1]
+        else:  # a payload that ``encode`` did not make: read the key from each record
+            lines = [ln for ln in lines if ln]
+            keys = [self._key(ln) for ln in lines]
         already: set[int] = set()
-        if self._partial is not None and self._partial[0] == digest:
-            already = self._partial[1]
-            self._count("skipped_on_resend", len(already))
-        batch = _Batch()
+        digest = b""
+        if self._partial is not None:  # the resend of a failed batch?
+            digest = hashlib.blake2b(payload, digest_size=16).digest()
+            if self._partial[0] == digest:
+                already = self._partial[1]
+                self._count("skipped_on_resend", len(already))
+        failures = self._failures = _Failures()
         producer, topic = self._producer, self.config.topic
         deadline = time.monotonic() + self.config.queue_full_timeout
+        produce = producer.produce
+        produced = 0  # lines[:produced] were handed to the producer (those in ``already`` skipped)
         gave_up = False
-        for i, line in enumerate(lines):
+        for i, (line, key) in enumerate(zip(lines, keys)):
             if i in already:
+                produced += 1
                 continue
-            key = self._key(line)
             while True:
                 try:
-                    producer.produce(topic, line, key, on_delivery=batch.callback(i))
-                    batch.pending += 1
+                    produce(topic, line, key)
                     break
                 except BufferError:
                     self._count("queue_full_waits")
@@ -244,22 +262,25 @@ class KafkaSink(RecordSink):
                         break
                 except KafkaException as e:
                     gave_up = True
-                    batch.errors[e.args[0].name() if e.args else "produce"] = 1
+                    failures.errors[e.args[0].name() if e.args else "produce"] = 1
                     break
             if gave_up:
                 break
-        # every produced message gets its report within message.timeout.ms
-        producer.flush(self.config.delivery_timeout + 5.0)
-        self._count("delivered", len(batch.delivered))
-        self._count("delivery_failed", batch.failed)
-        done = already | batch.delivered
-        if len(done) >= len(lines) and not gave_up:
+            produced += 1
+        # every produced message is delivered or reported failed within message.timeout.ms
+        left = producer.flush(self.config.delivery_timeout + 5.0)
+        failed = len(failures.values)
+        self._count("delivered", produced - len(already) - failed - left)
+        self._count("delivery_failed", failed)
+        if not failed and not left and not gave_up:
             self._partial = None
             return
-        self._partial = (digest, done)
+        bad = set(failures.values)
+        done = set(already) if left else {i for i in range(produced) if i in already or lines[i] not in bad}
+        self._partial = (digest or hashlib.blake2b(payload, digest_size=16).digest(), done)
         self._need_restart = True  # a fresh producer (new producer id) for the resend
         missing = len(lines) - len(done)
-        detail = ", ".join(f"{k} x{v}" for k, v in sorted(batch.errors.items())) or "local queue full"
+        detail = ", ".join(f"{k} x{v}" for k, v in sorted(failures.errors.items())) or "local queue full"
         raise SendError(
             f"Kafka: {missing} of {len(lines)} records not delivered to {topic} ({detail})", retryable=True
         )

@@ -3,10 +3,11 @@
     fs = ForwarderSet.from_specs(specs, data_dir, worker=0, vni_names=None)
     fs.submit(result, batch)   # records to every record forwarder, frames to every packet forwarder
     fs.counters()              # {"pcap": {"received": .., "sent": .., ...}, "jsonl": {...}}
-    fs.close(timeout=10)
+    fs.close(timeout=10)       # {"jsonl": {"delivered": .., "spooled": .., "dropped": ..}, ...}
 
 ``submit`` never blocks: each forwarder has its own bounded queue and thread,
-so a slow or dead forwarder only fills (and drops from) its own queue. Frames
+so a slow or dead forwarder only fills its own queue (and then its own spool, for
+record forwarders, or drops, for packet forwarders). Frames
 are copied out of the batch here (the listener reuses its buffers), once per
 distinct (keep_encapsulation, snaplen) pair among the packet forwarders.
 """
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from receiver.packets import PacketBatch
 
@@ -25,7 +26,7 @@ from .api import FrameBlock, Health, PacketSink, RecordSink, SinkContext
 from .frames import frame_block
 from .pcap import sink_options
 from .registry import ForwarderSpec
-from .runner import PacketForwarder, RecordForwarder
+from .runner import PacketForwarder, RecordForwarder, Records, as_batch
 
 if TYPE_CHECKING:  # the engine imports much; the data path only needs the two attributes
     from receiver.engine import BatchResult
@@ -67,9 +68,10 @@ class ForwarderSet:
 
     def submit(self, result: BatchResult, batch: PacketBatch) -> None:
         """Hand one processed batch to every forwarder (never blocks)."""
-        if result.records:
+        if result.records and self.record:
+            records = as_batch(result.records)  # encoded once for every record forwarder
             for rf in self.record:
-                rf.put(result.records)
+                rf.put(records)
         if not self.packet or batch.count == 0:
             return
         blocks: dict[tuple[bool, int], FrameBlock] = {}
@@ -85,26 +87,32 @@ class ForwarderSet:
             pf.count_skipped(block.skipped)
             pf.put(block)
 
-    def submit_records(self, records: list[Any]) -> None:
-        """Records without packets (engine.tick / engine.finish)."""
-        if records:
+    def submit_records(self, records: Records) -> None:
+        """Records without packets (engine.tick / engine.finish): a RecordBatch (or a list of dicts)."""
+        if records and self.record:
+            batch = as_batch(records)
             for rf in self.record:
-                rf.put(records)
+                rf.put(batch)
 
     def reopen(self) -> None:
         for f in self.forwarders:
             f.request_reopen()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush every forwarder within ``timeout`` overall (they flush in parallel)."""
+    def close(self, timeout: float = 10.0) -> dict[str, dict[str, int]]:
+        """Flush every forwarder within ``timeout`` overall (they flush in parallel); returns each
+        one's totals (what its last log line says: delivered, spooled, dead-lettered, dropped)."""
         deadline = time.monotonic() + timeout
-        threads = [
-            threading.Thread(target=f.close, args=(timeout,), name=f"close-{f.name}") for f in self.forwarders
-        ]
+        totals: dict[str, dict[str, int]] = {}
+
+        def close(f: Forwarder) -> None:
+            totals[f.name] = f.close(timeout)
+
+        threads = [threading.Thread(target=close, args=(f,), name=f"close-{f.name}") for f in self.forwarders]
         for t in threads:
             t.start()
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()) + 6.0)
+        return {f.name: totals[f.name] for f in self.forwarders if f.name in totals}
 
     def counters(self) -> dict[str, dict[str, int]]:
         return {f.name: f.counters() for f in self.forwarders}

@@ -1,9 +1,12 @@
 """The runner every sink sits behind: queue, batching, retry, spool, dead letters, counters.
 
 ``RecordForwarder`` wraps a RecordSink; ``PacketForwarder`` wraps a PacketSink.
-Each owns one thread and a bounded queue whose ``put`` never blocks the caller:
-what does not fit is dropped and counted. See docs/forwarders.md for the
-semantics (what is retried, spooled, dead-lettered and dropped).
+Each owns one thread and a bounded queue whose ``put`` never blocks the caller.
+Records that do not fit in the queue go to the forwarder's disk spool (already
+encoded: one file write, no fsync, on the caller's thread); only what does not fit
+there either is dropped, counted and reported in a warning at most every few
+seconds. Frames that do not fit are dropped and counted. See docs/forwarders.md for
+the semantics (what is retried, spooled, dead-lettered and dropped).
 """
 
 from __future__ import annotations
@@ -15,22 +18,42 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import orjson
 
 from receiver.flows.record import FlowRecord
+from receiver.flows.recordbatch import RecordBatch
 
 from .api import FrameBlock, Health, PacketSink, RecordSink, SendError
 from .settings import RunnerSettings
-from .spool import Spool, SpoolFull
+from .spool import Spool, SpoolEntry, SpoolFull
 
 log = logging.getLogger("vxmirror.forwarders")
 
 State = Literal["up", "down", "fatal"]
 TICK_SECONDS = 1.0
+DROP_WARNING_SECONDS = 5.0  # at most one warning with the drop counts per forwarder this often
+
+Records = RecordBatch | Sequence[FlowRecord]
+
+
+def as_batch(records: Records) -> RecordBatch:
+    """``records`` as a RecordBatch (a list of dicts is encoded once, here)."""
+    return records if isinstance(records, RecordBatch) else RecordBatch.from_records(records)
+
+
+def cut(batch: RecordBatch, lo: int, max_records: int, max_bytes: int) -> int:
+    """Where the first sink batch from record ``lo`` ends: at most ``max_records`` records and
+    ``max_bytes`` bytes of JSON lines, and at least one record."""
+    hi = min(len(batch), lo + max_records)
+    start = batch.start(lo)
+    if int(batch.ends[hi - 1]) - start > max_bytes:
+        hi = max(lo + 1, int(np.searchsorted(batch.ends, start + max_bytes, side="right")))
+    return hi
 
 
 class _RateLimitedLog:
@@ -62,7 +85,10 @@ def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random | None 
 
 class _SinkThread:
     """What both forwarders share: the sink, its settings, the lock and condition guarding the
-    queue, the stop/reopen flags, counters, and the thread that runs ``_run``."""
+    queue, the stop/reopen flags, counters and drops (with their warning), and the thread that
+    runs ``_run``."""
+
+    unit = "records"
 
     def __init__(
         self, sink: RecordSink | PacketSink, settings: RunnerSettings | None, counters: tuple[str, ...]
@@ -77,10 +103,14 @@ class _SinkThread:
         self._reopen = False
         self._c: dict[str, int] = dict.fromkeys(counters, 0)
         self._dropped: dict[str, int] = {}
+        self._drops_new: dict[str, int] = {}  # since the last drop warning
+        self._drops_warned = -math.inf
+        self.drop_warning_seconds = DROP_WARNING_SECONDS
         self._detail = ""
         self._rlog = _RateLimitedLog()
         self._thread = threading.Thread(target=self._run, name=f"fwd-{self.name}", daemon=True)
         self._started = False
+        self._closed: dict[str, int] | None = None
 
     def _run(self) -> None:  # pragma: no cover - each forwarder has its own
         raise NotImplementedError
@@ -109,6 +139,43 @@ class _SinkThread:
             self._deadline = time.monotonic() + timeout
             self._cv.notify()
 
+    def _drop_locked(self, reason: str, n: int) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + n
+        self._drops_new[reason] = self._drops_new.get(reason, 0) + n
+
+    def _drop(self, reason: str, n: int) -> None:
+        with self._lock:
+            self._drop_locked(reason, n)
+
+    def _warn_drops(self) -> None:
+        """One warning with the drops since the last one, at most every ``drop_warning_seconds``."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._drops_new or now - self._drops_warned < self.drop_warning_seconds:
+                return
+            new, self._drops_new = self._drops_new, {}
+            self._drops_warned = now
+            total = sum(self._dropped.values())
+        n = sum(new.values())
+        log.warning(
+            "forwarder %s: %d %s dropped (%s); %d since start",
+            self.name,
+            n,
+            self.unit,
+            ", ".join(f"{k} {v}" for k, v in sorted(new.items())),
+            total,
+            extra={"fields": {"forwarder": self.name, "dropped": n, "dropped_total": total,
+                              **{f"dropped_{k}": v for k, v in sorted(new.items())}}},
+        )
+
+    def _log_stopped(self, totals: dict[str, int], text: str) -> dict[str, int]:
+        """The forwarder's last log line (warning if anything was dropped or lost)."""
+        bad = totals.get("dropped", 0) or totals.get("in_flight", 0)
+        log.log(logging.WARNING if bad else logging.INFO, "forwarder %s stopped: %s", self.name, text,
+                extra={"fields": {"forwarder": self.name, **totals}})
+        self._closed = totals
+        return totals
+
 
 class RecordForwarder(_SinkThread):
     """Runs one RecordSink on its own thread (see module doc)."""
@@ -120,14 +187,15 @@ class RecordForwarder(_SinkThread):
         self.sink: RecordSink = sink
         s = self.settings
         data_dir = Path(sink.context.data_dir)
-        self._queue: collections.deque[list[FlowRecord]] = collections.deque()
+        self._queue: collections.deque[RecordBatch] = collections.deque()
+        self._head = 0  # records of the first queued batch already taken
         self._qlen = 0
+        self._qbytes = 0
         self._inflight = 0
         self._wake = threading.Event()
         self._state: State = "up"
         self._fail_streak = 0
         self._next_probe = 0.0
-        self._rlog = _RateLimitedLog()
         self.spool = Spool(data_dir / "spool" / self.name, s.spool_max_bytes)
         self.deadletter_path = data_dir / "deadletter" / f"{self.name}.jsonl"
         if len(self.spool):
@@ -135,66 +203,76 @@ class RecordForwarder(_SinkThread):
         if start:
             self.start()
 
-    # ---- caller side (any thread; never blocks on the sink) ----
+    # ---- caller side (any thread; never waits for the sink) ----
 
-    def put(self, records: list[FlowRecord]) -> int:
-        """Queue records; returns how many were accepted (the rest are dropped and counted)."""
-        n = len(records)
+    def put(self, records: Records) -> int:
+        """Queue records (a RecordBatch; a list of dicts is encoded first); what does not fit in
+        the queue goes to the spool. Returns how many were queued or spooled; the rest are
+        dropped and counted."""
+        batch = as_batch(records)
+        n = len(batch)
         if n == 0:
             return 0
         with self._lock:
             self._c["received"] += n
-            if self._stop:
+            closed = self._stop
+            if closed:
                 self._drop_locked("closed", n)
-                return 0
-            room = self.settings.queue_max - self._qlen
-            if room < n:
-                self._drop_locked("queue_full", n - max(room, 0))
-                if room <= 0:
-                    return 0
-                records = records[:room]
-                n = room
-            self._queue.append(records)
-            self._qlen += n
-            if self._qlen >= self.settings.batch_max_records:
-                self._cv.notify()
-        return n
+                k = 0
+            else:
+                k = min(n, max(0, self.settings.queue_max - self._qlen))
+                if k:
+                    self._queue.append(batch.slice(0, k))
+                    self._qlen += k
+                    self._qbytes += batch.start(k)
+                    if self._qlen >= self.settings.batch_max_records:
+                        self._cv.notify()
+        if k < n and not closed:
+            k += self._to_spool(batch, start=k, sync=False, full_reason="queue_full")
+        if k < n:
+            self._warn_drops()
+        return k
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush: send what can be sent within ``timeout``, spool the rest, then close the sink."""
+    def close(self, timeout: float = 10.0) -> dict[str, int]:
+        """Flush: send what can be sent within ``timeout``, spool the rest, then close the sink.
+        Logs the forwarder's totals (delivered, still spooled, dead-lettered, dropped) and
+        returns them."""
+        if self._closed is not None:
+            return self._closed
         self._begin_close(timeout)
         self._wake.set()
         if self._started:
             self._thread.join(timeout + 5.0)
-        if self._thread.is_alive():
+        stuck = self._thread.is_alive()
+        if stuck:
             # The sink is stuck in a call past the deadline: spool what is still queued here.
             log.error("forwarder %s: sender thread stuck in the sink; spooling the queue", self.name)
-            with self._lock:
-                items = list(self._queue)
-                self._queue.clear()
-                self._qlen = 0
-            for recs in items:
-                self._to_spool(recs, [orjson.dumps(r) for r in recs], "shutdown")
-            return
-        if not self._started:
-            self._drain_unstarted()
-        try:
-            self.sink.close()
-        except Exception as e:
-            log.error("forwarder %s: closing the sink failed: %s", self.name, e)
-
-    def _drain_unstarted(self) -> None:
-        with self._lock:
-            items = list(self._queue)
-            self._queue.clear()
-            self._qlen = 0
-        for recs in items:
-            self._to_spool(recs, [orjson.dumps(r) for r in recs], "shutdown")
+        if stuck or not self._started:
+            self._spool_queue([])
+        else:
+            try:
+                self.sink.close()
+            except Exception as e:
+                log.error("forwarder %s: closing the sink failed: %s", self.name, e)
+        self._safe("spool sync", self.spool.sync)
+        c = self.counters()
+        totals = {"received": c["received"], "delivered": c["sent"], "replayed": c["replayed"],
+                  "spooled": c["spool_records"], "dead_lettered": c["dead_lettered"], "dropped": c["dropped"],
+                  **{k: v for k, v in c.items() if k.startswith("dropped_")}}
+        if c["in_flight"] or c["queue_depth"]:
+            totals["in_flight"] = c["in_flight"] + c["queue_depth"]  # lost with the stuck sink
+        text = (f"{totals['delivered']} records delivered ({totals['replayed']} of them from the spool), "
+                f"{totals['spooled']} in the spool, {totals['dead_lettered']} dead-lettered, "
+                f"{totals['dropped']} dropped")
+        if "in_flight" in totals:
+            text += f", {totals['in_flight']} lost in the stuck sink"
+        return self._log_stopped(totals, text)
 
     def counters(self) -> dict[str, int]:
         with self._lock:
             out = self._base_counters()
             out["queue_depth"] = self._qlen
+            out["queue_bytes"] = self._qbytes
             out["in_flight"] = self._inflight
         out["spool_records"] = self.spool.records
         out["spool_bytes"] = self.spool.bytes
@@ -208,37 +286,34 @@ class RecordForwarder(_SinkThread):
 
     # ---- sender thread ----
 
-    def _drop_locked(self, reason: str, n: int) -> None:
-        self._dropped[reason] = self._dropped.get(reason, 0) + n
-
-    def _drop(self, reason: str, n: int) -> None:
-        with self._lock:
-            self._drop_locked(reason, n)
-
     def _count(self, key: str, n: int) -> None:
         with self._lock:
             self._c[key] += n
 
-    def _take(self, limit: int) -> list[FlowRecord]:
-        """Pop up to ``limit`` queued records (lock held)."""
-        out: list[FlowRecord] = []
-        while self._queue and len(out) < limit:
+    def _take(self, limit: int) -> list[RecordBatch]:
+        """Pop up to ``limit`` queued records (lock held); they are in flight from here."""
+        out: list[RecordBatch] = []
+        got = 0
+        while self._queue and got < limit:
             head = self._queue[0]
-            need = limit - len(out)
-            if len(head) <= need:
-                out.extend(self._queue.popleft())
+            hi = min(len(head), self._head + limit - got)
+            part = head.slice(self._head, hi)
+            if hi == len(head):
+                self._queue.popleft()
+                self._head = 0
             else:
-                out.extend(head[:need])
-                self._queue[0] = head[need:]
-        self._qlen -= len(out)
-        self._inflight += len(out)
+                self._head = hi
+            out.append(part)
+            got += len(part)
+            self._qbytes -= len(part.data)
+        self._qlen -= got
+        self._inflight += got
         return out
 
     def _run(self) -> None:
         s = self.settings
-        recs: list[FlowRecord] = []
-        lines: list[bytes] = []
-        nbytes = 0
+        pend: list[RecordBatch] = []  # taken from the queue, not yet handed to the sink
+        npend = bpend = 0
         first = 0.0
         next_tick = time.monotonic() + TICK_SECONDS
         while True:
@@ -246,7 +321,7 @@ class RecordForwarder(_SinkThread):
             with self._lock:
                 if not self._queue and not self._stop and not self._reopen:
                     due = next_tick
-                    if recs:
+                    if pend:
                         due = min(due, first + s.batch_interval)
                     if len(self.spool) and self._state == "up":
                         due = now  # replay backlog
@@ -256,43 +331,40 @@ class RecordForwarder(_SinkThread):
                         self._cv.wait(due - now)
                 stopping = self._stop
                 reopen, self._reopen = self._reopen, False
-                got = self._take(s.batch_max_records - len(recs)) if self._queue else []
+                got = self._take(s.batch_max_records - npend) if self._queue else []
                 queue_empty = not self._queue
             now = time.monotonic()
             if reopen:
                 self._safe("reopen", self.sink.reopen)
             if got:
-                if not recs:
+                if not pend:
                     first = now
-                for r in got:
-                    line = orjson.dumps(r)
-                    lines.append(line)
-                    nbytes += len(line) + 1
-                recs.extend(got)
-            full = len(recs) >= s.batch_max_records or nbytes >= s.batch_max_bytes
-            if recs and (full or now - first >= s.batch_interval or stopping):
-                if nbytes > s.batch_max_bytes and len(recs) > 1:
-                    # cut at the byte bound; the remainder starts the next batch
-                    acc, k = 0, 0
-                    while k < len(lines) and acc + len(lines[k]) + 1 <= s.batch_max_bytes:
-                        acc += len(lines[k]) + 1
-                        k += 1
-                    k = max(k, 1)
-                    self._deliver(recs[:k], lines[:k])
-                    recs, lines = recs[k:], lines[k:]
-                    nbytes = sum(len(x) + 1 for x in lines)
-                    first = now
-                else:
-                    self._deliver(recs, lines)
-                    recs, lines, nbytes = [], [], 0
+                pend += got
+                npend += sum(len(b) for b in got)
+                bpend += sum(len(b.data) for b in got)
+            full = npend >= s.batch_max_records or bpend >= s.batch_max_bytes
+            if pend and (full or now - first >= s.batch_interval or stopping):
+                batch = RecordBatch.concat(pend)
+                k = cut(batch, 0, s.batch_max_records, s.batch_max_bytes)
+                rest = batch.slice(k, len(batch))
+                pend, npend, bpend = ([rest], len(rest), len(rest.data)) if rest else ([], 0, 0)
+                first = now  # the remainder starts the next batch
+                self._deliver(batch.slice(0, k))
             if not stopping:
                 if now >= next_tick:
                     next_tick = now + TICK_SECONDS
                     self._safe("tick", lambda: self.sink.tick(time.time()))
+                    self._safe("spool sync", self.spool.sync)
+                    self._warn_drops()
                 if len(self.spool) and self._qlen < s.queue_max // 2:
                     self._service_spool()
-            elif queue_empty and not recs:
+            elif self._past_deadline():
+                self._spool_queue(pend)  # what is left, at once
                 break
+            elif queue_empty and not pend:
+                if not (len(self.spool) and self._state == "up"):
+                    break
+                self._service_spool()  # replay while the close timeout lasts
 
     def _safe(self, what: str, fn: Callable[[], object]) -> None:
         try:
@@ -316,10 +388,8 @@ class RecordForwarder(_SinkThread):
     def _past_deadline(self) -> bool:
         return time.monotonic() >= self._deadline
 
-    def _attempt(
-        self, recs: list[FlowRecord], lines: list[bytes], retries: int
-    ) -> tuple[str, list[FlowRecord], list[bytes], str]:
-        """Try to send; returns (outcome, unsent records, their lines, reason).
+    def _attempt(self, batch: RecordBatch, retries: int) -> tuple[str, RecordBatch, str]:
+        """Try to send; returns (outcome, the unsent records, reason).
 
         outcome: "sent", "dead" (non-retryable), "retry_exhausted", "fatal".
         """
@@ -329,33 +399,33 @@ class RecordForwarder(_SinkThread):
         while True:
             try:
                 if payload is None:
-                    payload = self.sink.encode(recs)
-                self.sink.send(payload, len(recs))
-                self._count("sent", len(recs))
-                return "sent", [], [], ""
+                    payload = self.sink.encode(batch)
+                self.sink.send(payload, len(batch))
+                self._count("sent", len(batch))
+                return "sent", RecordBatch.empty(), ""
             except SendError as e:
                 err = e
             except Exception as e:  # a sink bug must not lose data: treat as retryable
                 err = SendError(f"{type(e).__name__}: {e}", retryable=True)
-            acc = max(0, min(err.accepted, len(recs)))
+            acc = max(0, min(err.accepted, len(batch)))
             if acc:
                 self._count("sent", acc)
-                recs, lines, payload = recs[acc:], lines[acc:], None
+                batch, payload = batch.slice(acc, len(batch)), None
             if err.fatal_for_sink:
-                return "fatal", recs, lines, err.reason
-            rej = max(0, min(err.rejected, len(recs)))
+                return "fatal", batch, err.reason
+            rej = max(0, min(err.rejected, len(batch)))
             if rej and not err.retryable:
-                self._dead_letter(recs[:rej], err.reason)
-                recs, lines, payload = recs[rej:], lines[rej:], None
-                if not recs:
-                    return "sent", [], [], ""
+                self._dead_letter(batch.slice(0, rej), err.reason)
+                batch, payload = batch.slice(rej, len(batch)), None
+                if not batch:
+                    return "sent", batch, ""
                 continue  # the rest of the batch goes again (the refused records are out of it)
             if not err.retryable:
-                return "dead", recs, lines, err.reason
+                return "dead", batch, err.reason
             attempt += 1
             if attempt > retries or self._past_deadline():
-                return "retry_exhausted", recs, lines, err.reason
-            self._count("retried", len(recs))
+                return "retry_exhausted", batch, err.reason
+            self._count("retried", len(batch))
             self._rlog(
                 "retry",
                 logging.WARNING,
@@ -366,32 +436,32 @@ class RecordForwarder(_SinkThread):
             )
             self._sleep(backoff_delay(attempt, s.retry_backoff_min, s.retry_backoff_max))
 
-    def _deliver(self, recs: list[FlowRecord], lines: list[bytes]) -> None:
-        n = len(recs)
+    def _deliver(self, batch: RecordBatch) -> None:
+        n = len(batch)
         try:
             if self._past_deadline():
-                self._to_spool(recs, lines, "shutdown")
+                self._to_spool(batch, sync=False)
                 return
             retries = self.settings.max_retries
             if self._state != "up":
                 # Down: spool; with nothing spooled (spool disabled or full) this batch is the probe.
                 if len(self.spool) or not self._probe_due():
-                    self._to_spool(recs, lines, self._detail)
+                    self._to_spool(batch)
                     return
                 retries = 0
             elif len(self.spool):
                 retries = 0  # a backlog exists: do not stall the queue behind retries
-            outcome, rest, rest_lines, reason = self._attempt(recs, lines, retries)
+            outcome, rest, reason = self._attempt(batch, retries)
             if outcome == "sent":
                 self._recovered()
             elif outcome == "dead":
                 self._dead_letter(rest, reason)
             elif outcome == "fatal":
                 self._go_fatal(reason)
-                self._to_spool(rest, rest_lines, reason)
+                self._to_spool(rest)
             else:
                 self._go_down(reason)
-                self._to_spool(rest, rest_lines, reason)
+                self._to_spool(rest)
         finally:
             self._finish_inflight(n)
 
@@ -418,64 +488,61 @@ class RecordForwarder(_SinkThread):
         self._detail = reason
         self._next_probe = time.monotonic() + self.settings.probe_interval
 
-    def _to_spool(self, recs: list[FlowRecord], lines: list[bytes], reason: str) -> None:
-        if not recs:
-            return
+    def _to_spool(
+        self, batch: RecordBatch, *, start: int = 0, sync: bool = True, full_reason: str = "spool_full"
+    ) -> int:
+        """Write ``batch`` (from record ``start`` on, without copying it) to the spool in files of at
+        most one sink batch each; returns how many records were spooled (the rest are dropped:
+        ``full_reason`` past the spool bound)."""
+        s = self.settings
+        n, lo = len(batch), start
+        view = memoryview(batch.data)
         try:
-            self.spool.push(lines)
-            self._count("spooled", len(recs))
-        except SpoolFull as e:
-            self._drop("spool_full", len(recs))
-            self._rlog(
-                "spoolfull",
-                logging.ERROR,
-                "forwarder %s: dropping %d records: %s (%s)",
-                self.name,
-                len(recs),
-                e,
-                reason,
-            )
+            while lo < n:
+                hi = cut(batch, lo, s.batch_max_records, s.batch_max_bytes)
+                self.spool.push(view[batch.start(lo) : int(batch.ends[hi - 1])], hi - lo, sync=sync)
+                self._count("spooled", hi - lo)
+                lo = hi
+        except SpoolFull:
+            self._drop(full_reason, n - lo)
         except OSError as e:
-            self._drop("spool_error", len(recs))
-            self._rlog(
-                "spoolerr",
-                logging.ERROR,
-                "forwarder %s: cannot spool %d records: %s",
-                self.name,
-                len(recs),
-                e,
-            )
+            self._drop("spool_error", n - lo)
+            self._rlog("spoolerr", logging.ERROR, "forwarder %s: cannot spool %d records: %s", self.name, n - lo, e)
+        return lo - start
 
-    def _dead_letter(self, recs: list[FlowRecord], reason: str) -> None:
-        if not recs:
+    def _spool_queue(self, pend: list[RecordBatch]) -> None:
+        """Spool ``pend`` (records in flight) and everything queued, without waiting for the disk."""
+        with self._lock:
+            items = self._take(self._qlen)
+        for b in pend + items:
+            self._to_spool(b, sync=False)
+            self._finish_inflight(len(b))
+
+    def _dead_letter(self, batch: RecordBatch, reason: str) -> None:
+        if not batch:
             return
-        line = orjson.dumps(
-            {
-                "time": time.time(),
-                "forwarder": self.name,
-                "reason": reason,
-                "count": len(recs),
-                "records": recs,
-            }
-        )
+        n = len(batch)
+        head = orjson.dumps({"time": time.time(), "forwarder": self.name, "reason": reason, "count": n})
+        # the same line as orjson.dumps({..., "records": records}): each line is orjson.dumps(record)
+        line = head[:-1] + b',"records":[' + b",".join(batch.lines()) + b"]}\n"
         try:
             self.deadletter_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.deadletter_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                os.write(fd, line + b"\n")
+                os.write(fd, line)
             finally:
                 os.close(fd)
-            self._count("dead_lettered", len(recs))
+            self._count("dead_lettered", n)
             self._rlog(
                 "dead",
                 logging.WARNING,
                 "forwarder %s: %d records dead-lettered: %s",
                 self.name,
-                len(recs),
+                n,
                 reason,
             )
         except OSError as e:
-            self._drop("deadletter_error", len(recs))
+            self._drop("deadletter_error", n)
             self._rlog("deaderr", logging.ERROR, "forwarder %s: cannot write dead letters: %s", self.name, e)
 
     def _probe_due(self) -> bool:
@@ -510,7 +577,7 @@ class RecordForwarder(_SinkThread):
         if entry is None:
             return
         try:
-            recs, lines, bad = self.spool.load(entry)
+            batch, bad = self.spool.load(entry)
         except OSError as e:
             self._rlog(
                 "spoolread",
@@ -525,20 +592,25 @@ class RecordForwarder(_SinkThread):
             return
         if bad:
             self._drop("spool_corrupt", bad)
+        self._replay(entry, batch)
+
+    def _replay(self, entry: SpoolEntry, batch: RecordBatch) -> None:
+        if not batch:  # nothing readable in it
+            self.spool.remove(entry)
+            return
         retries = self.settings.max_retries if self._state == "up" else 0
-        outcome, rest, rest_lines, reason = self._attempt(recs, lines, retries)
-        done = len(recs) - len(rest)
+        outcome, rest, reason = self._attempt(batch, retries)
+        done = len(batch) - len(rest)
+        if done:
+            self._count("replayed", done)
         if outcome in ("sent", "dead"):
             if outcome == "dead":
                 self._dead_letter(rest, reason)
             self.spool.remove(entry)
-            if done:
-                self._count("replayed", done)
             self._recovered()
             return
         if done:
-            self._count("replayed", done)
-            self.spool.replace(entry, rest_lines)
+            self.spool.replace(entry, rest)
         if outcome == "fatal":
             self._go_fatal(reason)
         else:
@@ -547,6 +619,8 @@ class RecordForwarder(_SinkThread):
 
 class PacketForwarder(_SinkThread):
     """Runs one PacketSink on its own thread behind a bounded queue of FrameBlocks."""
+
+    unit = "frames"
 
     def __init__(
         self, sink: PacketSink, settings: RunnerSettings | None = None, *, start: bool = True
@@ -571,7 +645,8 @@ class PacketForwarder(_SinkThread):
     def drop(self, reason: str, n: int) -> None:
         with self._lock:
             self._c["received"] += n
-            self._dropped[reason] = self._dropped.get(reason, 0) + n
+            self._drop_locked(reason, n)
+        self._warn_drops()
 
     def put(self, block: FrameBlock) -> bool:
         n = block.count
@@ -591,10 +666,14 @@ class PacketForwarder(_SinkThread):
                 self._qbytes += size
                 self._cv.notify()
                 return True
-            self._dropped[reason] = self._dropped.get(reason, 0) + n
+            self._drop_locked(reason, n)
+        self._warn_drops()
         return False
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0) -> dict[str, int]:
+        """Write what is queued within ``timeout``, close the sink; logs and returns the totals."""
+        if self._closed is not None:
+            return self._closed
         self._begin_close(timeout)
         if self._started:
             self._thread.join(timeout + 5.0)
@@ -602,6 +681,10 @@ class PacketForwarder(_SinkThread):
                 log.error("forwarder %s: writer thread stuck past the close timeout", self.name)
         else:
             self._close_sink()
+        c = self.counters()
+        totals = {"received": c["received"], "written": c["sent"], "dropped": c["dropped"],
+                  **{k: v for k, v in c.items() if k.startswith("dropped_")}}
+        return self._log_stopped(totals, f"{c['sent']} frames written, {c['dropped']} dropped")
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -643,13 +726,13 @@ class PacketForwarder(_SinkThread):
             if now >= next_tick and not stopping:
                 next_tick = now + TICK_SECONDS
                 self._call("tick", lambda: self.sink.tick(time.time()))
+                self._warn_drops()
             if stopping and block is None:
                 break
         self._close_sink()
 
     def drop_counted(self, reason: str, n: int) -> None:
-        with self._lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + n
+        self._drop(reason, n)
 
     def _write(self, block: FrameBlock) -> None:
         try:

@@ -25,7 +25,9 @@ class RunnerSettings:
         1.0, "seconds a partial batch waits for more records before it is sent", min=0.001, max=3600
     )
     queue_max: int = opt(
-        100_000, "queued records (record forwarders) or frames (packet forwarders); beyond: dropped", min=1
+        100_000,
+        "queued records (record forwarders; beyond: spooled) or frames (packet forwarders; beyond: dropped)",
+        min=1,
     )
     queue_max_bytes: int = opt(
         256 * MiB, "queued frame bytes (packet forwarders); beyond: dropped", min=65536
@@ -35,7 +37,8 @@ class RunnerSettings:
     max_retries: int = opt(5, "retries of one batch before it is spooled and the sink marked down", min=0)
     spool_max_bytes: int = opt(
         1024 * MiB,
-        "disk spool bound per forwarder (0: no spool; batches that cannot be sent are dropped)",
+        "disk spool bound per forwarder (records beyond the queue or that cannot be sent); past it, or 0 "
+        "(no spool): dropped",
         min=0,
     )
     probe_interval: float = opt(

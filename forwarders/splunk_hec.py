@@ -2,8 +2,11 @@
 
 One batch is one POST to ``/services/collector/event``: the event envelopes
 (``time``, ``host``, ``source``, ``sourcetype``, ``index``, ``event``, ``fields``)
-one per line, gzip-compressed on the wire. ``encode`` produces the uncompressed
-lines (what the runner spools and dead-letters, readable with any JSON tool);
+one per line, gzip-compressed on the wire. Each envelope wraps the record's JSON line
+as it came in the RecordBatch (not decoded and encoded again); ``time`` comes from the
+batch's ``ts_start``/``ts_end`` column, the indexed fields from its columns (decoding the
+records only for a field the batch has no column for). ``encode`` produces the uncompressed
+lines (readable with any JSON tool; the runner spools and dead-letters the records themselves);
 ``send`` compresses, posts, reads Splunk's reply and, with ``ack = true``, polls
 ``/services/collector/ack`` until the batch is acknowledged or ``ack_timeout``
 passes (then the batch is retryable and the runner resends it: at-least-once).
@@ -28,7 +31,7 @@ import orjson
 import urllib3
 
 from receiver.configschema import ConfigError, opt
-from receiver.flows.record import FlowRecord
+from receiver.flows.recordbatch import RecordBatch
 
 from .api import Health, RecordSink, SendError, SinkContext
 from .hec_auth import load_token
@@ -123,7 +126,7 @@ class SplunkHecSink(RecordSink):
             if not config.verify_tls:
                 log.warning("%s: TLS certificate verification is off", context.name)
         self._pool = urllib3.PoolManager(num_pools=1, **kw)
-        self._prefix = orjson.dumps(
+        prefix = orjson.dumps(
             {
                 "host": self._host,
                 "source": config.source,
@@ -131,6 +134,7 @@ class SplunkHecSink(RecordSink):
                 **({"index": config.index} if config.index else {}),
             }
         )[1:-1]
+        self._head = b"{" + prefix + b',"time":'  # each envelope's start
         self._lock = threading.Lock()
         self._counters: dict[str, int] = {
             "requests": 0,
@@ -162,20 +166,41 @@ class SplunkHecSink(RecordSink):
             return dict(self._counters)
 
     # -- RecordSink ----------------------------------------------------------------
-    def encode(self, records: list[FlowRecord]) -> bytes:
-        tf = self.config.time_field
+    def encode(self, batch: RecordBatch) -> bytes:
+        """The envelopes, one line each: ``{<host, source, sourcetype, index>,"time":<t>,
+        "event":<the record's line>,"fields":{...}}`` (what orjson made of the same dict)."""
+        n = len(batch)
+        if not n:
+            return b""
+        times = orjson.dumps(getattr(batch, self.config.time_field).tolist())[1:-1].split(b",")
+        parts = [self._head] * (5 * n)  # head, time, ',"event":', line, ',"fields":{...}}\n'
+        parts[1::5] = times
+        parts[2::5] = [b',"event":'] * n
+        parts[3::5] = batch.lines()
+        parts[4::5] = self._fields(batch)
+        return b"".join(parts)
+
+    def _fields(self, batch: RecordBatch) -> list[bytes]:
+        """Each record's ``,"fields":{...}}`` and newline (the values as strings, absent ones left out)."""
         names = self.config.indexed_fields
-        prefix = self._prefix
-        lines = []
-        for rec in records:
-            r: dict[str, Any] = rec  # type: ignore[assignment]
-            t = r.get(tf)
-            fields = {k: str(r[k]) for k in names if r.get(k) is not None}
-            body = orjson.dumps(
-                {"time": t if isinstance(t, int | float) else time.time(), "event": r, "fields": fields}
-            )
-            lines.append(b"{" + prefix + b"," + body[1:])
-        return b"\n".join(lines) + b"\n" if lines else b""
+        if not names:
+            return [b',"fields":{}}\n'] * len(batch)
+
+        def enc(values: tuple[Any, ...]) -> bytes:
+            fields = {k: str(v) for k, v in zip(names, values) if v is not None}
+            return b',"fields":' + orjson.dumps(fields) + b"}\n"
+
+        cache: dict[tuple[Any, ...], bytes] = {}
+        out: list[bytes] = []
+        for values in zip(*(batch.column(k) for k in names)):
+            try:
+                f = cache[values]
+            except KeyError:
+                f = cache[values] = enc(values)
+            except TypeError:  # an unhashable value (a table or list field)
+                f = enc(values)
+            out.append(f)
+        return out
 
     def _post(self, url: str, body: bytes, *, gzipped: bool) -> HecReply:
         self._count("requests")

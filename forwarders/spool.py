@@ -1,35 +1,42 @@
 """A bounded on-disk spool of record batches, replayed oldest first.
 
-Each batch is one file ``<seq>-<count>.jsonl`` (one JSON record per line),
-written to ``.tmp``, fsynced and renamed, so a crash leaves either the whole
-batch or nothing. Files survive a restart; a new spool on the same directory
-picks them up in sequence order.
+Each batch is one file ``<seq>-<count>.jsonl`` (the records' JSON lines, as they travel in a
+RecordBatch), written to ``.tmp`` and renamed, so a crash of the process leaves either the
+whole batch or nothing. A batch pushed with ``sync=True`` is fsynced before the rename; one
+pushed with ``sync=False`` (the caller cannot wait for the disk) is fsynced by a later
+``sync()``: until then a crash of the machine (not of the process) can lose it. Files survive
+a restart; a new spool on the same directory picks them up in sequence order.
+
+Thread-safe: batches may be pushed from any thread while the sender replays; a push holds the
+lock only to reserve its place (sequence number and bytes), not while it writes.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-from receiver.flows.record import FlowRecord
+from receiver.flows.recordbatch import RecordBatch
 
 log = logging.getLogger("vxmirror.forwarders.spool")
 
 _NAME = re.compile(r"^(\d{12})-(\d+)\.jsonl$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class SpoolEntry:
-    path: Path
     seq: int
-    count: int
-    size: int
+    path: Path = field(compare=False)
+    count: int = field(compare=False)
+    size: int = field(compare=False)
 
 
 class SpoolFull(Exception):
@@ -40,7 +47,9 @@ class Spool:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self._entries: list[SpoolEntry] = []
+        self._lock = threading.Lock()
+        self._entries: list[SpoolEntry] = []  # by seq
+        self._unsynced: list[Path] = []
         self.bytes = 0
         self.records = 0
         self._next_seq = 1
@@ -57,9 +66,8 @@ class Spool:
             m = _NAME.match(p.name)
             if not m:
                 continue
-            e = SpoolEntry(p, int(m.group(1)), int(m.group(2)), p.stat().st_size)
-            self._entries.append(e)
-        self._entries.sort(key=lambda e: e.seq)
+            self._entries.append(SpoolEntry(int(m.group(1)), p, int(m.group(2)), p.stat().st_size))
+        self._entries.sort()
         self.bytes = sum(e.size for e in self._entries)
         self.records = sum(e.count for e in self._entries)
         if self._entries:
@@ -68,22 +76,32 @@ class Spool:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def push(self, lines: list[bytes]) -> SpoolEntry:
-        """Append one batch (serialised records). Raises SpoolFull or OSError."""
-        data = b"\n".join(lines) + b"\n"
-        if self.max_bytes <= 0 or self.bytes + len(data) > self.max_bytes:
-            raise SpoolFull(f"spool at {self.bytes} of {self.max_bytes} bytes")
-        seq = self._next_seq
-        self._next_seq += 1
-        path = self.directory / f"{seq:012d}-{len(lines)}.jsonl"
-        self._write(path, data)
-        e = SpoolEntry(path, seq, len(lines), len(data))
-        self._entries.append(e)
-        self.bytes += e.size
-        self.records += e.count
+    def push(self, data: bytes | memoryview, count: int, *, sync: bool = True) -> SpoolEntry:
+        """Append one batch: ``count`` records as JSON lines, each ending in a newline.
+        Raises SpoolFull or OSError."""
+        size = len(data)
+        with self._lock:
+            if self.max_bytes <= 0 or self.bytes + size > self.max_bytes:
+                raise SpoolFull(f"spool at {self.bytes} of {self.max_bytes} bytes")
+            seq = self._next_seq
+            self._next_seq += 1
+            self.bytes += size  # reserved while the file is written
+            self.records += count
+        e = SpoolEntry(seq, self.directory / f"{seq:012d}-{count}.jsonl", count, size)
+        try:
+            self._write(e.path, data, sync)
+        except BaseException:
+            with self._lock:
+                self.bytes -= size
+                self.records -= count
+            raise
+        with self._lock:
+            bisect.insort(self._entries, e)
+            if not sync:
+                self._unsynced.append(e.path)
         return e
 
-    def _write(self, path: Path, data: bytes) -> None:
+    def _write(self, path: Path, data: bytes | memoryview, sync: bool) -> None:
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -91,56 +109,84 @@ class Spool:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
 
-    def oldest(self) -> SpoolEntry | None:
-        return self._entries[0] if self._entries else None
-
-    def load(self, entry: SpoolEntry) -> tuple[list[FlowRecord], list[bytes], int]:
-        """Records of an entry, their lines, and how many lines were unreadable."""
-        records: list[FlowRecord] = []
-        lines: list[bytes] = []
-        bad = 0
-        for line in entry.path.read_bytes().splitlines():
-            if not line:
+    def sync(self) -> int:
+        """fsync the files pushed with ``sync=False`` (and the directory); returns how many.
+        Files replayed and removed in the meantime are skipped."""
+        with self._lock:
+            paths, self._unsynced = self._unsynced, []
+        for p in paths:
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except FileNotFoundError:
                 continue
             try:
-                records.append(orjson.loads(line))
-                lines.append(line)
-            except orjson.JSONDecodeError:
-                bad += 1
-        return records, lines, bad
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if paths:
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return len(paths)
+
+    def oldest(self) -> SpoolEntry | None:
+        with self._lock:
+            return self._entries[0] if self._entries else None
+
+    def load(self, entry: SpoolEntry) -> tuple[RecordBatch, int]:
+        """The records of an entry, and how many of its lines are unreadable (or missing: a file
+        cut short by a crash of the machine). Raises OSError."""
+        lines = [ln for ln in entry.path.read_bytes().split(b"\n") if ln]
+        try:
+            batch = RecordBatch.from_lines(lines)
+        except (ValueError, AttributeError, TypeError):  # a line that is not a JSON object
+            batch = RecordBatch.from_lines([ln for ln in lines if _is_object(ln)])
+        return batch, max(0, entry.count - len(batch))
 
     def remove(self, entry: SpoolEntry) -> None:
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
         self._forget(entry)
 
-    def replace(self, entry: SpoolEntry, lines: list[bytes]) -> SpoolEntry:
+    def replace(self, entry: SpoolEntry, batch: RecordBatch) -> SpoolEntry:
         """Rewrite an entry with fewer records (after a partial send), keeping its place."""
-        if not lines:
+        if not batch:
             self.remove(entry)
             return entry
-        data = b"\n".join(lines) + b"\n"
-        path = self.directory / f"{entry.seq:012d}-{len(lines)}.jsonl"
-        self._write(path, data)
-        if path != entry.path:
+        new = SpoolEntry(entry.seq, self.directory / f"{entry.seq:012d}-{len(batch)}.jsonl", len(batch),
+                         len(batch.data))
+        self._write(new.path, batch.data, True)
+        if new.path != entry.path:
             with contextlib.suppress(FileNotFoundError):
                 entry.path.unlink()
-        new = SpoolEntry(path, entry.seq, len(lines), len(data))
-        i = self._entries.index(entry)
-        self._entries[i] = new
-        self.bytes += new.size - entry.size
-        self.records += new.count - entry.count
+        with self._lock:
+            i = bisect.bisect_left(self._entries, entry)
+            if i < len(self._entries) and self._entries[i].seq == entry.seq:
+                self._entries[i] = new
+                self.bytes += new.size - entry.size
+                self.records += new.count - entry.count
         return new
 
     def _forget(self, entry: SpoolEntry) -> None:
-        try:
-            self._entries.remove(entry)
-        except ValueError:
-            return
-        self.bytes -= entry.size
-        self.records -= entry.count
+        with self._lock:
+            i = bisect.bisect_left(self._entries, entry)
+            if i >= len(self._entries) or self._entries[i].seq != entry.seq:
+                return
+            old = self._entries.pop(i)
+            self.bytes -= old.size
+            self.records -= old.count
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False

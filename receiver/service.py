@@ -38,7 +38,7 @@ from . import logs, native
 from .aws.labels import make_labeler
 from .config import Config
 from .engine import BatchResult, Engine
-from .flows.record import FlowRecord
+from .flows.recordbatch import RecordBatch
 from .listen.allowlist import SourceFilter
 from .listen.drain import Drain
 from .listen.settings import parse_hostport
@@ -53,7 +53,7 @@ class Forwarders(Protocol):
     """What the service needs from forwarders.manager.ForwarderSet."""
 
     def submit(self, result: BatchResult, batch: PacketBatch) -> None: ...
-    def submit_records(self, records: list[Any]) -> None: ...
+    def submit_records(self, records: RecordBatch) -> None: ...
     def close(self, timeout: float) -> Any: ...
     def reopen(self) -> None: ...
     def counters(self) -> dict[str, Any]: ...
@@ -161,7 +161,7 @@ class Worker:
             self.pipeline["dropped_forwarder_error"] += len(result.records)
             self._log_error("forwarders refused a batch; its records are dropped and counted")
 
-    def _records(self, records: list[FlowRecord]) -> None:
+    def _records(self, records: RecordBatch) -> None:
         if records:
             self.records_exported += len(records)
             try:
@@ -278,9 +278,12 @@ class Worker:
         except Exception:
             log.exception("exporting open flows at shutdown failed")
             code = 1
-        left = max(1.0, self.cfg.listen.shutdown_timeout - 1.0 - (time.monotonic() - t0))
+        # the forwarders deliver for three quarters of the time left, and spool the rest in the last
+        # quarter (the supervisor kills a worker at shutdown_timeout)
+        left = max(1.0, 0.75 * (self.cfg.listen.shutdown_timeout - 1.0 - (time.monotonic() - t0)))
+        totals: Any = None
         try:
-            self.forwarders.close(left)
+            totals = self.forwarders.close(left)  # each forwarder logs its own totals too
             if self.labeler is not None:
                 self.labeler.close()
         except Exception:
@@ -288,10 +291,10 @@ class Worker:
             code = 1
         self.state = "done"
         self._report()
-        log.info(
-            "worker stopped",
-            extra={"fields": {"records_exported": self.records_exported, "seconds": round(time.monotonic() - t0, 3)}},
-        )
+        fields: dict[str, Any] = {"records_exported": self.records_exported, "seconds": round(time.monotonic() - t0, 3)}
+        if isinstance(totals, dict) and totals:
+            fields["forwarders"] = totals  # per forwarder: delivered, spooled, dead_lettered, dropped, ...
+        log.info("worker stopped", extra={"fields": fields})
         return code
 
 

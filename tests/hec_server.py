@@ -21,6 +21,16 @@ position of the first invalid one (``invalid-event-number``); so does this serve
 Faults (see :class:`Faults`): 503 bursts, an outage (503 or connection refused),
 slow responses, dropped connections (before or after indexing), acks withheld.
 
+Every event is parsed and kept (``indexed()``): ~70 k events/s.
+A benchmark that only needs the count makes the server with ``keep_events=False``: a body
+framed as one ``{...}`` envelope per line (what the vxmirror sink sends) is then counted
+without parsing it (``event_count``; the JSON inside is not checked) whenever no fault is
+set and the token has no index restriction; any other body is parsed as usual, with the
+same replies. The server is threaded (one thread per connection); its replies go out
+without Nagle's delay (``TCP_NODELAY``: the head and the body of a reply are two writes, and
+each request used to wait ~40 ms for the client's delayed ACK, which capped the server at
+~10 k events/s whatever it did with them). ``main()`` runs it in a process of its own.
+
 A minimal emulation of splunkd's management REST API for ``vxmirror splunk check``
 lives in the same server (``/services/auth/login``, ``/services/server/info`` and
 one-shot searches of the shape ``search index=I sourcetype=S | stats count``).
@@ -42,6 +52,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
 
 EVENT_PATHS = ("/services/collector/event", "/services/collector/event/1.0", "/services/collector")
 ACK_PATH = "/services/collector/ack"
@@ -91,6 +103,9 @@ class Faults:
     status_code: tuple[int, int] | None = None  # answer every event request with (status, code)
 
 
+_NO_FAULTS = Faults()
+
+
 @dataclass
 class _Channel:
     next_id: int = 0
@@ -99,6 +114,7 @@ class _Channel:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # the reply's head and body are two writes: no 40 ms delayed-ACK wait
     server: HecServer
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -244,13 +260,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.strip():
             self._code(5)
             return
-        events, error = self._parse(body, token, query)
+        counted = srv.countable(body, token)
+        events, error = ([], None) if counted else self._parse(body, token, query)
         drop_after = False
         with srv.lock:
-            for ev in events:
-                srv.events.append(ev)
+            srv.event_count += counted or len(events)
+            srv.events.extend(events)
             ack_id = None
-            if token.ack and channel is not None and events and error is None:
+            if token.ack and channel is not None and (events or counted) and error is None:
                 ch = srv.channels.setdefault(channel, _Channel())
                 ack_id = ch.next_id
                 ch.next_id += 1
@@ -421,12 +438,15 @@ def _splunk_time(value: str, default: float) -> float:
 class HecServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64
 
-    def __init__(self, port: int = 0, tokens: list[Token] | None = None) -> None:
+    def __init__(self, port: int = 0, tokens: list[Token] | None = None, *, keep_events: bool = True) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.lock = threading.Lock()
         self.tokens: dict[str, Token] = {t.value: t for t in tokens or []}
+        self.keep_events = keep_events
         self.events: list[dict[str, Any]] = []
+        self.event_count = 0  # events indexed (kept or only counted)
         self.channels: dict[str, _Channel] = {}
         self.faults = Faults()
         self.counts: Counter[str] = Counter()
@@ -453,6 +473,20 @@ class HecServer(ThreadingHTTPServer):
     def count(self, key: str) -> None:
         with self.lock:
             self.counts[key] += 1
+
+    def countable(self, body: bytes, token: Token) -> int:
+        """How many events ``body`` holds if it may be counted without parsing it (``keep_events``
+        off, no fault set, no index restriction, and framed as one ``{...}`` per line), else 0.
+        Only the framing is checked, not the JSON inside."""
+        if self.keep_events or self.faults != _NO_FAULTS or token.indexes is not None:
+            return 0
+        a = np.frombuffer(body, np.uint8)
+        ends = np.flatnonzero(a == 0x0A)  # "\n"
+        if not len(ends) or ends[-1] != len(a) - 1 or a[0] != 0x7B:  # one "{" ... "}\n" a line
+            return 0
+        if not (a[ends - 1] == 0x7D).all() or not (a[ends[:-1] + 1] == 0x7B).all():
+            return 0
+        return len(ends)
 
     def is_busy(self, consume: bool) -> bool:
         with self.lock:
@@ -515,7 +549,8 @@ class Outage:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.05)
-        for name in ("tokens", "events", "channels", "faults", "counts", "users", "mgmt_tokens"):
+        for name in ("tokens", "events", "event_count", "keep_events", "channels", "faults", "counts", "users",
+                     "mgmt_tokens"):
             setattr(new, name, getattr(old, name))
         new.lock = old.lock
         self.server = new
@@ -553,3 +588,37 @@ class Blackhole:
         for c in self.conns:
             c.close()
         self.sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a server in a process of its own (benchmarks: client and server then do not share a
+    GIL). Prints its URL on the first line of stdout; on SIGTERM or SIGINT it stops and prints
+    ``{"events": n, "event_requests": m}``.
+
+        python tests/hec_server.py --token T [--ack] [--keep-events] [--port N]
+    """
+    import argparse
+    import signal
+    import sys
+
+    ap = argparse.ArgumentParser(description="in-repo Splunk HEC test server")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--ack", action="store_true", help="indexer acknowledgement on for the token")
+    ap.add_argument("--keep-events", action="store_true", help="parse and keep every event")
+    a = ap.parse_args(argv)
+    srv = HecServer(a.port, [Token(a.token, ack=a.ack)], keep_events=a.keep_events)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    srv.start()
+    print(srv.url, flush=True)
+    while not stop.wait(0.5):
+        pass
+    srv.stop()
+    print(json.dumps({"events": srv.event_count, "event_requests": srv.event_requests()}), flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

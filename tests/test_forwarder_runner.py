@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,9 @@ import orjson
 import pytest
 
 from forwarders.api import FrameBlock, Health, PacketSink, RecordSink, SendError, SinkContext
-from forwarders.runner import PacketForwarder, RecordForwarder, backoff_delay
+from forwarders.runner import DROP_WARNING_SECONDS, PacketForwarder, RecordForwarder, backoff_delay
 from forwarders.settings import RunnerSettings
+from receiver.flows.recordbatch import RecordBatch
 
 
 class FakeSink(RecordSink):
@@ -31,8 +35,8 @@ class FakeSink(RecordSink):
         self.closed = False
         self.lock = threading.Lock()
 
-    def encode(self, records: list[Any]) -> bytes:
-        return b"\n".join(orjson.dumps(r) for r in records)
+    def encode(self, batch: RecordBatch) -> bytes:
+        return b"\n".join(batch.lines())
 
     def send(self, payload: bytes, count: int) -> None:
         recs = [orjson.loads(x) for x in payload.split(b"\n")]
@@ -107,9 +111,10 @@ def test_outage_spools_then_replays_oldest_first(tmp_path: Path) -> None:
     fwd = RecordForwarder(sink, fast(max_retries=1, retry_backoff_max=0.05))
     for i in range(0, 100, 10):
         fwd.put(recs(i, i + 10))
-    wait_for(lambda: fwd.counters()["spool_records"] == 100)
+    # (the spool's count and the counter are two steps: both are waited for)
+    wait_for(lambda: fwd.counters()["spool_records"] == 100 and fwd.counters()["spooled"] == 100)
     c = fwd.counters()
-    assert c["spooled"] == 100 and c["sent"] == 0 and not fwd.health().ok
+    assert c["sent"] == 0 and not fwd.health().ok
     calls_during_outage = sink.calls
     time.sleep(0.2)
     assert sink.calls - calls_during_outage < 40, "probing a down sink must back off"
@@ -141,9 +146,9 @@ def test_dead_letters_carry_records_and_reason(tmp_path: Path) -> None:
     assert balanced(c)
 
 
-def test_queue_overflow_is_dropped_and_counted(tmp_path: Path) -> None:
+def test_queue_overflow_without_a_spool_is_dropped_and_counted(tmp_path: Path) -> None:
     sink = FakeSink(ctx(tmp_path), lambda r, n: None)
-    fwd = RecordForwarder(sink, fast(queue_max=25), start=False)
+    fwd = RecordForwarder(sink, fast(queue_max=25, spool_max_bytes=0), start=False)
     assert fwd.put(recs(0, 20)) == 20
     assert fwd.put(recs(20, 40)) == 5  # partly accepted
     assert fwd.put(recs(40, 50)) == 0
@@ -168,10 +173,13 @@ def test_put_never_blocks_on_a_stuck_sink(tmp_path: Path) -> None:
     for i in range(0, 1000, 10):
         fwd.put(recs(i, i + 10))
     assert time.monotonic() - t0 < 2.0
-    assert fwd.counters()["dropped_queue_full"] > 0
+    c = fwd.counters()
+    assert c["spooled"] > 0 and c["dropped"] == 0  # the overflow went to the spool
     release.set()
     fwd.close(5)
-    assert balanced(fwd.counters())
+    c = fwd.counters()
+    assert balanced(c) and c["sent"] == 1000 and c["replayed"] == c["spooled"]  # replayed while closing
+    assert sorted(r["id"] for r in sink.delivered) == list(range(1000))
 
 
 def test_spool_survives_restart(tmp_path: Path) -> None:
@@ -358,3 +366,148 @@ def test_packet_forwarder_overflow_and_write_errors(tmp_path: Path) -> None:
     c = fwd.counters()
     assert c["received"] == 305 and c["sent"] == accepted * 30
     assert c["received"] == c["sent"] + c["dropped"] and sink.closed
+
+
+# ---- a full queue spools (issue 14): nothing dropped while the spool has room ----
+
+
+class SlowSink(RecordSink):
+    """Takes the batch's bytes as they are and needs ``delay`` seconds a batch; keeps the payloads."""
+
+    kind = "slow"
+    config_class = dict
+
+    def __init__(self, ctx: SinkContext, delay: float, gate: threading.Event | None = None) -> None:
+        super().__init__({}, ctx)
+        self.delay = delay
+        self.gate = gate
+        self.payloads: list[bytes] = []
+
+    def encode(self, batch: RecordBatch) -> bytes:
+        return batch.data
+
+    def send(self, payload: bytes, count: int) -> None:
+        if self.gate is not None:
+            self.gate.wait(30)
+        time.sleep(self.delay)
+        self.payloads.append(payload)
+
+
+def ids(data: bytes) -> list[int]:
+    return [int(x) for x in re.findall(rb'"id":(\d+)', data)]
+
+
+def spooled_ids(tmp_path: Path, name: str) -> list[int]:
+    return [i for f in sorted((tmp_path / "spool" / name).glob("*.jsonl")) for i in ids(f.read_bytes())]
+
+
+def stop_lines(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    return [r.fields for r in caplog.records if r.getMessage().startswith(f"forwarder {name} stopped")]  # type: ignore[attr-defined]
+
+
+def test_a_million_records_through_a_small_queue_and_a_slow_sink_none_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "vxmirror.forwarders")
+    one = RecordBatch.from_records(recs(0, 1000))  # built once, handed over 1,000 times
+    sink = SlowSink(ctx(tmp_path, "slow"), delay=0.02)
+    fwd = RecordForwarder(sink, fast(queue_max=5_000, batch_max_records=1000))
+    t0 = time.monotonic()
+    for _ in range(1000):
+        assert fwd.put(one) == 1000
+    put_seconds = time.monotonic() - t0
+    c = fwd.counters()
+    assert c["received"] == 1_000_000 and c["dropped"] == 0
+    assert c["spooled"] >= 900_000  # the overflow went to the spool, not away
+    assert c["spool_bytes"] <= fwd.settings.spool_max_bytes
+    assert max(e.count for e in fwd.spool._entries) <= 1000  # spool files of one sink batch each
+    assert put_seconds < 10, put_seconds  # the caller writes files, it does not wait for the sink
+    totals = fwd.close(0.5)
+    c = fwd.counters()
+    assert c["dropped"] == 0 and c["sent"] + c["spool_records"] == 1_000_000 and balanced(c)
+    assert c["sent"] >= 5_000  # the queue, then spooled batches while the close timeout lasted
+    # every record exactly once: delivered, or still in the spool
+    got = Counter(i for p in sink.payloads for i in ids(p)) + Counter(spooled_ids(tmp_path, "slow"))
+    assert got == Counter({i: 1000 for i in range(1000)})
+    assert totals == {"received": 1_000_000, "delivered": c["sent"], "replayed": c["replayed"],
+                      "spooled": c["spool_records"], "dead_lettered": 0, "dropped": 0}
+    assert stop_lines(caplog, "slow") == [{"forwarder": "slow", **totals}]
+
+
+def test_past_the_spool_bound_drops_are_counted_and_warned_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert DROP_WARNING_SECONDS == 5.0
+    gate = threading.Event()  # the sink hangs in its first send until the end
+    sink = SlowSink(ctx(tmp_path, "bound"), delay=0, gate=gate)
+    fwd = RecordForwarder(sink, fast(queue_max=1000, batch_max_records=100, spool_max_bytes=20_000))
+    fwd.drop_warning_seconds = 0.5
+    batch = RecordBatch.from_records(recs(0, 1000))  # ~30 bytes a record: the spool takes ~650
+    with caplog.at_level(logging.WARNING, "vxmirror.forwarders"):
+        for _ in range(20):
+            fwd.put(batch)
+        warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
+        assert len(warnings) == 1  # one per interval, however many puts dropped
+        c = fwd.counters()
+        assert c["dropped_queue_full"] > 0 and c["dropped"] == c["dropped_queue_full"]
+        assert c["spool_bytes"] <= 20_000 and c["spool_records"] > 0
+        assert c["received"] == 20_000 == c["queue_depth"] + c["in_flight"] + c["spool_records"] + c["dropped"]
+        first = warnings[0]
+        assert first.fields["dropped_queue_full"] == first.fields["dropped"] > 0  # type: ignore[attr-defined]
+        assert f"{first.fields['dropped']} records dropped (queue_full" in first.getMessage()  # type: ignore[attr-defined]
+        time.sleep(0.6)
+        fwd.put(batch)
+        warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
+        assert len(warnings) == 2
+        assert warnings[1].fields["dropped_total"] == fwd.counters()["dropped"]  # type: ignore[attr-defined]
+    gate.set()
+    fwd.close(5)
+    c = fwd.counters()
+    assert balanced(c) and c["dropped"] == c["dropped_queue_full"]
+    assert c["sent"] + c["spool_records"] + c["dropped"] == 21_000
+
+
+def test_close_with_more_queued_than_queue_max_loses_nothing_and_a_restart_replays_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "vxmirror.forwarders")
+    everything = RecordBatch.from_records(recs(0, 50_000))
+    sink = SlowSink(ctx(tmp_path, "closing"), delay=0.05)
+    fwd = RecordForwarder(sink, fast(queue_max=2_000, batch_max_records=500, batch_interval=60))
+    fwd.put(everything)  # like engine.finish() at shutdown: every open flow at once
+    totals = fwd.close(0.3)
+    c = fwd.counters()
+    assert c["dropped"] == 0 and c["received"] == 50_000
+    assert totals["delivered"] + totals["spooled"] == 50_000 and totals["spooled"] > 0
+    assert stop_lines(caplog, "closing")[0]["spooled"] == totals["spooled"]
+    delivered = [i for p in sink.payloads for i in ids(p)]
+    assert sorted(delivered + spooled_ids(tmp_path, "closing")) == list(range(50_000))
+
+    sink2 = SlowSink(ctx(tmp_path, "closing"), delay=0)
+    fwd2 = RecordForwarder(sink2, fast(batch_max_records=500))
+    assert fwd2.counters()["spool_records"] == totals["spooled"]
+    wait_for(lambda: fwd2.counters()["spool_records"] == 0)
+    totals2 = fwd2.close(5)
+    assert totals2["replayed"] == totals2["delivered"] == totals["spooled"]
+    replayed = [i for p in sink2.payloads for i in ids(p)]
+    assert sorted(delivered + replayed) == list(range(50_000))
+    # the queue (the oldest records) went first and the overflow was spooled, and is replayed, in order
+    assert delivered[:2_000] == list(range(2_000)) and replayed == sorted(replayed)
+
+
+def test_overflow_is_replayed_in_order_while_the_sink_is_up(tmp_path: Path) -> None:
+    sink = SlowSink(ctx(tmp_path, "up"), delay=0.002)
+    fwd = RecordForwarder(sink, fast(queue_max=300, batch_max_records=100), start=False)
+    for i in range(0, 5_000, 250):
+        fwd.put(RecordBatch.from_records(recs(i, i + 250)))
+    c = fwd.counters()
+    assert c["queue_depth"] == 300 and c["spool_records"] == c["spooled"] == 4_700 and c["dropped"] == 0
+    fwd.start()
+    wait_for(lambda: fwd.counters()["sent"] == 5_000)  # up all along: not at close
+    c = fwd.counters()
+    fwd.close(5)
+    assert c["replayed"] == 4_700 and c["spool_records"] == 0 and c["dropped"] == 0
+    delivered = [i for p in sink.payloads for i in ids(p)]
+    assert delivered[:100] == list(range(100))  # the queue is served first
+    assert sorted(delivered) == list(range(5_000))
+    assert [i for i in delivered if i >= 300] == list(range(300, 5_000))  # the spool keeps its order

@@ -13,6 +13,7 @@ from forwarders.api import SinkContext
 from forwarders.jsonl import JsonlConfig, JsonlSink
 from forwarders.runner import RecordForwarder
 from forwarders.settings import RunnerSettings
+from receiver.flows.recordbatch import RecordBatch
 
 
 def recs(lo: int, hi: int) -> list[Any]:
@@ -55,7 +56,7 @@ def test_gzip_of_closed_files(tmp_path: Path) -> None:
 
 def test_rotation_by_time_when_idle(tmp_path: Path) -> None:
     sink = JsonlSink(JsonlConfig(rotate_seconds=0.2), SinkContext("jsonl", tmp_path))
-    sink.send(sink.encode(recs(0, 3)), 3)
+    sink.send(sink.encode(RecordBatch.from_records(recs(0, 3))), 3)
     assert list((tmp_path / "flows").glob("*.part"))
     time.sleep(0.25)
     sink.tick(time.time())
@@ -70,7 +71,7 @@ def test_crash_leftover_part_is_trimmed_and_named(tmp_path: Path) -> None:
     part.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs(0, 3)) + b'{"id": 3, "cut')
     sink = JsonlSink(JsonlConfig(), SinkContext("jsonl", tmp_path))
     assert read([d / "flows-w0-20240101T000000Z-000007.jsonl"]) == recs(0, 3)
-    sink.send(sink.encode(recs(3, 4)), 1)
+    sink.send(sink.encode(RecordBatch.from_records(recs(3, 4))), 1)
     sink.close()
     names = sorted(p.name for p in d.iterdir())
     assert names[-1].endswith("-000008.jsonl")  # numbering continues after the recovered file

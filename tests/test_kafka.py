@@ -19,6 +19,7 @@ from forwarders.registry import validate
 from forwarders.runner import RecordForwarder
 from forwarders.settings import RunnerSettings
 from receiver.configschema import ConfigError, from_table
+from receiver.flows.recordbatch import RecordBatch
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout: float = 40.0) -> None:
@@ -107,7 +108,7 @@ def test_broker_outage_records_arrive_after_it_returns(broker: Tansu, tmp_path: 
 def test_queue_full_back_pressure(broker: Tansu, tmp_path: Path) -> None:
     sink = kafka_sink(broker.bootstrap, tmp_path, librdkafka={"queue.buffering.max.messages": 50})
     recs = make_records(1000)
-    sink.send(sink.encode(recs), len(recs))  # 1000 messages through a 50-message local queue
+    sink.send(sink.encode(RecordBatch.from_records(recs)), len(recs))  # 1000 messages through a 50-message local queue
     c = sink.counters()
     assert c["delivered"] == 1000 and c["queue_full_waits"] > 0
     assert len(consume_all(broker.bootstrap, "flows", 1000)) == 1000
@@ -117,7 +118,7 @@ def test_failed_batch_raises_retryable_and_resend_skips_delivered(tmp_path: Path
     b = Tansu().start()
     sink = kafka_sink(b.bootstrap, tmp_path, delivery_timeout=1.0)
     recs = make_records(10)
-    payload = sink.encode(recs)
+    payload = sink.encode(RecordBatch.from_records(recs))
     b.stop()
     with pytest.raises(SendError) as ei:
         sink.send(payload, 10)
@@ -176,3 +177,22 @@ def test_config_validation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     with pytest.raises(ConfigError) as ei:
         KafkaSink(cfg, SinkContext("kafka", tmp_path))
     assert ei.value.key == "forwarders.kafka.librdkafka" and "NOPE" in str(ei.value)
+
+
+def test_keys_from_the_batch_columns_or_any_field(broker: Tansu, tmp_path: Path) -> None:
+    recs = make_records(300, flows=60)
+    recs[0]["community_id"] = ""  # an empty community_id: no key
+    for topic, field in [("by_cid", "community_id"), ("by_src", "src_ip"), ("by_vni", "vni")]:
+        sink = kafka_sink(broker.bootstrap, tmp_path, topic=topic, key_field=field)
+        sink.send(sink.encode(RecordBatch.from_records(recs)), len(recs))
+        sink.close()
+        got = {orjson.loads(m.value())["seq"]: m.key() for m in consume_all(broker.bootstrap, topic, len(recs))}
+        want = {r["seq"]: (str(r[field]).encode() if r[field] != "" else None) for r in recs}
+        assert got == want, field
+    # a payload the sink did not encode itself (the key is read from each record)
+    sink = kafka_sink(broker.bootstrap, tmp_path, topic="foreign")
+    payload = b"".join(orjson.dumps(r) + b"\n" for r in recs[1:11])
+    sink.send(payload, 10)
+    sink.close()
+    msgs = consume_all(broker.bootstrap, "foreign", 10)
+    assert sorted(m.key() for m in msgs) == sorted(r["community_id"].encode() for r in recs[1:11])

@@ -135,6 +135,11 @@ def test_two_workers_keep_each_flow_whole(served: Any) -> None:
     assert all(r["packets_out"] == 3 and r["packets_in"] == 3 for r in recs)
     logs = srv.logs()
     assert logs.count("worker stopped") == 2
+    # each worker's stop line has its forwarders' totals: every record delivered, none dropped
+    stops = [orjson.loads(line) for line in logs.splitlines() if '"msg":"worker stopped"' in line]
+    assert sum(s["forwarders"]["jsonl"]["delivered"] for s in stops) == len(flows)
+    assert all(s["forwarders"]["jsonl"]["dropped"] == s["forwarders"]["jsonl"]["spooled"] == 0 for s in stops)
+    assert all(s["forwarders"]["pcap"]["dropped"] == 0 for s in stops)
 
 
 def test_bad_input_is_counted_by_reason_and_the_rest_kept(served: Any) -> None:

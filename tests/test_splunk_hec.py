@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -17,6 +19,7 @@ from forwarders.hec_reply import HecReply
 from forwarders.registry import validate
 from forwarders.splunk_hec import SplunkHecConfig, SplunkHecSink
 from receiver.configschema import ConfigError, from_table
+from receiver.flows.recordbatch import RecordBatch
 
 TOKEN = "5f1c1a3e-0b6e-4f43-9d1c-hec-token-secret"
 
@@ -39,7 +42,7 @@ def make_sink(server: HecServer, tmp_path: Path, **kw: object) -> SplunkHecSink:
 def test_batch_is_indexed_with_envelopes_and_gzip(server: HecServer, tmp_path: Path) -> None:
     sink = make_sink(server, tmp_path, index="netflows", host="sensor-1")
     recs = make_records(250)
-    sink.send(sink.encode(recs), len(recs))
+    sink.send(sink.encode(RecordBatch.from_records(recs)), len(recs))
     got = server.indexed()
     assert [e["event"]["seq"] for e in got] == list(range(250))
     e = got[0]
@@ -55,16 +58,16 @@ def test_batch_is_indexed_with_envelopes_and_gzip(server: HecServer, tmp_path: P
 def test_plain_body_when_gzip_off(server: HecServer, tmp_path: Path) -> None:
     sink = make_sink(server, tmp_path, gzip=False)
     recs = make_records(10)
-    sink.send(sink.encode(recs), 10)
+    sink.send(sink.encode(RecordBatch.from_records(recs)), 10)
     assert len(server.indexed()) == 10 and server.counts["gzip_bodies"] == 0
 
 
 def test_encode_is_readable_json_lines(server: HecServer, tmp_path: Path) -> None:
     sink = make_sink(server, tmp_path)
     recs = make_records(3)
-    lines = sink.encode(recs).splitlines()
+    lines = sink.encode(RecordBatch.from_records(recs)).splitlines()
     assert [orjson.loads(x)["event"] for x in lines] == recs
-    assert sink.encode([]) == b""
+    assert sink.encode(RecordBatch.from_records([])) == b""
 
 
 @pytest.mark.parametrize(
@@ -81,7 +84,7 @@ def test_auth_failures_are_fatal_for_the_sink(
     sink._started = True  # skip the start-up check: exercise send's own classification
     mutate(server)  # type: ignore[operator]
     with pytest.raises(SendError) as ei:
-        sink.send(sink.encode(make_records(5)), 5)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(5))), 5)
     assert ei.value.fatal_for_sink is fatal
     assert f"code {code}" in ei.value.reason
     assert TOKEN not in ei.value.reason
@@ -103,15 +106,15 @@ def test_busy_is_retryable_and_501_is_not(server: HecServer, tmp_path: Path) -> 
     sink = make_sink(server, tmp_path)
     server.faults.busy = 1
     with pytest.raises(SendError) as ei:
-        sink.send(sink.encode(make_records(5)), 5)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(5))), 5)
     assert ei.value.retryable and not ei.value.fatal_for_sink and "code 9" in ei.value.reason
     server.faults.status_code = (501, 99)
     with pytest.raises(SendError) as ei:
-        sink.send(sink.encode(make_records(5)), 5)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(5))), 5)
     assert not ei.value.retryable
     server.faults.status_code = (429, 9)
     with pytest.raises(SendError) as ei:
-        sink.send(sink.encode(make_records(5)), 5)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(5))), 5)
     assert ei.value.retryable
 
 
@@ -119,13 +122,13 @@ def test_incorrect_index_is_not_retryable(server: HecServer, tmp_path: Path) -> 
     server.tokens[TOKEN].indexes = {"main"}
     sink = make_sink(server, tmp_path, index="forbidden")
     with pytest.raises(SendError) as ei:
-        sink.send(sink.encode(make_records(5)), 5)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(5))), 5)
     assert not ei.value.retryable and "code 7" in ei.value.reason and "Incorrect index" in ei.value.reason
 
 
 def test_invalid_event_number_reports_the_accepted_prefix(server: HecServer, tmp_path: Path) -> None:
     sink = make_sink(server, tmp_path)
-    good = sink.encode(make_records(4)).splitlines()
+    good = sink.encode(RecordBatch.from_records(make_records(4))).splitlines()
     payload = b"\n".join([good[0], good[1], b'{"time": 1, "host": "x"}', good[2], good[3]])
     with pytest.raises(SendError) as ei:
         sink.send(payload, 5)
@@ -144,7 +147,7 @@ def test_transport_errors_are_retryable(tmp_path: Path) -> None:
     sink = SplunkHecSink(cfg, SinkContext("splunk_hec", tmp_path))
     sink._started = True
     with pytest.raises(SendError) as ei:
-        sink.send(sink.encode(make_records(2)), 2)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(2))), 2)
     assert ei.value.retryable and "transport error" in ei.value.reason
     h = sink.health_check()
     assert not h.ok
@@ -155,7 +158,7 @@ def test_read_timeout_is_retryable(server: HecServer, tmp_path: Path) -> None:
     sink._started = True
     server.faults.slow = 0.4
     with pytest.raises(SendError) as ei:
-        sink.send(sink.encode(make_records(2)), 2)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(2))), 2)
     assert ei.value.retryable and "ReadTimeout" in ei.value.reason
 
 
@@ -164,11 +167,11 @@ def test_acks_channel_and_timeout(tmp_path: Path) -> None:
     try:
         sink = make_sink(srv, tmp_path, ack=True, ack_timeout=0.3, ack_poll_interval=0.05)
         srv.faults.ack_delay = 0.1
-        sink.send(sink.encode(make_records(5)), 5)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(5))), 5)
         assert sink.channel in srv.channels and sink.counters()["ack_polls"] >= 2
         srv.faults.withhold_acks = True
         with pytest.raises(SendError) as ei:
-            sink.send(sink.encode(make_records(5)), 5)
+            sink.send(sink.encode(RecordBatch.from_records(make_records(5))), 5)
         assert ei.value.retryable and "acknowledgement" in ei.value.reason
         assert sink.counters()["ack_timeouts"] == 1
         # Without a channel, an ack-enabled token refuses events (code 10).
@@ -185,7 +188,7 @@ def test_acks_channel_and_timeout(tmp_path: Path) -> None:
 
 def test_ack_on_for_a_token_without_ack_is_not_a_resend_loop(server: HecServer, tmp_path: Path) -> None:
     sink = make_sink(server, tmp_path, ack=True, ack_timeout=0.2)
-    sink.send(sink.encode(make_records(3)), 3)  # no ackId in the reply: accepted, warned once
+    sink.send(sink.encode(RecordBatch.from_records(make_records(3))), 3)  # no ackId in the reply: accepted, warned once
     assert len(server.indexed()) == 3
 
 
@@ -209,10 +212,10 @@ def test_token_from_environment_and_never_shown(
     monkeypatch.setenv("VXMIRROR_HEC_TOKEN", TOKEN)
     cfg = from_table(SplunkHecConfig, {"url": server.url, "verify_tls": False})
     sink = SplunkHecSink(cfg, SinkContext("splunk_hec", tmp_path))
-    sink.send(sink.encode(make_records(3)), 3)
+    sink.send(sink.encode(RecordBatch.from_records(make_records(3))), 3)
     server.tokens.clear()
     with pytest.raises(SendError) as ei:
-        sink.send(sink.encode(make_records(3)), 3)
+        sink.send(sink.encode(RecordBatch.from_records(make_records(3))), 3)
     assert TOKEN not in repr(sink.__dict__) and TOKEN not in str(ei.value)
     assert TOKEN not in caplog.text and TOKEN not in str(sink.counters())
 
@@ -250,7 +253,7 @@ def test_config_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_gzip_payload_round_trip(server: HecServer, tmp_path: Path) -> None:
     sink = make_sink(server, tmp_path, gzip_level=6)
     recs = make_records(50)
-    payload = sink.encode(recs)
+    payload = sink.encode(RecordBatch.from_records(recs))
     assert gzip.decompress(gzip.compress(payload)) == payload
     sink.send(payload, 50)
     assert len(server.indexed()) == 50
@@ -263,9 +266,9 @@ def test_splunk_check_counts_what_the_sink_sent(
 
     sink = make_sink(server, tmp_path, index="main")
     recs = make_records(300, t0=1_700_000_000.0)  # event times 1_700_000_000.5 .. ~1_700_000_000.8
-    sink.send(sink.encode(recs), 300)
+    sink.send(sink.encode(RecordBatch.from_records(recs)), 300)
     other = make_records(7, t0=1_800_000_000.0)
-    sink.send(sink.encode(other), 7)  # outside the range
+    sink.send(sink.encode(RecordBatch.from_records(other)), 7)  # outside the range
     server.mgmt_tokens.add("mgmt-token-xyz")
     monkeypatch.setenv("VXMIRROR_SPLUNK_TOKEN", "mgmt-token-xyz")
     argv = ["splunk", "check", "--url", server.url, "--index", "main",
@@ -290,3 +293,44 @@ def test_splunk_check_counts_what_the_sink_sent(
     assert main(["splunk", "check", "--url", server.url, "--username", "admin", "--password-file", str(pw)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("splunk check:") and "wrong-pw" not in err
+
+
+def old_encode(sink: SplunkHecSink, records: list[dict[str, Any]]) -> bytes:
+    """The oracle: the per-dict encoding the sink had before records came as a RecordBatch."""
+    tf, names = sink.config.time_field, sink.config.indexed_fields
+    prefix = sink._head[1 : -len(b',"time":')]
+    lines = []
+    for r in records:
+        t = r.get(tf)
+        fields = {k: str(r[k]) for k in names if r.get(k) is not None}
+        body = orjson.dumps({"time": t if isinstance(t, int | float) else time.time(), "event": r, "fields": fields})
+        lines.append(b"{" + prefix + b"," + body[1:])
+    return b"\n".join(lines) + b"\n" if lines else b""
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"time_field": "ts_start", "index": "net", "host": 'sensor "1" \\ é'},
+        {"indexed_fields": []},
+        {"indexed_fields": ["vni", "community_id", "ts_end", "dest_port", "transport", "missing", "app",
+                            "excerpt_out"]},
+    ],
+)
+def test_encoding_from_the_batch_equals_the_per_record_encoding(
+    server: HecServer, tmp_path: Path, config: dict[str, Any]
+) -> None:
+    sink = make_sink(server, tmp_path, **config)
+    recs: list[dict[str, Any]] = make_records(600, flows=150)
+    for i, r in enumerate(recs[:60]):  # the shapes records take: no VNI, app metadata, odd text
+        r["vni"] = None if i % 3 == 0 else r["vni"]
+        r["ts_end"] = float(1_700_000_000 + i) if i % 7 == 0 else r["ts_end"] + i * 1e-7
+        if i % 4 == 0:
+            r["app"] = {"http": {"host": "é.example", "uri": '/a"b\\c\n', "status": 200}}
+        r["excerpt_out"] = "\x00\x01GET /\r\n\t\u2028"
+    for lo, hi in [(0, 600), (0, 1), (17, 333), (599, 600)]:
+        batch = RecordBatch.from_records(recs).slice(lo, hi)
+        assert sink.encode(batch) == old_encode(sink, recs[lo:hi])
+        lines = RecordBatch.from_lines(RecordBatch.from_records(recs[lo:hi]).lines())  # as replayed from the spool
+        assert sink.encode(lines) == old_encode(sink, recs[lo:hi])

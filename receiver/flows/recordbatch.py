@@ -64,7 +64,10 @@ class RecordBatch(Sequence[FlowRecord]):
         """A batch of encoded records (JSON lines, with or without their newline). Raises
         ``orjson.JSONDecodeError`` (a ValueError) for a line that is not JSON."""
         whole = [ln if ln.endswith(b"\n") else ln + b"\n" for ln in lines]
-        return cls._of_lines(whole, [orjson.loads(ln) for ln in whole])
+        recs = [orjson.loads(ln) for ln in whole]
+        batch = cls._of_lines(whole, recs)
+        batch._records = recs
+        return batch
 
     @classmethod
     def _of_lines(cls, lines: list[bytes], recs: list[FlowRecord]) -> RecordBatch:
