@@ -1,7 +1,7 @@
 """The benchmark harness from a checkout: ``make bench`` / ``make bench-quick`` / ``make bench-check``.
 
-    .venv/bin/python bench/harness.py --profile full            # everything, under 20 min on 2 cores
-    .venv/bin/python bench/harness.py --profile quick           # under 3 min
+    .venv/bin/python bench/harness.py --profile full            # everything, about 20 min on 2 cores
+    .venv/bin/python bench/harness.py --profile quick           # about 5 min
     .venv/bin/python bench/harness.py --check                   # quick run vs bench/results/latest.json
     .venv/bin/python bench/harness.py --profile quick --only offline,core
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/live_sweep.py                    # full: 128, 512, 1400 bytes
     .venv/bin/python bench/live_sweep.py --quick            # 512 bytes, 1 s trials
     .venv/bin/python bench/live_sweep.py --receivers c --sizes 128
+    .venv/bin/python bench/live_sweep.py --receivers "" --churn 2,10     # churn only
 
 For each receiver (``c``: bench/c/recv_ref.c, recvmmsg batch 256, counting only, the reference;
 ``c_gro``: the same with UDP_GRO, so the kernel hands over coalesced datagrams; ``serve``:
@@ -17,6 +18,19 @@ pipeline dropped), cross-checked with the kernel's Udp RcvbufErrors from /proc/n
 rate is searched: doubled from 100 k/s while trials pass (up to what the sender can offer),
 then bisected. Every trial is a point of the plot (received against offered rate).
 
+Churn (``--churn 2,10``): ``vxmirror serve`` with its default worker count, the JSON-lines
+forwarder only and 2 s idle timeouts, fed by the sender's churn mode (a new inner flow every N
+datagrams, each flow a DNS exchange, ``--churn-size`` bytes a datagram). A trial is loss-free when
+the flow records on disk count every datagram sent (the sum of ``packets_in + packets_out`` over
+the JSON-lines files, read after the flows have expired, the queues emptied and the service
+stopped) within the same 0.1 %; the service's kernel-drop counter, Udp RcvbufErrors and the
+records the forwarder dropped are recorded beside it. The rate of datagrams is searched as
+above, from the case's target divided by ``2 ** --churn-steps``: 2-datagram flows towards
+300,000 new flows/s (600 k datagrams/s), 10-datagram flows towards 1 M datagrams/s; new flows/s
+is datagrams/s divided by N. The socket buffer and the receive ring (64 MiB each by default) hold
+about 1 M datagrams of 128 bytes: a trial must send several times that (``--seconds 8`` in the
+full profile) for a service that falls behind to lose anything.
+
 Writes ``bench/out/live_sweep.json`` (trials, loss-free rates, ratios, machine) and
 ``bench/out/live_sweep.png``. All receivers run on the same machine in the same run; the
 sender needs one of the cores, so on a 2-core machine the receiver has the other one. With
@@ -29,6 +43,8 @@ RcvbufErrors however many datagrams they held: loss is taken from the counts.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
 import json
 import os
 import platform
@@ -41,6 +57,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,48 +95,51 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def send(bins: dict[str, Path], port: int, size: int, rate: float, seconds: float) -> dict[str, Any]:
-    r = subprocess.run(
-        [
-            str(bins["send_ref"]),
-            "--to",
-            f"127.0.0.1:{port}",
-            "--size",
-            str(size),
-            "--rate",
-            str(int(rate)),
-            "--seconds",
-            str(seconds),
-            "--flows",
-            "4096",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+# churn payloads: the inner server port (53: DNS messages; another: opaque UDP, no parser)
+CHURN_PORTS = {"dns": 53, "udp": 8125}
+
+
+def send(bins: dict[str, Path], port: int, size: int, rate: float, seconds: float, churn: int = 0,
+         payload: str = "dns") -> dict[str, Any]:
+    """Run the C sender; ``churn``: a new inner flow every that many datagrams (else 4096 flows in
+    turn), carrying ``payload`` (``CHURN_PORTS``)."""
+    cmd = [str(bins["send_ref"]), "--to", f"127.0.0.1:{port}", "--size", str(size), "--rate", str(int(rate)),
+           "--seconds", str(seconds), "--flows", "4096",
+           *(["--churn", str(churn), "--churn-port", str(CHURN_PORTS[payload])] if churn else [])]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
 METRIC = re.compile(r"^(\w+)(\{[^}]*\})? ([0-9.eE+-]+)$")
 
 
+SCRAPED = {  # key -> metric (summed over its label sets)
+    "received": "vxmirror_datagrams_received_total",
+    "kernel_drops": "vxmirror_kernel_drops_total",
+    "decoded": "vxmirror_packets_processed_total",
+    "flows_active": "vxmirror_flows_active",
+    "records_exported": "vxmirror_flows_exported_total",
+    "forwarder_queued": "vxmirror_forwarder_queue_depth",
+    "forwarder_in_flight": "vxmirror_forwarder_in_flight",
+}
+
+
 def scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    out = {"received": 0.0, "kernel_drops": 0.0, "pipeline_drops": 0.0, "decoded": 0.0}
+    out = dict.fromkeys([*SCRAPED, "pipeline_drops", "forwarder_drops"], 0.0)
+    key_of = {metric: key for key, metric in SCRAPED.items()}
     for line in text.splitlines():
         m = METRIC.match(line)
         if not m:
             continue
         name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
-        if name == "vxmirror_datagrams_received_total":
-            out["received"] += value
-        elif name == "vxmirror_kernel_drops_total":
-            out["kernel_drops"] += value
+        if name in key_of:
+            out[key_of[name]] += value
         elif name == "vxmirror_dropped_total" and 'place="pipeline"' in labels:
             out["pipeline_drops"] += value
-        elif name == "vxmirror_packets_processed_total":
-            out["decoded"] += value
+        elif name == "vxmirror_dropped_total" and 'place="forwarder:' in labels:
+            out["forwarder_drops"] += value
     return out
 
 
@@ -148,17 +168,37 @@ class CReceiver:
 class ServeReceiver:
     """``vxmirror serve`` with its default forwarders; ``workers`` None: the default count."""
 
+    # the default forwarders, and no AWS look-ups: a benchmark on loopback talks to nothing else
+    CONFIG = "[aws]\nenabled = false\n"
+
     def __init__(self, bins: dict[str, Path], workers: int | None = None) -> None:
         self.bins = bins
         self.workers = workers
         self.name = "serve" if workers is None else f"serve{workers}"
 
     def trial(self, size: int, rate: float, seconds: float) -> dict[str, Any]:
+        with self.running() as (port, mport, _data, _proc):
+            m0 = scrape(mport)
+            before = rcvbuf_errors()
+            sent = send(self.bins, port, size, rate, seconds)
+            m1 = settle(mport, m0, sent["sent"], timeout=15)
+            return {
+                "sent": sent,
+                "received": int(m1["received"] - m0["received"]),
+                "rcvbuf_errors": rcvbuf_errors() - before,
+                "kernel_drops": int(m1["kernel_drops"] - m0["kernel_drops"]),
+                "extra_drops": int(m1["pipeline_drops"] - m0["pipeline_drops"]),
+                "processed": int(m1["decoded"] - m0["decoded"]),
+            }
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[tuple[int, int, Path, subprocess.Popen[str]]]:
+        """A started ``vxmirror serve`` (metrics answering): (listen port, metrics port, data dir,
+        process). Stopped with SIGTERM when the block ends (if not before), its data directory removed."""
         port, mport = free_port(), free_tcp_port()
         data = Path(tempfile.mkdtemp(prefix="vxmirror-sweep-"))
-        # the default forwarders, and no AWS look-ups: a benchmark on loopback talks to nothing else
         config = data / "vxmirror.toml"
-        config.write_text("[aws]\nenabled = false\n")
+        config.write_text(self.CONFIG)
         proc = subprocess.Popen(
             [
                 str(VXMIRROR),
@@ -184,7 +224,7 @@ class ServeReceiver:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    m0 = scrape(mport)
+                    scrape(mport)
                     break
                 except OSError as exc:
                     if proc.poll() is not None or time.monotonic() > deadline:
@@ -193,33 +233,102 @@ class ServeReceiver:
                         ) from exc
                     time.sleep(0.2)
             time.sleep(0.5)
+            yield port, mport, data, proc
+        finally:
+            stop(proc)
+            shutil.rmtree(data, ignore_errors=True)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, and wait for the process to exit (killed after a minute)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class ChurnServe(ServeReceiver):
+    """``vxmirror serve`` (default workers, JSON lines only, 2 s idle timeouts) fed a new flow every
+    ``per_flow`` datagrams of ``payload``; counted by what reaches the JSON-lines files."""
+
+    CONFIG = (
+        "[aws]\nenabled = false\n\n[engine]\ntcp_idle_timeout = 2.0\nudp_idle_timeout = 2.0\n"
+        "other_idle_timeout = 2.0\n\n[forwarders.jsonl]\n"
+    )
+
+    def __init__(self, bins: dict[str, Path], per_flow: int, payload: str = "dns") -> None:
+        super().__init__(bins)
+        self.per_flow, self.payload = per_flow, payload
+        self.name = f"churn{per_flow}{payload}"
+
+    def trial(self, size: int, rate: float, seconds: float) -> dict[str, Any]:
+        with self.running() as (port, mport, data, proc):
             m0 = scrape(mport)
             before = rcvbuf_errors()
-            sent = send(self.bins, port, size, rate, seconds)
-            # wait until the counters settle (workers report a few times a second)
-            last, stable_since = scrape(mport), time.monotonic()
-            while time.monotonic() - stable_since < 1.0 and time.monotonic() - stable_since < 15:
-                time.sleep(0.25)
-                cur = scrape(mport)
-                if cur != last:
-                    last, stable_since = cur, time.monotonic()
-            m1 = last
-            return {
-                "sent": sent,
-                "received": int(m1["received"] - m0["received"]),
-                "rcvbuf_errors": rcvbuf_errors() - before,
-                "kernel_drops": int(m1["kernel_drops"] - m0["kernel_drops"]),
-                "extra_drops": int(m1["pipeline_drops"] - m0["pipeline_drops"]),
-                "processed": int(m1["decoded"] - m0["decoded"]),
-            }
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            shutil.rmtree(data, ignore_errors=True)
+            sent = send(self.bins, port, size, rate, seconds, churn=self.per_flow, payload=self.payload)
+            m1 = settle(mport, m0, sent["sent"], timeout=60 + sent["sent"] / 20_000, expired=True)
+            rcvbuf = rcvbuf_errors() - before
+            stop(proc)  # every file closed and named
+            packets, records = count_records(data / "flows")
+        return {
+            "sent": sent,
+            "flows_sent": sent.get("flows", 0),
+            "received": packets,  # datagrams counted in records on disk
+            "records": records,
+            "datagrams_received": int(m1["received"] - m0["received"]),
+            "records_exported": int(m1["records_exported"] - m0["records_exported"]),
+            "forwarder_drops": int(m1["forwarder_drops"] - m0["forwarder_drops"]),
+            "kernel_drops": int(m1["kernel_drops"] - m0["kernel_drops"]),
+            "rcvbuf_errors": rcvbuf,
+            "extra_drops": 0,
+            "open_flows_at_stop": int(m1["flows_active"]),
+        }
+
+
+def settle(mport: int, m0: dict[str, float], sent: int, timeout: float, expired: bool = False) -> dict[str, float]:
+    """Scrape until the counters have settled (or ``timeout`` seconds passed); the last scrape.
+
+    Settled: the worker has reported since the sender stopped (a busy worker reports its counters
+    late: they can stay at zero for seconds), nothing moved for a second, and every datagram sent
+    is counted as received or dropped by the kernel, or nothing moved for five seconds (what was
+    lost never counts). With ``expired``, also every flow expired, its record exported, and the
+    forwarders' queues empty."""
+    t0 = time.monotonic()
+    last, stable_since = scrape(mport), time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.25)
+        cur = scrape(mport)
+        if cur != last:
+            last, stable_since = cur, time.monotonic()
+            continue
+        still = time.monotonic() - stable_since
+        reported = cur["received"] > m0["received"] and (cur["records_exported"] > m0["records_exported"]
+                                                         or not expired)
+        counted = cur["received"] - m0["received"] + cur["kernel_drops"] - m0["kernel_drops"] >= sent
+        idle = not (cur["flows_active"] or cur["forwarder_queued"] or cur["forwarder_in_flight"])
+        if reported and still >= 1.0 and (counted or still >= 5.0) and (idle or not expired):
+            break
+    return last
+
+
+PACKETS_FIELD = re.compile(rb'"packets_(?:in|out)":(\d+)')
+
+
+def count_records(directory: Path) -> tuple[int, int]:
+    """(packets_in + packets_out summed, records) over the JSON-lines files of ``directory``."""
+    packets = records = 0
+    for path in sorted(directory.glob("*")):
+        if not path.is_file():
+            continue
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            data = f.read()
+        records += data.count(b"\n")
+        packets += sum(int(v) for v in PACKETS_FIELD.findall(data))
+    return packets, records
 
 
 def search(rx: Any, size: int, seconds: float, max_trials: int, start: float) -> dict[str, Any]:
@@ -285,37 +394,75 @@ def machine() -> dict[str, Any]:
     }
 
 
+RECEIVER_LABELS = {
+    "c": "C recvmmsg reference",
+    "c_gro": "C recvmmsg with UDP_GRO",
+    "serve": "vxmirror serve (default workers)",
+}
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Received against offered rate, a panel per datagram size (sweep) or per churn case."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted({r["size"] for r in results})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4.2), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        top = 0.0
+    panels = sorted({(r.get("per_flow", 0), r.get("payload", ""), r["size"]) for r in results})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (per_flow, payload, size) in zip(axes[0], panels):
+        top, unit = 0.0, "new flows/s" if per_flow else "datagrams/s"
         for r in results:
-            if r["size"] != size:
+            if (r.get("per_flow", 0), r.get("payload", ""), r["size"]) != (per_flow, payload, size):
                 continue
-            pts = sorted((t["offered"], t["received_rate"]) for t in r["trials"])
+            scale = 1e3 * (per_flow or 1)
+            pts = sorted((t["offered"] / scale, t["received_rate"] / scale) for t in r["trials"])
             top = max(top, *(p[0] for p in pts))
-            label = {
-                "c": "C recvmmsg reference",
-                "c_gro": "C recvmmsg with UDP_GRO",
-                "serve": "vxmirror serve (default workers)",
-            }.get(r["receiver"], f"vxmirror serve ({r['receiver'][5:]} workers)")
-            ax.plot([p[0] / 1e3 for p in pts], [p[1] / 1e3 for p in pts], "o-", label=label)
-            ax.axvline(r["loss_free_rate"] / 1e3, ls=":", color=ax.lines[-1].get_color())
-        ax.plot([0, top / 1e3], [0, top / 1e3], "k--", lw=0.8, label="received = offered")
-        ax.set_title(f"{size}-byte datagrams")
-        ax.set_xlabel("offered, k datagrams/s")
-        ax.set_ylabel("received, k datagrams/s")
+            label = ("vxmirror serve, JSON lines, 2 s idle timeouts" if per_flow else
+                     RECEIVER_LABELS.get(r["receiver"], f"vxmirror serve ({r['receiver'][5:]} workers)"))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+            ax.axvline(r["loss_free_rate"] / scale, ls=":", color=ax.lines[-1].get_color())
+            if per_flow and r.get("target"):
+                ax.axvline(r["target"] / scale, ls="-.", color="grey", lw=0.8, label="goal")
+        ax.plot([0, top], [0, top], "k--", lw=0.8, label="received = offered")
+        ax.set_title(f"{per_flow} datagrams a flow ({payload}), {size} bytes" if per_flow else f"{size}-byte datagrams")
+        ax.set_xlabel(f"offered, k {unit}")
+        ax.set_ylabel(f"k {unit} counted in records on disk" if per_flow else f"received, k {unit}")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("Loopback: received against offered rate (dotted: highest loss-free rate)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# churn cases: datagrams a flow -> the goal in datagrams/s (issue 14: 300 k new flows/s of
+# 2-datagram flows, 1 M datagrams/s of 10-datagram flows)
+CHURN_TARGETS = {2: 600_000, 10: 1_000_000}
+DEFAULT_CHURN_TARGET = 1_000_000
+
+
+def churn_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per churn case: loss-free datagrams/s and new flows/s, and whether the goal was reached."""
+    out = {}
+    for r in results:
+        n, goal, payload = r["per_flow"], r["target"], r.get("payload", "dns")
+        passed = [t for t in r["trials"] if t["passed"]]
+        best = max(passed, key=lambda t: t["offered"]) if passed else None
+        out[f"{n}-{payload}"] = {
+            "datagrams_per_flow": n,
+            "payload": payload,
+            "size": r["size"],
+            "loss_free_datagrams_per_second": round(r["loss_free_rate"]),
+            "loss_free_flows_per_second": round(r["loss_free_rate"] / n),
+            "goal_datagrams_per_second": goal,
+            "goal_flows_per_second": round(goal / n),
+            # a trial at the goal's rate passed (a paced trial offers a hair below its target; one
+            # whose sender could not keep up offers less and does not count)
+            "goal_met": any(t["offered"] >= 0.98 * goal for t in passed),
+            "records_at_best": best["records"] if best else 0,
+            "lowest_lossy_offered": min((t["offered"] for t in r["trials"] if not t["passed"]), default=None),
+        }
+    return out
 
 
 def main() -> int:
@@ -324,12 +471,18 @@ def main() -> int:
     ap.add_argument(
         "--receivers",
         default="c,c_gro,serve,serve2",
-        help="c (plain recvmmsg), c_gro (with UDP_GRO), serve (default workers), serve1, serve2 (N workers)",
+        help="c (plain recvmmsg), c_gro (with UDP_GRO), serve (default workers), serve1, serve2 (N workers); "
+        "empty: none (churn only)",
     )
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--max-trials", type=int, default=8)
     ap.add_argument("--start", type=float, default=100_000)
     ap.add_argument("--quick", action="store_true", help="512 bytes only, 1 s trials, 5 trials each")
+    ap.add_argument("--churn", default="", help="churn cases: datagrams a flow and the payload, comma-separated: "
+                    "N:dns (DNS queries and responses) or N:udp (opaque UDP), e.g. 2:dns,10:udp; N alone: dns")
+    ap.add_argument("--churn-size", type=int, default=128, help="bytes of each churn datagram (default 128)")
+    ap.add_argument("--churn-steps", type=int, default=3,
+                    help="each churn search starts at its goal / 2**steps and doubles (default 3)")
     ap.add_argument("--out", type=Path, default=OUT / "live_sweep.json")
     ap.add_argument("--plot", type=Path, default=OUT / "live_sweep.png")
     args = ap.parse_args()
@@ -343,18 +496,31 @@ def main() -> int:
         "serve1": lambda b: ServeReceiver(b, workers=1),
         "serve2": lambda b: ServeReceiver(b, workers=2),
     }
-    results = []
+    results: list[dict[str, Any]] = []
+    churned: list[dict[str, Any]] = []
     t0 = time.time()
     errors = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for name in args.receivers.split(","):
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    receivers = [n for n in args.receivers.split(",") if n]
+    for size in (int(s) for s in args.sizes.split(",")) if receivers else ():
+        for name in receivers:
             try:
                 results.append(search(makers[name](bins), size, args.seconds, args.max_trials, args.start))
             except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
                 print(f"  {name} {size} B: failed: {exc}", flush=True)
                 errors.append({"receiver": name, "size": size, "error": str(exc)})
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.with_suffix(".partial.json").write_text(json.dumps(results, indent=1))
+    for case in (c for c in args.churn.split(",") if c):
+        per_flow, payload = int(case.partition(":")[0]), case.partition(":")[2] or "dns"
+        goal = CHURN_TARGETS.get(per_flow, DEFAULT_CHURN_TARGET)
+        try:
+            r = search(ChurnServe(bins, per_flow, payload), args.churn_size, args.seconds, args.max_trials,
+                       goal / 2**args.churn_steps)
+            churned.append({**r, "per_flow": per_flow, "payload": payload, "target": goal})
+        except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
+            print(f"  churn {per_flow}: failed: {exc}", flush=True)
+            errors.append({"receiver": f"churn{per_flow}{payload}", "size": args.churn_size, "error": str(exc)})
+        args.out.with_suffix(".partial.json").write_text(json.dumps(results + churned, indent=1))
     summary = {}
     for size in sorted({r["size"] for r in results}):
         by = {r["receiver"]: r for r in results if r["size"] == size}
@@ -374,15 +540,16 @@ def main() -> int:
         "loss_limit": LOSS_LIMIT,
         "summary": summary,
         "results": results,
+        "churn": {"summary": churn_summary(churned), "results": churned},
         "errors": errors,
         "wall_seconds": round(time.time() - t0, 1),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
-    plot(results, args.plot)
-    print(json.dumps(summary, indent=1))
-    print(f"wrote {args.out} and {args.plot}")
+    if results or churned:
+        plot(results + churned, args.plot)
+    print(json.dumps({"summary": summary, "churn": doc["churn"]["summary"]}, indent=1))
+    print(f"wrote {args.out}" + (f" and {args.plot}" if results or churned else ""))
     return 0
 
 

@@ -1,6 +1,6 @@
 # Benchmark harness (bench/harness.py, receiver/benchkit/): see bench/README.md.
-#   make bench         full profile (under 20 min on 2 cores): JSON, plots, README table
-#   make bench-quick   quick profile (under 3 min)
+#   make bench         full profile (about 20 min on 2 cores): JSON, plots, README table
+#   make bench-quick   quick profile (about 5 min)
 #   make bench-check   quick run compared with bench/results/latest.json; fails when a ratio
 #                      dropped by more than BENCH_MARGIN (for reviewers; not part of make test)
 BENCH_MARGIN ?= 0.25

@@ -11,10 +11,18 @@ packets, a few elephants carrying most of the bytes); TCP flows with the
 three-way handshake, a first request (an HTTP GET with Host, a TLS ClientHello
 with SNI, or opaque bytes), data both ways and a FIN teardown (some end with a
 RST, some are still open at the end); DNS queries with their answers; other
-UDP; about 10 % IPv6 and 5 % VLAN-tagged inner frames; a share of flows
+UDP; optionally SYN scans (a SYN to a closed port answered by a RST, some
+unanswered) and ICMP echo exchanges; about 10 % IPv6 and 5 % VLAN-tagged inner
+frames; a share of flows
 mirrored by a session with a packet length (AWS ``PacketLength``), whose inner
 frames are truncated while their IP headers keep the full length. Inner frames
-run from 54 to 1514 bytes. The outer headers are those of AWS mirroring:
+run from 54 to 1514 bytes.
+
+Three shapes are named (the benchmark's cases): ``realistic(n)``, the mix of
+real mirrored traffic, about 15 packets a flow (most flows a few packets: DNS
+pairs, scans, short HTTP and TLS exchanges with a TLS 1.3 server flight; a few
+long ones), ``long_flows(n)`` (the default spec, 250 packets a flow) and
+``flood(n)`` (a SYN scan, 1-2 packets a flow). The outer headers are those of AWS mirroring:
 Ethernet/IPv4/UDP to 4789 with the source port hashed from the inner flow
 (:mod:`receiver.vxlanport`), and VXLAN with the I flag and the session's VNI.
 
@@ -22,17 +30,18 @@ How it is fast: every per-packet decision is a numpy column; frames are
 assembled per chunk by writing header fields at computed offsets into a buffer
 prefilled with pseudo-random bytes (which become the payload filler), and only
 the few application payloads (two per flow at most) are copied one by one.
-L4 checksums are left 0 (a mirror receiver must not check them); IPv4 header
-checksums are correct.
+TCP and UDP checksums are left 0 (a mirror receiver must not check them); IPv4
+header and ICMP checksums are correct.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,10 +49,10 @@ from .packets import F64, I64, U8, U32, Layer, PacketBatch
 from .vxlanport import flow_hash, source_port
 
 # Flow types
-HTTP, TLS, TCP_OTHER, DNS, UDP_OTHER = range(5)
-FLOW_TYPE_NAMES = ("http", "tls", "tcp", "dns", "udp")
+HTTP, TLS, TCP_OTHER, DNS, UDP_OTHER, SCAN, ICMP = range(7)
+FLOW_TYPE_NAMES = ("http", "tls", "tcp", "dns", "udp", "scan", "icmp")
 # Packet kinds
-SYN, SYNACK, HS_ACK, REQ, RESP, DATA, FIN_C, FIN_S, LAST_ACK, RST, UDP_PKT = range(11)
+SYN, SYNACK, HS_ACK, REQ, RESP, DATA, FIN_C, FIN_S, LAST_ACK, RST, UDP_PKT, SCAN_RST, ECHO = range(13)
 
 OUTER_LEN = 14 + 20 + 8 + 8
 VXLAN_PORT = 4789
@@ -53,6 +62,11 @@ _OUTER_DST_MAC = bytes.fromhex("0a1b2c3d4e02")
 _GW_MAC = bytes.fromhex("06aabbccdd01")
 _OUTER_DST_IP = int(ipaddress.IPv4Address("10.0.0.100"))
 _OUTER_SRC_BASE = int(ipaddress.IPv4Address("10.0.0.10"))
+
+_SCAN_PORTS_PER_TARGET = 1024  # a scan walks ports 1-1024 of one target, then the next target
+_SCANNER_BASE = int(ipaddress.IPv4Address("192.0.2.10"))
+_SCANNERS = 4
+_ECHO_BYTES = 56  # payload of an echo request or reply (Linux ping)
 
 _HOSTS = ("api", "www", "cdn", "auth", "static", "metrics", "db", "queue", "search", "img")
 _DOMAINS = ("example.com", "example.net", "example.org", "shop.example", "corp.example")
@@ -69,8 +83,10 @@ class TrafficSpec:
     truncate_to: int = 128  # that session's PacketLength (bytes of the inner frame kept), >= 96
     vnis: tuple[int, ...] = (101, 102, 103)
     truncating_vni: int = 199
-    # shares of http, tls, other tcp, dns, other udp flows
-    mix: tuple[float, float, float, float, float] = (0.25, 0.30, 0.10, 0.25, 0.10)
+    # shares of http, tls, other tcp, dns, other udp, scan, icmp flows (five values: no scans, no ICMP)
+    mix: tuple[float, ...] = (0.25, 0.30, 0.10, 0.25, 0.10, 0.0, 0.0)
+    unanswered_scans: float = 0.2  # scanned ports that do not answer (filtered): one packet
+    server_hello: bool = False  # TLS servers answer with ServerHello, ChangeCipherSpec and an encrypted record
     duration: float | None = None  # seconds of traffic; default n_packets / 100k, at least 1 s
     start_time: float = 1_700_000_000.0
     chunk: int = 131_072  # packets per assembled chunk
@@ -85,7 +101,7 @@ class FlowTruth:
     """
 
     flow_type: I64
-    proto: I64  # 6 or 17
+    proto: I64  # 6, 17 or 1 (ICMP: the ports are Zeek's, echo request 8 and its counterpart 0)
     ipv6: np.ndarray
     vlan: I64  # 0: untagged
     vni: I64
@@ -266,10 +282,16 @@ class Traffic:
             _put(buf, p + 8, f["_ack"][idx][tcp], 4)
             _put(buf, p + 12, (np.uint64(0x5000) | f["_flags"][idx][tcp].astype(np.uint64)), 2)
             _put_const(buf, p + 14, b"\xfa\xf0\x00\x00\x00\x00")
-        u = ~tcp
+        u = f["proto"][fl] == 17
         if u.any():
             p = l4[u]
             _put(buf, p + 4, ((8 + paylen[u]).astype(np.uint64) << np.uint64(16)), 4)
+        ic = f["proto"][fl] == 1
+        if ic.any():  # echo request (8) or reply (0), code 0; identifier and sequence; checksummed
+            p = l4[ic]
+            _put(buf, p, np.where(d[ic] == 0, 0x08000000, 0).astype(np.uint64), 4)
+            _put(buf, p + 4, f["_seq"][idx][ic], 4)
+            _checksum(buf, p, 8 + _ECHO_BYTES, 2)
 
         # application payloads (first request / response of a flow)
         pay = l4 + l4len
@@ -306,12 +328,17 @@ def _put_const(buf: U8, pos: I64, data: bytes) -> None:
 
 
 def _ipv4_checksum(buf: U8, pos: I64) -> None:
-    hdr = buf[pos[:, None] + np.arange(20)].astype(np.uint32)
-    hdr[:, 10:12] = 0
+    _checksum(buf, pos, 20, 10)
+
+
+def _checksum(buf: U8, pos: I64, n: int, at: int) -> None:
+    """The Internet checksum of the ``n`` bytes (even) at each of ``pos``, written at offset ``at``."""
+    hdr = buf[pos[:, None] + np.arange(n)].astype(np.uint32)
+    hdr[:, at : at + 2] = 0
     s = (hdr[:, 0::2] << 8 | hdr[:, 1::2]).sum(axis=1)
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
-    _put(buf, pos + 10, (~s & 0xFFFF).astype(np.uint64), 2)
+    _put(buf, pos + at, (~s & 0xFFFF).astype(np.uint64), 2)
 
 
 # -- application payloads -------------------------------------------------------------------
@@ -343,6 +370,19 @@ def _client_hello(sni: str, rng: np.random.Generator) -> bytes:
     return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
 
 
+def _server_flight(rng: np.random.Generator) -> bytes:
+    """A TLS 1.3 server's first flight: ServerHello (supported_versions, an x25519 key share),
+    ChangeCipherSpec, and one encrypted record (what follows is opaque), 200-1200 bytes in all."""
+    exts = struct.pack("!HHH", 43, 2, 0x0304) + struct.pack("!HHHH", 51, 36, 0x001D, 32)
+    exts += rng.integers(0, 256, 32, dtype=np.uint8).tobytes()
+    body = b"\x03\x03" + rng.integers(0, 256, 32, dtype=np.uint8).tobytes() + b"\x00\x13\x01\x00"
+    body += struct.pack("!H", len(exts)) + exts
+    hs = b"\x02" + len(body).to_bytes(3, "big") + body
+    flight = b"\x16\x03\x03" + struct.pack("!H", len(hs)) + hs + b"\x14\x03\x03\x00\x01\x01"
+    sealed = int(rng.integers(200, 1200)) - len(flight) - 5
+    return flight + b"\x17\x03\x03" + struct.pack("!H", sealed) + rng.integers(0, 256, sealed, dtype=np.uint8).tobytes()
+
+
 def _dns(name: str, qid: int, v6: bool) -> tuple[bytes, bytes]:
     qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
     qtype = 28 if v6 else 1
@@ -362,13 +402,21 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
         raise ValueError("n_packets and n_flows must be positive")
     if spec.truncate_to < 96:
         raise ValueError("truncate_to must be at least 96 (the largest inner header is 78 bytes)")
+    if not 5 <= len(spec.mix) <= len(FLOW_TYPE_NAMES) or min(spec.mix) < 0 or sum(spec.mix) <= 0:
+        raise ValueError(f"mix needs 5 to {len(FLOW_TYPE_NAMES)} shares ({', '.join(FLOW_TYPE_NAMES)}), not negative")
     rng = np.random.default_rng(spec.seed)
     nf = spec.n_flows
     duration = spec.duration or max(1.0, spec.n_packets / 100_000)
 
-    ftype = rng.choice(5, nf, p=np.asarray(spec.mix) / np.sum(spec.mix))
-    is_tcp = ftype <= TCP_OTHER
-    ipv6 = rng.random(nf) < spec.ipv6_share
+    # (shares of types a short mix leaves out are 0: the same draws as before scans and ICMP existed)
+    mix = np.zeros(len(FLOW_TYPE_NAMES))
+    mix[: len(spec.mix)] = spec.mix
+    ftype = rng.choice(mix.shape[0], nf, p=mix / mix.sum())
+    scan, icmp = ftype == SCAN, ftype == ICMP
+    is_tcp = (ftype <= TCP_OTHER) | scan
+    conv = is_tcp & ~scan  # TCP connections: handshake, request, response, data, teardown
+    fixed = (ftype == DNS) | scan  # sizes without a tail
+    ipv6 = (rng.random(nf) < spec.ipv6_share) & ~scan & ~icmp
     vlan = np.where(rng.random(nf) < spec.vlan_share, rng.integers(2, 4095, nf), 0)
     sess = rng.integers(0, len(spec.vnis), nf)
     vni = np.asarray(spec.vnis, np.int64)[sess]
@@ -376,22 +424,25 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
     vni[trunc] = spec.truncating_vni
     sess[trunc] = len(spec.vnis)
 
-    # flow sizes: TCP at least 8 packets (handshake, request, response, teardown), Pareto tail
-    size_min = np.where(is_tcp, 8, np.where(ftype == DNS, 2, 1))
-    tail = np.floor(rng.pareto(1.1, nf) * np.where(is_tcp, 6.0, np.where(ftype == DNS, 0.0, 3.0)))
+    # flow sizes: TCP connections at least 8 packets (handshake, request, response, teardown), DNS a
+    # query and its answer, a scanned port a SYN and its RST, a ping a request and its reply; Pareto tail
+    size_min = np.select([conv, fixed | icmp], [8, 2], 1)
+    tail = np.floor(rng.pareto(1.1, nf) * np.select([conv, fixed], [6.0, 0.0], 3.0))
     tail = np.minimum(tail, max(1, spec.n_packets // 8))
-    size_min[(ftype == DNS) & (rng.random(nf) < 0.1)] = 1  # unanswered queries
+    unanswered = rng.random(nf)
+    size_min[(ftype == DNS) & (unanswered < 0.1)] = 1  # unanswered queries
+    size_min[scan & (unanswered < spec.unanswered_scans)] = 1  # filtered ports
     flex_total = tail.sum()
     room = spec.n_packets - int(size_min.sum())
     if room > 0 and flex_total > 0:
         tail = np.floor(tail * (room / flex_total))
         extra = room - int(tail.sum())
-        tail[np.argmax(np.where(ftype == DNS, -1, tail))] += extra
+        tail[np.argmax(np.where(fixed, -1, tail))] += extra
     elif room <= 0:
         tail[:] = 0
     size = (size_min + tail).astype(np.int64)
-    size[ftype == DNS] = size_min[ftype == DNS]
-    ending = np.where(is_tcp, rng.choice(3, nf, p=(0.85, 0.05, 0.10)), 0)  # 0 FIN, 1 RST, 2 still open
+    size[fixed] = size_min[fixed]
+    ending = np.where(conv, rng.choice(3, nf, p=(0.85, 0.05, 0.10)), 0)  # 0 FIN, 1 RST, 2 still open
 
     # per-packet columns in flow order
     total = int(size.sum())
@@ -400,18 +451,21 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
     np.cumsum(size[:-1], out=first[1:])
     pos = np.arange(total) - first[pf]
     back = size[pf] - 1 - pos  # 0 = last packet of the flow
-    tcp_p = is_tcp[pf]
+    conv_p, scan_p, echo = conv[pf], scan[pf], icmp[pf]
     kind = np.full(total, DATA, np.int8)
-    kind[~tcp_p] = UDP_PKT
+    kind[~conv_p] = UDP_PKT
     for p_, k_ in ((0, SYN), (1, SYNACK), (2, HS_ACK), (3, REQ), (4, RESP)):
-        kind[tcp_p & (pos == p_)] = k_
-    fin_end = tcp_p & (ending[pf] == 0)
+        kind[conv_p & (pos == p_)] = k_
+    fin_end = conv_p & (ending[pf] == 0)
     kind[fin_end & (back == 2)] = FIN_C
     kind[fin_end & (back == 1)] = FIN_S
     kind[fin_end & (back == 0)] = LAST_ACK
-    kind[tcp_p & (ending[pf] == 1) & (back == 0)] = RST
+    kind[conv_p & (ending[pf] == 1) & (back == 0)] = RST
+    kind[scan_p] = np.where(pos == 0, SYN, SCAN_RST)[scan_p]
+    kind[echo] = ECHO
     direction = np.zeros(total, np.int8)
-    direction[np.isin(kind, (SYNACK, RESP, FIN_S))] = 1
+    direction[np.isin(kind, (SYNACK, RESP, FIN_S, SCAN_RST))] = 1
+    direction[echo] = (pos[echo] % 2) == 1  # request, reply, request, ...
     data = kind == DATA
     direction[data] = rng.random(int(data.sum())) < 0.75
     udp_pkt = kind == UDP_PKT
@@ -435,7 +489,7 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
             app.append(_http(name, rng))
         elif t == TLS:
             sni[i] = name
-            app.append((_client_hello(name, rng), None))
+            app.append((_client_hello(name, rng), _server_flight(rng) if spec.server_hello else None))
         elif t == DNS:
             queries[i] = name
             app.append(_dns(name, int(rng.integers(0, 65536)), bool(ipv6[i])))
@@ -455,7 +509,12 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
     paylen[kind == REQ] = np.maximum(app_len[pf, 0], np.where(ftype[pf] == TCP_OTHER, rng.integers(40, 400, total), 0))[
         kind == REQ
     ]
-    paylen[kind == RESP] = np.maximum(app_len[pf, 1], rng.integers(200, 1200, total))[kind == RESP]
+    resp = kind == RESP
+    paylen[resp] = np.maximum(app_len[pf, 1], rng.integers(200, 1200, total))[resp]
+    if spec.server_hello:  # a TLS server flight is its own length
+        exact = resp & (ftype[pf] == TLS)
+        paylen[exact] = app_len[pf, 1][exact]
+    paylen[echo] = _ECHO_BYTES
     paylen[dns_p] = app_len[pf, direction.astype(np.int64)][dns_p]
     paylen[other_udp] = rng.integers(20, 1200, total)[other_udp]
     paylen = np.minimum(paylen, mss)
@@ -468,7 +527,7 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
         (kind == REQ) | (kind == RESP) | data
     ]
     flags[(kind == FIN_C) | (kind == FIN_S)] = 0x11
-    flags[kind == RST] = 0x14
+    flags[(kind == RST) | (kind == SCAN_RST)] = 0x14
     seqlen = paylen + ((flags & 0x03) != 0)
     isn = rng.integers(0, 1 << 32, (nf, 2), dtype=np.uint64)
     cum = [np.zeros(total, np.int64), np.zeros(total, np.int64)]
@@ -481,6 +540,7 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
     other = np.where(direction == 0, cum[1], cum[0])  # inclusive of everything the peer sent before
     d64 = direction.astype(np.int64)
     seq = (isn[pf, d64] + own.astype(np.uint64)) & np.uint64(0xFFFFFFFF)
+    seq[kind == SCAN_RST] = 0  # a closed port's RST answers the SYN: sequence 0, acknowledging SYN + 1
     ack = np.where(kind == SYN, np.uint64(0), (isn[pf, 1 - d64] + other.astype(np.uint64)) & np.uint64(0xFFFFFFFF))
 
     # timestamps: flows start over the capture; packets spread over each flow's lifetime
@@ -509,7 +569,17 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
         rng.choice([514, 8125, 9000, 27015], nf),
     )
     c_port = rng.integers(32768, 61000, nf)
-    proto = np.where(is_tcp, 6, 17)
+    proto = np.select([is_tcp, icmp], [6, 1], 17)
+    if scan.any():  # a few scanners walk the ports 1-1024 of one internal target after another
+        k = np.cumsum(scan)[scan] - 1
+        target = k // _SCAN_PORTS_PER_TARGET
+        c_lo[scan] = _SCANNER_BASE + target % _SCANNERS
+        s_lo[scan] = (10 << 24) | (2 << 16) | (1 + target % 65535)
+        c_port[scan] = 40000 + target % _SCANNERS  # one source port per scanner (nmap's way)
+        s_port[scan] = 1 + k % _SCAN_PORTS_PER_TARGET
+    if icmp.any():  # echo: the identifier is the flow's, the sequence counts the requests
+        seq[echo] = (c_port[pf][echo].astype(np.uint64) << np.uint64(16)) | (pos[echo] // 2 + 1).astype(np.uint64)
+        c_port[icmp], s_port[icmp] = 8, 0  # the "ports" of an echo exchange (Zeek's, as flows key them)
     outer_sport = source_port(flow_hash(c_hi, c_lo, s_hi, s_lo, c_port, s_port, proto))
     mac = (0x020000000000 | rng.integers(0, 1 << 40, nf)).astype(np.uint64)
     ipid = rng.integers(0, 65536, total)
@@ -521,7 +591,7 @@ def generate(spec: TrafficSpec | None = None) -> Traffic:
     pkts = np.zeros((nf, 2), np.int64)
     np.add.at(pkts, (pf_o, d_o.astype(np.int64)), 1)
     ipb = np.zeros((nf, 2), np.int64)
-    l34 = np.where(ipv6[pf_o], 40, 20) + np.where(is_tcp[pf_o], 20, 8) + paylen[order]
+    l34 = np.where(ipv6[pf_o], 40, 20) + np.where(is_tcp[pf_o], 20, 8) + paylen[order]  # ICMP: 8 too
     np.add.at(ipb, (pf_o, d_o.astype(np.int64)), l34)
 
     def fmt(hi: np.ndarray, lo: np.ndarray) -> list[str]:
@@ -577,3 +647,31 @@ def write_pcap(path: str | Path, n_packets: int, n_flows: int = 4_000, seed: int
     traffic = generate(TrafficSpec(n_packets=n_packets, n_flows=n_flows, seed=seed, **spec))  # type: ignore[arg-type]
     traffic.write_pcap(path)
     return traffic
+
+
+# -- the named shapes (the benchmark's cases) -------------------------------------------------
+# http, tls, other tcp, dns, other udp, scan, icmp: what a mirrored VPC interface mostly sees
+REALISTIC_MIX = (0.18, 0.22, 0.05, 0.35, 0.08, 0.10, 0.02)
+
+
+def realistic(n_packets: int, seed: int = 1, packets_per_flow: float = 15.0, **spec: Any) -> TrafficSpec:
+    """Real mirrored traffic: about ``packets_per_flow`` packets a flow on average, most flows a few
+    packets (DNS pairs, scanned ports, pings, short HTTP and TLS exchanges with a TLS 1.3 server
+    flight), a few long ones (the Pareto tail), over several VNIs."""
+    n_flows = max(1, round(n_packets / packets_per_flow))
+    return TrafficSpec(n_packets=n_packets, n_flows=n_flows, seed=seed, mix=REALISTIC_MIX, server_hello=True, **spec)
+
+
+def long_flows(n_packets: int, seed: int = 1, n_flows: int = 4_000, **spec: Any) -> TrafficSpec:
+    """Few long flows (the default spec; 1 M packets in 4,000 flows: 250 packets a flow)."""
+    return TrafficSpec(n_packets=n_packets, n_flows=n_flows, seed=seed, **spec)
+
+
+def flood(n_packets: int, seed: int = 1, **spec: Any) -> TrafficSpec:
+    """A SYN scan: every flow a SYN to a closed port and its RST, or an unanswered SYN (1-2 packets)."""
+    unanswered = float(spec.get("unanswered_scans", TrafficSpec.unanswered_scans))
+    n_flows = int(np.ceil(n_packets / (2.0 - unanswered) * 1.01)) + 16  # enough packets; cut at n_packets
+    return TrafficSpec(n_packets=n_packets, n_flows=n_flows, seed=seed, mix=(0, 0, 0, 0, 0, 1, 0), **spec)
+
+
+SHAPES: dict[str, Callable[..., TrafficSpec]] = {"realistic": realistic, "long_flows": long_flows, "flood": flood}

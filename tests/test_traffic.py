@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -12,7 +14,21 @@ import pytest
 
 from receiver.capture import open_capture
 from receiver.packets import Layer
-from receiver.traffic import DNS, HTTP, TLS, TrafficSpec, generate, write_pcap
+from receiver.traffic import (
+    DNS,
+    FLOW_TYPE_NAMES,
+    HTTP,
+    ICMP,
+    SCAN,
+    TCP_OTHER,
+    TLS,
+    Traffic,
+    TrafficSpec,
+    flood,
+    generate,
+    realistic,
+    write_pcap,
+)
 
 FIELDS = [
     "frame.len",
@@ -190,3 +206,110 @@ def test_bad_specs_are_refused() -> None:
         generate(TrafficSpec(n_packets=0))
     with pytest.raises(ValueError):
         generate(TrafficSpec(truncate_to=60))
+    with pytest.raises(ValueError):
+        generate(TrafficSpec(mix=(1.0, 1.0)))  # five to seven shares
+    with pytest.raises(ValueError):
+        generate(TrafficSpec(mix=(1.0, 1.0, 1.0, 1.0, -1.0)))
+
+
+# -- the named shapes: the realistic mix and the flood ------------------------------------------
+
+
+def tshark_count(path: Path, display_filter: str) -> int:
+    out = subprocess.run(["tshark", "-n", "-r", str(path), "-Y", display_filter, "-T", "fields", "-e", "frame.number"],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.split())
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Traffic]:
+    path = tmp_path_factory.mktemp("traffic") / "realistic.pcap"
+    traffic = generate(realistic(20_000, seed=4))
+    traffic.write_pcap(path)
+    return path, traffic
+
+
+def test_realistic_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    digests = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        generate(realistic(4_000, seed=seed)).write_pcap(tmp_path / f"{name}.pcap")
+        digests.append(hashlib.sha256((tmp_path / f"{name}.pcap").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert digests[0] != digests[2]
+
+
+def test_realistic_flow_sizes_are_heavy_tailed_around_15(real: tuple[Path, Traffic]) -> None:
+    _path, traffic = real
+    truth = traffic.flows
+    sizes = (truth.packets_c2s + truth.packets_s2c)[truth.seen()]
+    assert traffic.count == 20_000 and sizes.sum() == 20_000
+    assert 14 <= sizes.mean() <= 16
+    assert np.median(sizes) <= 4  # most flows a few packets
+    assert np.mean(sizes <= 2) > 0.4
+    assert (sizes > 100).sum() >= 5  # and a few long ones
+    top = np.sort(sizes)[::-1]
+    assert top[: len(top) // 100].sum() > 0.25 * top.sum()  # the top 1 % carry over a quarter
+    types = Counter(truth.flow_type[truth.seen()].tolist())
+    assert all(types[t] > 0 for t in range(len(FLOW_TYPE_NAMES)))
+    assert types[DNS] == max(types.values())
+    assert all((sizes[truth.flow_type[truth.seen()] == t] <= 2).all() for t in (DNS, SCAN))
+    assert len(set(truth.vni.tolist())) >= 3
+
+
+def test_realistic_dns_http_tls_icmp_and_scans_decode_in_tshark(real: tuple[Path, Traffic]) -> None:
+    path, traffic = real
+    truth = traffic.flows
+    seen = truth.seen()
+    sizes = truth.packets_c2s + truth.packets_s2c
+
+    def packets_of(flow_type: int) -> int:
+        return int(sizes[truth.flow_type == flow_type].sum())
+
+    def flows_of(flow_type: int, at_least: int = 1) -> np.ndarray:
+        return np.intersect1d(seen, np.flatnonzero((truth.flow_type == flow_type) & (sizes >= at_least)))
+
+    assert tshark_count(path, "dns") == packets_of(DNS)  # every DNS packet, queries and answers
+    assert tshark_count(path, "(dns || tls || icmp) && _ws.malformed") == 0
+    rows = tshark_rows(path)
+    qnames = {v for r in rows for v in r["dns.qry.name"]}
+    snis = {v for r in rows for v in r["tls.handshake.extensions_server_name"]}
+    hosts = {v for r in rows for v in r["http.host"]}
+    assert {truth.dns_query[f] for f in flows_of(DNS)} <= qnames
+    whole = truth.vni != traffic.spec.truncating_vni
+    assert {truth.sni[f] for f in np.intersect1d(flows_of(TLS, 4), np.flatnonzero(whole))} <= snis
+    assert {truth.http_host[f] for f in np.intersect1d(flows_of(HTTP, 4), np.flatnonzero(whole))} <= hosts
+    # every TLS flow that got as far answers with a TLS 1.3 ServerHello (the 5th packet)
+    assert tshark_count(path, "tls.handshake.type == 2") == len(np.intersect1d(flows_of(TLS, 5),
+                                                                               np.flatnonzero(whole)))
+    assert tshark_count(path, "tls.handshake.type == 2 && tls.handshake.extensions.supported_version == 0x0304") > 0
+    # scans: a SYN answered by RST-ACK with sequence 0, or unanswered
+    assert tshark_count(path, "tcp.flags == 0x014 && tcp.seq_raw == 0") == len(flows_of(SCAN, 2))
+    assert tshark_count(path, "icmp.type == 8 || icmp.type == 0") == packets_of(ICMP)
+    assert tshark_count(path, "icmp.checksum.status == 1") == packets_of(ICMP)  # checksums correct
+
+
+def test_flood_is_a_syn_scan(tmp_path: Path) -> None:
+    traffic = generate(flood(3_000, seed=2))
+    truth = traffic.flows
+    sizes = (truth.packets_c2s + truth.packets_s2c)[truth.seen()]
+    assert traffic.count == 3_000 and set(sizes.tolist()) == {1, 2} and 1.6 < sizes.mean() < 1.95
+    assert set(truth.flow_type.tolist()) == {SCAN}
+    path = tmp_path / "flood.pcap"
+    traffic.write_pcap(path)
+    flags = Counter(r["tcp.flags"][0] for r in tshark_rows(path))
+    assert flags == {"0x0002": truth.seen().size, "0x0014": int((sizes == 2).sum())}
+
+
+def test_vxmirror_read_gives_a_record_per_flow_of_the_mix(real: tuple[Path, Traffic], tmp_path: Path) -> None:
+    path, traffic = real
+    out = tmp_path / "flows.jsonl"
+    subprocess.run([sys.executable, "-m", "receiver.cli", "read", str(path), "-o", str(out), "--no-progress",
+                    "--quiet"], check=True)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    truth = traffic.flows
+    assert len(records) == truth.seen().size
+    assert sum(r["packets_in"] + r["packets_out"] for r in records) == traffic.count
+    want = Counter({"tcp": 0, "udp": 0, "icmp": 0})
+    for t in truth.flow_type[truth.seen()].tolist():
+        want["tcp" if t in (HTTP, TLS, TCP_OTHER, SCAN) else "icmp" if t == ICMP else "udp"] += 1
+    assert Counter(r["transport"] for r in records) == want

@@ -3,15 +3,24 @@
  * 64 datagrams of one size, fewer when 64 of them exceed the 64 KiB a send can carry), paced to a target rate by a token bucket.
  *
  *   send_ref --to HOST:PORT --rate PPS --seconds T [--size BYTES] [--flows N] [--gso 64]
- *            [--file PAYLOADS] [--vni N]
+ *            [--file PAYLOADS] [--vni N] [--churn N [--churn-port P]]
  *
  * --size: bytes of each UDP payload (VXLAN header + inner Ethernet/IPv4/UDP + padding), >= 50.
  * Without --file, datagrams are synthesized: VXLAN (I flag, --vni), then an inner frame whose
  * IPv4/UDP 5-tuple cycles over --flows flows. --file replays prebuilt payloads instead
  * ([u16 little-endian length][bytes] records, as receiver.traffic's write_datagrams writes),
  * without GSO (their sizes differ), cycling through the file.
+ * --churn N: a new inner flow every N datagrams, never one seen before (the flow number F of the
+ * j-th datagram is j / N: client 10.64.0.0/10 + F, source port from F's high bits, server
+ * 10.0.0.53 port --churn-port, default 53). Within a flow the datagrams alternate client -> server
+ * and back. To port 53 each is a valid DNS message that fills the datagram: a query or response
+ * for "f<F in hex>.churn.example" (id F), padded with an EDNS padding option (RFC 7830) to --size
+ * (>= 104 bytes; smaller datagrams carry opaque UDP to port 8125 instead); to another port,
+ * opaque bytes (what a statsd or syslog flow looks like to a receiver without its parser). IPv4
+ * header checksums are correct, UDP checksums 0. Datagrams are patched in place before each
+ * send, with GSO as without --churn.
  * --rate 0 sends as fast as possible. Prints one JSON line at the end:
- * {"sent":N,"bytes":B,"seconds":S,"rate":R}.
+ * {"sent":N,"bytes":B,"seconds":S,"rate":R} (with --churn also "flows": flows begun).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -63,10 +72,47 @@ static void synth(uint8_t *d, int size, unsigned flow, unsigned vni) {
     for (int i = 8; i < iplen - 20; i++) u[i] = (uint8_t)(i * 31 + flow);
 }
 
+/* --churn: the j-th datagram of the stream, in place (the frame's constant parts set by synth) */
+#define CHURN_DNS_MIN 104 /* 8 VXLAN + 42 Ethernet/IPv4/UDP + 39 DNS question + 15 EDNS padding */
+static void churn(uint8_t *d, int size, unsigned long long j, unsigned n, unsigned port) {
+    unsigned long long f = j / n;
+    int dir = (int)(j % n) & 1;
+    uint8_t *e = d + 8, *ip = e + 14, *u = ip + 20, *m = u + 8;
+    uint32_t client = 0x0a400000u | (uint32_t)(f & 0x3fffff), server = 0x0a000035u;
+    unsigned cport = 1024 + (unsigned)((f >> 22) % 60000);
+    unsigned sport = port == 53 && size < CHURN_DNS_MIN ? 8125 : port;
+    memcpy(e, dir ? "\x02\x00\x00\x00\x00\x01" : "\x06\xaa\xbb\xcc\xdd\x01", 6);
+    memcpy(e + 6, dir ? "\x06\xaa\xbb\xcc\xdd\x01" : "\x02\x00\x00\x00\x00\x01", 6);
+    put16(ip + 4, (unsigned)(j & 0xffff));
+    ip[8] = dir ? 61 : 64;
+    put32(ip + 12, dir ? server : client); put32(ip + 16, dir ? client : server);
+    ip[10] = ip[11] = 0;
+    uint32_t s = 0;
+    for (int i = 0; i < 20; i += 2) s += (ip[i] << 8) | ip[i + 1];
+    s = (s & 0xffff) + (s >> 16); s = (s & 0xffff) + (s >> 16);
+    put16(ip + 10, ~s & 0xffff);
+    put16(u, dir ? sport : cport); put16(u + 2, dir ? cport : sport);
+    if (sport != 53) return;
+    int len = size - 50; /* the DNS message */
+    memset(m, 0, len);
+    put16(m, (unsigned)(f & 0xffff)); put16(m + 2, dir ? 0x8180 : 0x0100);
+    put16(m + 4, 1); put16(m + 10, 1); /* one question, one additional record (OPT) */
+    uint8_t *q = m + 12;
+    char label[8];
+    snprintf(label, sizeof label, "f%06x", (unsigned)(f & 0xffffff));
+    q[0] = 7; memcpy(q + 1, label, 7); q[8] = 5; memcpy(q + 9, "churn", 5);
+    q[14] = 7; memcpy(q + 15, "example", 7); q[22] = 0;
+    put16(q + 23, 1); put16(q + 25, 1); /* A, IN */
+    uint8_t *opt = q + 27; /* root name, OPT, 1232-byte payload, no flags, one padding option */
+    put16(opt + 1, 41); put16(opt + 3, 1232);
+    int pad = len - 12 - 27 - 11 - 4;
+    put16(opt + 9, 4 + pad); put16(opt + 11, 12); put16(opt + 13, pad);
+}
+
 int main(int argc, char **argv) {
     char host[256] = "127.0.0.1";
     int port = 4789, size = 512, gso = 64, flows = 4096;
-    unsigned vni = 101;
+    unsigned vni = 101, every = 0, churn_port = 53;
     double rate = 0, seconds = 3;
     const char *file = NULL;
     for (int i = 1; i < argc; i++) {
@@ -82,12 +128,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--gso") && i + 1 < argc) gso = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--vni") && i + 1 < argc) vni = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--file") && i + 1 < argc) file = argv[++i];
+        else if (!strcmp(argv[i], "--churn") && i + 1 < argc) every = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--churn-port") && i + 1 < argc) churn_port = (unsigned)atoi(argv[++i]);
         else { fprintf(stderr, "send_ref: unknown argument %s\n", argv[i]); return 2; }
     }
     if (!file && gso > 1 && gso * size > 65000) gso = 65000 / size; /* a GSO send carries at most 64 KiB */
     if (gso < 1) gso = 1;
-    if (size < 50 || size > 9000 || gso > 64 || flows < 1) {
-        fprintf(stderr, "send_ref: need 50 <= size <= 9000, 1 <= gso <= 64, flows >= 1\n");
+    if (size < 50 || size > 9000 || gso > 64 || flows < 1 || (every && file)) {
+        fprintf(stderr, "send_ref: need 50 <= size <= 9000, 1 <= gso <= 64, flows >= 1, not --churn with --file\n");
         return 2;
     }
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
@@ -118,7 +166,7 @@ int main(int argc, char **argv) {
         gso = 1;
         per_msg = 1;
     } else {
-        int ring = flows * 2 < 65536 ? flows * 2 : 65536;
+        int ring = every ? MSGS * gso : flows * 2 < 65536 ? flows * 2 : 65536; /* churn: one round of sends */
         ring = (ring + gso - 1) / gso * gso;
         nbuf = (size_t)ring * size;
         buf = malloc(nbuf);
@@ -156,8 +204,12 @@ int main(int argc, char **argv) {
             want = (int)(allowed / per_msg);
             if (want > nmsg) want = nmsg;
         }
+        if (every) /* the datagrams of this round, numbered from what was sent (a short send resends) */
+            for (int i = 0; i < want * per_msg; i++) churn(buf + (size_t)i * size, size, sent + i, every, churn_port);
         for (int i = 0; i < want; i++) {
-            if (file) {
+            if (every) {
+                iov[i].iov_base = buf + (size_t)i * per_msg * size; iov[i].iov_len = (size_t)per_msg * size;
+            } else if (file) {
                 iov[i].iov_base = buf + offs[pos]; iov[i].iov_len = lens[pos];
                 pos = (pos + 1) % nrec;
             } else {
@@ -174,6 +226,10 @@ int main(int argc, char **argv) {
         for (int i = 0; i < r; i++) { sent += file ? 1 : per_msg; bytes += iov[i].iov_len; }
     }
     double el = now() - t0;
-    printf("{\"sent\":%llu,\"bytes\":%llu,\"seconds\":%.6f,\"rate\":%.1f}\n", sent, bytes, el, sent / el);
+    if (every)
+        printf("{\"sent\":%llu,\"bytes\":%llu,\"seconds\":%.6f,\"rate\":%.1f,\"flows\":%llu}\n", sent, bytes, el,
+               sent / el, (sent + every - 1) / every);
+    else
+        printf("{\"sent\":%llu,\"bytes\":%llu,\"seconds\":%.6f,\"rate\":%.1f}\n", sent, bytes, el, sent / el);
     return 0;
 }

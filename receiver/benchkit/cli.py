@@ -12,7 +12,7 @@ DEFAULT_MARGIN = 0.25
 
 def add_arguments(p: argparse.ArgumentParser, *, out: Path, readme: Path | None, bench_dir: Path | None) -> None:
     p.add_argument("--profile", choices=sorted(PROFILES), default="full",
-                   help="quick (under 3 minutes) or full (under 20 minutes on 2 cores); default full")
+                   help="quick (about 5 minutes) or full (about 20 minutes on 2 cores); default full")
     p.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     p.add_argument("--skip", metavar="SECTIONS", help="comma-separated sections to leave out")
     p.add_argument("--out", type=Path, default=out, help=f"results directory (default {out})")

@@ -7,17 +7,21 @@ Sections (each timed; a section that cannot run here is recorded as skipped with
 reason, one that fails as failed with the error, and the others still run):
 
 - ``micro``: pytest-benchmark micro-benchmarks (bench/test_micro.py)
-- ``offline``: ``vxmirror read`` against tshark and a dpkt loop on one generated capture
+- ``offline``: ``vxmirror read`` against tshark and a dpkt loop on three generated captures
+  (realistic mix, long flows, SYN flood)
 - ``core``: packets/s of ``Engine.process`` over batches in memory
 - ``memory``: bytes per active flow at the profile's flow counts
 - ``jsonl``: records/s of the JSON-lines forwarder through the runner
 - ``forwarders``: Splunk HEC and Kafka records/s (bench/bench_forwarders.py)
 - ``pcap_writer``: pcap and pcapng frames/s (bench/bench_pcap_writer.py)
 - ``live``: the loss-free sweep of ``vxmirror serve`` against the C receiver (bench/live_sweep.py)
+- ``churn``: loss-free new flows/s of ``vxmirror serve`` fed a new flow every N datagrams
+  (bench/live_sweep.py --churn)
 
-Output: ``<out>/<UTC timestamp>-<profile>.json`` and ``<out>/latest.json`` (the run, the
-machine, and ``stored_checks``: the latest figures of the regression guard per profile),
-PNG plots in ``<out>``, and the table in the README between its markers.
+Output: ``<out>/latest.json`` (the run, the machine, and ``stored_checks``: the latest figures
+of the regression guard per profile), PNG plots in ``<out>``, and the table in the README
+between its markers. A copy of each run goes to ``<out>/history/<UTC timestamp>-<profile>.json``
+(a local history, not kept in git: the figures' history is git's history of latest.json).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def _section(name: str, profile: Profile, out: Path, work: Path, bench_dir: Path
         return scripts.pcap_writer(profile, bench_dir, out, log)
     if name == "live":
         return scripts.live(profile, bench_dir, out, log)
+    if name == "churn":
+        return scripts.churn(profile, bench_dir, out, log)
     raise ValueError(f"unknown section {name!r}; known: {', '.join(SECTIONS)}")
 
 
@@ -107,6 +113,30 @@ def measure(
     return doc
 
 
+HISTORY = "history"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _previous(out: Path, profile: str) -> dict[str, Any]:
+    """The last run of ``profile`` (its sections are carried over), with the stored checks of every
+    profile: latest.json, or when another profile ran last, the newest run of this one in the history."""
+    latest = _load(out / "latest.json")
+    if latest.get("profile", {}).get("name") == profile:
+        return latest
+    stored = latest.get("stored_checks", {})
+    for path in sorted((out / HISTORY).glob(f"*-{profile}.json"), reverse=True):
+        older = _load(path)
+        if older:
+            return {**older, "stored_checks": stored}
+    return {"stored_checks": stored}
+
+
 def run(
     profile_name: str | Profile,
     out: Path,
@@ -123,12 +153,7 @@ def run(
     doc = measure(profile, out, bench_dir=bench_dir, sections=sections, work=work, command=command, log=log)
     doc["file"] = f"{doc['stamp']}-{profile.name}.json"
     latest = out / "latest.json"
-    previous: dict[str, Any] = {}
-    if latest.exists():
-        try:
-            previous = dict(json.loads(latest.read_text()))
-        except (OSError, ValueError):
-            previous = {}
+    previous = _previous(out, profile.name)
     stored: dict[str, dict[str, float]] = dict(previous.get("stored_checks", {}))
     _carry_over(doc, previous)
     doc["checks"] = {k: v for k, (v, _higher) in report.checks(doc).items()}
@@ -136,13 +161,14 @@ def run(
     stored[profile.name] = {**stored.get(profile.name, {}), **doc["checks"]}
     doc["stored_checks"] = stored
     text = json.dumps(doc, indent=1, default=str)
-    (out / doc["file"]).write_text(text)
+    (out / HISTORY).mkdir(exist_ok=True)
+    (out / HISTORY / doc["file"]).write_text(text)
     tmp = latest.with_suffix(".part")
     tmp.write_text(text)
     tmp.replace(latest)
     if readme is not None:
         write_readme(doc, out, readme)
-    log(f"wrote {out / doc['file']}, {latest}" + (f" and {readme}" if readme else ""))
+    log(f"wrote {latest}, {out / HISTORY / doc['file']}" + (f" and {readme}" if readme else ""))
     return doc
 
 

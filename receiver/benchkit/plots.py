@@ -1,6 +1,6 @@
 """PNG plots of a run (matplotlib, Agg): rates of the offline comparison, per-stage cost and
-memory per flow. (The live sweep's received-against-offered rate curves are drawn by
-bench/live_sweep.py itself.) Returns the file names written; nothing when matplotlib is
+memory per flow. (The live and churn sweeps' received-against-offered rate curves are drawn
+by bench/live_sweep.py itself.) Returns the file names written; nothing when matplotlib is
 not installed (a deployed instance without the dev extra)."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 from typing import Any
+
+from .offline import cases_of
 
 
 def draw(doc: dict[str, Any], out: Path) -> list[str]:
@@ -36,17 +38,12 @@ def draw(doc: dict[str, Any], out: Path) -> list[str]:
     off, core = ok("offline"), ok("core")
     if off or core:
         labels, figs = [], []
-        if off:
-            labels += ["vxmirror read (end to end)"]
-            figs += [off["read_pps"]]
-            if "read_in_process_pps" in off:
-                labels.append("read_records (in process)")
-                figs.append(off["read_in_process_pps"])
-            if "tshark_pps" in off:
-                labels.append("tshark -q -z conv,tcp")
-                figs.append(off["tshark_pps"])
-            labels.append("dpkt per-packet loop")
-            figs.append(off["dpkt_pps"])
+        for name, case in (cases_of(off) if off else {}).items():
+            for key, what in (("read_pps", "vxmirror read (end to end)"), ("read_in_process_pps", "read_records"),
+                              ("tshark_pps", "tshark -q -z conv,tcp"), ("dpkt_pps", "dpkt per-packet loop")):
+                if key in case:
+                    labels.append(f"{case.get('title', name)}: {what}")
+                    figs.append(case[key])
         if core:
             labels += ["Engine.process core", "core, no excerpts/app"]
             figs += [core["pps"], core["pps_no_excerpts_no_app"]]
@@ -98,7 +95,8 @@ def draw(doc: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         written.append("memory.png")
 
-    live = ok("live")
-    if live and (out / live["plot"]).exists():
-        written.append(live["plot"])
+    for name in ("live", "churn"):  # drawn by bench/live_sweep.py
+        sweep = ok(name)
+        if sweep and (out / sweep["plot"]).exists():
+            written.append(sweep["plot"])
     return written

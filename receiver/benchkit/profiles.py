@@ -6,7 +6,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECTIONS = ("micro", "offline", "core", "memory", "jsonl", "forwarders", "pcap_writer", "live")
+SECTIONS = ("micro", "offline", "core", "memory", "jsonl", "forwarders", "pcap_writer", "live", "churn")
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "vxmirror-bench"
 
 
@@ -14,9 +14,10 @@ DEFAULT_WORK = Path(tempfile.gettempdir()) / "vxmirror-bench"
 class Profile:
     name: str
     repeats: int  # repetitions of each timed comparison
-    # offline comparison: one generated VXLAN capture read by vxmirror, tshark and a dpkt loop
+    # offline comparison: generated VXLAN captures (offline.CASES: realistic mix, long flows, SYN
+    # flood) of offline_packets each, read by vxmirror, tshark and a dpkt loop
     offline_packets: int
-    offline_flows: int
+    offline_flows: int  # flows of the long-flows case
     dpkt_packets: int  # the dpkt loop runs on the first this-many packets (rate scaled to packets/s)
     # decode+aggregate core over batches in memory
     core_packets: int
@@ -28,11 +29,16 @@ class Profile:
     micro_min_rounds: int
     # live sweep (bench/live_sweep.py arguments)
     live_args: tuple[str, ...]
+    # churn sweep (bench/live_sweep.py arguments after --receivers ""): new flows/s of serve. Trials
+    # must send several times what the socket buffer and the receive ring hold (about 1 M datagrams
+    # of 128 bytes) for a deficit to show as loss: 2 s trials passed rates that 8 s trials lose
+    churn_args: tuple[str, ...]
     # forwarders
     forwarder_records: int
     forwarder_repeats: int
     pcap_frames: int
     seed: int = 1
+    offline_cases: tuple[str, ...] = ("mix", "long", "flood")
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -48,6 +54,8 @@ QUICK = Profile(
     micro_max_time=0.2,
     micro_min_rounds=3,
     live_args=("--quick",),
+    churn_args=("--churn", "2:dns,10:udp", "--churn-size", "128", "--seconds", "3", "--max-trials", "3",
+                "--churn-steps", "1"),
     forwarder_records=20_000,
     forwarder_repeats=1,
     pcap_frames=200_000,
@@ -65,6 +73,8 @@ FULL = Profile(
     micro_max_time=1.0,
     micro_min_rounds=5,
     live_args=("--sizes", "128,512,1400", "--receivers", "c,c_gro,serve,serve2", "--seconds", "2", "--max-trials", "6"),
+    churn_args=("--churn", "2:dns,2:udp,10:udp", "--churn-size", "128", "--seconds", "8", "--max-trials", "5",
+                "--churn-steps", "2"),
     forwarder_records=100_000,
     forwarder_repeats=3,
     pcap_frames=1_000_000,

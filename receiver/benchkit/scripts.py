@@ -78,19 +78,46 @@ def parse_micro(doc: dict[str, Any]) -> dict[str, Any]:
     return {"benchmarks": rows}
 
 
-def live(profile: Profile, bench_dir: Path | None, out: Path, log: Any = print) -> dict[str, Any]:
+def _sweep(name: str, args: tuple[str, ...], bench_dir: Path | None, out: Path, log: Any) -> dict[str, Any]:
+    """Run bench/live_sweep.py with ``args`` into ``out``/``name``.json and .png; its JSON, plus
+    what the summary keeps of it."""
     script = _need_script(bench_dir, "live_sweep.py")
     if not shutil.which("gcc"):
         raise Unavailable("gcc is not installed (the C reference receiver and sender are built by the sweep)")
     assert bench_dir is not None
-    js, png = out / "live_sweep.json", out / "live_sweep.png"
-    _run([sys.executable, str(script), *profile.live_args, "--out", str(js), "--plot", str(png)],
-         bench_dir.parent, 1500, log)
-    doc = json.loads(js.read_text())
-    return {"summary": doc.get("summary", {}), "plot": png.name, "raw": js.name,
-            "seconds_per_trial": doc.get("seconds_per_trial"), "loss_limit": doc.get("loss_limit"),
-            "wall_seconds": doc.get("wall_seconds"), "command": doc.get("command"),
+    js, png = out / f"{name}.json", out / f"{name}.png"
+    _run([sys.executable, str(script), *args, "--out", str(js), "--plot", str(png)], bench_dir.parent, 1500, log)
+    doc = dict(json.loads(js.read_text()))
+    doc["_kept"] = {"plot": png.name, "raw": js.name, "seconds_per_trial": doc.get("seconds_per_trial"),
+                    "loss_limit": doc.get("loss_limit"), "wall_seconds": doc.get("wall_seconds"),
+                    "command": doc.get("command")}
+    return doc
+
+
+def live(profile: Profile, bench_dir: Path | None, out: Path, log: Any = print) -> dict[str, Any]:
+    doc = _sweep("live_sweep", profile.live_args, bench_dir, out, log)
+    return {"summary": doc.get("summary", {}), **doc["_kept"],
             "results": [_live_result(r) for r in doc.get("results", [])]}
+
+
+def churn(profile: Profile, bench_dir: Path | None, out: Path, log: Any = print) -> dict[str, Any]:
+    """The churn sweep: loss-free new flows/s of ``vxmirror serve`` (live_sweep.py --churn)."""
+    doc = _sweep("churn_sweep", ("--receivers", "", *profile.churn_args), bench_dir, out, log)
+    churned = doc.get("churn", {})
+    return {"summary": churned.get("summary", {}), **doc["_kept"],
+            "results": [_live_result(r) for r in churned.get("results", [])],
+            "trials": [_churn_trial(r, t) for r in churned.get("results", []) for t in r.get("trials", [])],
+            "errors": doc.get("errors", [])}
+
+
+CHURN_TRIAL_KEYS = ("target", "offered", "received_rate", "lost", "loss", "passed", "records", "flows_sent",
+                    "datagrams_received", "records_exported", "forwarder_drops", "kernel_drops", "rcvbuf_errors")
+
+
+def _churn_trial(r: dict[str, Any], t: dict[str, Any]) -> dict[str, Any]:
+    """One churn trial as the report shows it: rates offered and counted, records, drops."""
+    return {"per_flow": r["per_flow"], "payload": r.get("payload", "dns"), "size": r["size"], "sent": t["sent"]["sent"],
+            "seconds": t["sent"]["seconds"], **{k: t[k] for k in CHURN_TRIAL_KEYS if k in t}}
 
 
 def _live_result(r: dict[str, Any]) -> dict[str, Any]:
