@@ -99,6 +99,16 @@ def _fuzzed_table(rng: np.random.Generator, n: int, excerpt_size: int) -> tuple[
     for hi, lo in (("a_hi", "a_lo"), ("b_hi", "b_lo")):
         c[hi][~v6] = 0
         c[lo][~v6] = 0xFFFF00000000 | (c[lo][~v6] & 0xFFFFFFFF)
+    # IPv6 addresses with runs of zero groups (where "::" goes), IPv4-mapped and -compatible ones
+    words = np.where(rng.random((n, 8)) < 0.5, 0, rng.integers(0, 1 << 16, (n, 8))).astype(np.uint64)
+    words[rng.random(n) < 0.1, :5] = 0
+    mapped = rng.random(n) < 0.05
+    words[mapped, 5] = 0xFFFF
+    hi = (words[:, :4] << (np.arange(3, -1, -1, dtype=np.uint64) * 16)).sum(axis=1, dtype=np.uint64)
+    lo = (words[:, 4:] << (np.arange(3, -1, -1, dtype=np.uint64) * 16)).sum(axis=1, dtype=np.uint64)
+    sparse = v6 & (rng.random(n) < 0.5)
+    c["a_hi"][sparse], c["a_lo"][sparse] = hi[sparse], lo[sparse]
+    c["b_hi"][sparse], c["b_lo"][sparse] = np.roll(hi, 1)[sparse], np.roll(lo, 1)[sparse]
     same = rng.random(n) < 0.05
     c["b_hi"][same], c["b_lo"][same] = c["a_hi"][same], c["a_lo"][same]
     ports = rng.integers(0, 65536, (n, 2))

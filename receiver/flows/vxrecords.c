@@ -9,7 +9,6 @@
  * come in as ready JSON fragments and are appended before the closing brace. Nothing here
  * makes a Python object: one call per batch of records (receiver/flows/encode.py wraps it).
  */
-#include <arpa/inet.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -145,8 +144,14 @@ static int shortest(double x, char digits[24], int *exp10) {
         unsigned __int128 lo4 = (unsigned __int128)m * 4 - (m == (1ULL << 52) ? 1 : 2);
         unsigned __int128 x4 = (unsigned __int128)m * 4;
         int even = (m & 1) == 0;
+        /* no multiple of 10^-p for p below p0 can be the answer unless it is also the only one of
+         * 10^-p0 in the interval: 10^-p0 is at least ten gaps between doubles, so at most one
+         * multiple of it lies within (and the digits are the same, its zeros stripped) */
+        int p0 = (int)((double)s * 0.30102999566398114) - 1;
+        if (p0 < 0) p0 = 0;
         unsigned __int128 pow10 = 1;
-        for (int p = 0; p <= 21; p++, pow10 *= 10) {
+        for (int i = 0; i < p0; i++) pow10 *= 10;
+        for (int p = p0; p <= 21; p++, pow10 *= 10) {
             unsigned __int128 a = lo4 * pow10, b = hi4 * pow10;
             unsigned __int128 kmin, kmax;
             if (even) { kmin = (a + (((unsigned __int128)1 << sh) - 1)) >> sh; kmax = b >> sh; }
@@ -329,7 +334,7 @@ static char *community_id(char *o, int proto, const uint8_t *sa, const uint8_t *
 
 /* ---- addresses ---- */
 /* IPv4 dotted quad, as inet_ntop writes it (glibc formats it with sprintf: a third of the
- * cost of a record); IPv6 text stays with inet_ntop (RFC 5952 zero compression). */
+ * cost of a record). */
 static char *ipv4(char *o, const uint8_t *a) {
     for (int i = 0; i < 4; i++) {
         if (i) *o++ = '.';
@@ -338,6 +343,42 @@ static char *ipv4(char *o, const uint8_t *a) {
         else if (v >= 10) *o++ = (char)('0' + v / 10);
         *o++ = (char)('0' + v % 10);
     }
+    return o;
+}
+
+/* IPv6 text as glibc's inet_ntop writes it (RFC 5952: the longest run of two or more zero groups,
+ * the first of equal ones, as "::"; lower-case hex without leading zeros; an IPv4 address in the
+ * last 32 bits of ::a.b.c.d and ::ffff:a.b.c.d), without its sprintf per group. */
+static char *ipv6(char *o, const uint8_t *a) {
+    static const char HEX[] = "0123456789abcdef";
+    unsigned w[8];
+    for (int i = 0; i < 8; i++) w[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
+    int best = -1, best_len = 0, cur = -1, cur_len = 0;
+    for (int i = 0; i < 8; i++) {
+        if (w[i] == 0) {
+            if (cur < 0) { cur = i; cur_len = 1; } else cur_len++;
+        } else if (cur >= 0) {
+            if (best < 0 || cur_len > best_len) { best = cur; best_len = cur_len; }
+            cur = -1;
+        }
+    }
+    if (cur >= 0 && (best < 0 || cur_len > best_len)) { best = cur; best_len = cur_len; }
+    if (best >= 0 && best_len < 2) best = -1;
+    for (int i = 0; i < 8; i++) {
+        if (best >= 0 && i >= best && i < best + best_len) {
+            if (i == best) *o++ = ':';
+            continue;
+        }
+        if (i) *o++ = ':';
+        if (i == 6 && best == 0 && (best_len == 6 || (best_len == 5 && w[5] == 0xffff)))
+            return ipv4(o, a + 12);
+        int started = 0;
+        for (int sh = 12; sh >= 0; sh -= 4) {
+            unsigned nib = (w[i] >> sh) & 15;
+            if (nib || started || sh == 0) { *o++ = HEX[nib]; started = 1; }
+        }
+    }
+    if (best >= 0 && best + best_len == 8) *o++ = ':';
     return o;
 }
 
@@ -425,8 +466,8 @@ EXPORT int64_t vx_encode_records(
         int alen = v6 ? 16 : 4;
         char src[64], dst[64];
         if (v6) {
-            inet_ntop(AF_INET6, sraw, src, sizeof src);
-            inet_ntop(AF_INET6, draw, dst, sizeof dst);
+            *ipv6(src, sraw) = 0;
+            *ipv6(dst, draw) = 0;
         } else {
             *ipv4(src, sraw) = 0;
             *ipv4(dst, draw) = 0;
