@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -120,6 +121,12 @@ class Engine:
         self._fragments: OrderedDict[tuple[int, ...], tuple[int, int]] = OrderedDict()
         self._next_expire: int | None = None  # number of the next grid point of packet time for the timeouts
         self._pending: list[RecordBatch] = []
+        # live service only (0: off, the records do not depend on timing): the share of each second
+        # the application parsers may take; past it, new flows go without them (``_shed``)
+        self.app_budget = 0.0
+        self._app_since = time.monotonic()
+        self._app_spent = 0.0
+        self._app_shed_window = 0
 
     # -- public API ---------------------------------------------------------------------------
     def process(self, batch: PacketBatch, prepared: Prepared | None = None) -> BatchResult:
@@ -281,7 +288,35 @@ class Engine:
         if self.excerpts is not None and has_payload.any():
             self._excerpts(batch, d, idx, flow, direction, has_payload)
         if self.config.app_metadata and has_payload.any():
+            if not self.app_budget:
+                self._app(batch, d, idx, flow, direction, has_payload, prepared)
+                return
+            if self._app_over_budget() and new.size:
+                self._shed(new, flow[has_payload])
+            t0 = time.perf_counter()
             self._app(batch, d, idx, flow, direction, has_payload, prepared)
+            self._app_spent += time.perf_counter() - t0
+
+    def _app_over_budget(self) -> bool:
+        """Whether the application parsers took their share (``app_budget``) of the current second."""
+        now = time.monotonic()
+        if now - self._app_since >= 1.0:
+            if self._app_shed_window:
+                log.warning(
+                    "application parsers over their time budget (%.0f %% of a second): %d new flows got no "
+                    "application metadata (app_shed_flows)", 100 * self.app_budget, self._app_shed_window,
+                )
+            self._app_since, self._app_spent, self._app_shed_window = now, 0.0, 0
+        return self._app_spent > self.app_budget
+
+    def _shed(self, new: I64, with_payload: I64) -> None:
+        """New flows get no application parsers (as if every direction had shown its first
+        packets): counted, when they carry payload, as ``app_shed_flows``."""
+        self.table.cols["app_pkts"][new] = APP_DONE
+        shed = int(np.count_nonzero(np.isin(new, with_payload)))
+        if shed:
+            self._counters["app_shed_flows"] += shed
+            self._app_shed_window += shed
 
     def _excerpts(self, batch: PacketBatch, d: Decoded, idx: I64, flow: I64, direction: I64, pay: Any) -> None:
         assert self.excerpts is not None

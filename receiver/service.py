@@ -240,6 +240,7 @@ class Worker:
         # task-aware flows: VNI -> the mirror session's task/service tags (off without AWS credentials)
         self.labeler = make_labeler(self.cfg.aws)
         self.engine = Engine(self.cfg.engine, labeler=self.labeler, sensor=self.cfg.sensor_name())
+        self.engine.app_budget = self.cfg.listen.app_time_budget
         self.forwarders = self.forwarders_factory(
             self.cfg, self.index, self.labeler.name if self.labeler is not None else None
         )

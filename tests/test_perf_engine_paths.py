@@ -18,7 +18,7 @@ from receiver.appmeta import tls
 from receiver.appmeta.state import START_BYTES, AppState, worth_parsing
 from receiver.engine import _APP_START, Engine, _rank_within
 from receiver.flows.excerpts import ExcerptPool
-from receiver.packets import PacketBatch
+from receiver.packets import Layer, PacketBatch
 from receiver.settings import EngineConfig
 from receiver.traffic import TrafficSpec, generate
 from tests import packet_factory as pf
@@ -324,3 +324,28 @@ def test_parse_hello_reads_the_handshake_once_with_the_same_result() -> None:
     kind, parsed = tls.parse_hello(hello) or (0, {})
     assert kind == 1 and parsed["sni"] == "x.example" and parsed["complete"]
     assert tls.parse_hello(b"GET / HTTP/1.1\r\n") is None
+
+
+@pytest.mark.parametrize("budget", [0.0, 1e-9])
+def test_past_the_parsers_time_budget_new_flows_go_without_them(budget: float) -> None:
+    """The live service's ``app_time_budget``: once the parsers took their share of the current
+    second, new flows get no parser (counted as app_shed_flows); flows that have one keep it.
+    Off (0), every DNS flow is parsed."""
+    c, s = "10.0.0.1", "10.0.0.2"
+
+    def dns_pair(port: int, name: str) -> list[bytes]:
+        q = dpkt.dns.DNS(id=port, qd=[dpkt.dns.DNS.Q(name=name, type=dpkt.dns.DNS_A)])
+        r = dpkt.dns.DNS(id=port, qr=dpkt.dns.DNS_R, qd=q.qd)
+        return [pf.udp(c, s, port, 53, bytes(q)), pf.udp(s, c, 53, port, bytes(r))]
+
+    e = Engine(EngineConfig())
+    e.app_budget = budget
+    first = e.process(PacketBatch.from_frames(dns_pair(40001, "a.example"), [1.0, 1.1], Layer.ETHERNET))
+    later = dns_pair(40002, "b.example") + dns_pair(40001, "a2.example")  # a new flow, and the parsed one
+    second = e.process(PacketBatch.from_frames(later, [1.2, 1.3, 1.4, 1.5], Layer.ETHERNET))
+    recs = {r["src_port"]: r for r in [*first.records, *second.records, *e.finish("end_of_input")]}
+    assert [d["query"] for d in recs[40001]["app"]["dns"]] == ["a.example", "a2.example"]
+    if budget:
+        assert "app" not in recs[40002] and e.counters()["app_shed_flows"] == 1
+    else:
+        assert recs[40002]["app"]["dns"][0]["query"] == "b.example" and "app_shed_flows" not in e.counters()

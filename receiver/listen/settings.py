@@ -83,6 +83,14 @@ class ListenConfig:
     steering: bool = opt(True, "steer both directions of a flow to one worker with a reuseport BPF program")
     allow_sources: list[str] = opt(DEFAULT_ALLOW, "networks datagrams are accepted from (CIDR)")
     tick_interval: float = opt(1.0, "how often open flows are checked for timeouts, seconds", 0.05)
+    app_time_budget: float = opt(
+        0.5,
+        "share of each second a worker's application parsers (HTTP, DNS, TLS) may take; past it, new flows "
+        "get no application metadata (counted as app_shed_flows, logged) so that packets and records keep "
+        "up with a burst (0: no limit)",
+        0.0,
+        1.0,
+    )
     shutdown_timeout: float = opt(
         60.0, "seconds allowed to export flows and flush on shutdown (a full table of 1 M flows took 7 s)", 1.0
     )
