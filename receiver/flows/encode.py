@@ -70,6 +70,15 @@ def _load() -> ctypes.CDLL | None:
 
 _lib = _load()
 
+# a bytes object of a given size to write into, and its shrinking once written (CPython's own
+# calls: a new bytes object is not shared until it is returned)
+_bytes_new = ctypes.pythonapi.PyBytes_FromStringAndSize
+_bytes_new.restype = ctypes.py_object
+_bytes_new.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_bytes_resize = ctypes.pythonapi._PyBytes_Resize
+_bytes_resize.restype = ctypes.c_int
+_bytes_resize.argtypes = [ctypes.POINTER(ctypes.py_object), ctypes.c_ssize_t]
+
 
 def available() -> bool:
     """Whether records are built in C (else by ``records.build_records``)."""
@@ -155,7 +164,9 @@ def _encode(
     exc_b64 = 2 * 4 * ((excerpts.size + 2) // 3) if excerpts is not None else 0
     with_app = int(np.count_nonzero(np.diff(app_off)))
     cap = n * (LINE_MAX + exc_b64 + aws_max + len(suffix)) + len(app_text) + 8 * with_app + 64
-    out = _scratch(cap)
+    # the records are written straight into a bytes object, then cut to their size (a realloc that
+    # shrinks in place): no copy of the output (it was a tenth of a record's cost)
+    out = ctypes.py_object(_bytes_new(None, cap))
     ends = np.empty(n, np.int64)
     cid = np.empty((n, CID_BYTES), np.uint8)
     vni = np.empty(n, np.int64)
@@ -172,23 +183,13 @@ def _encode(
         flows.ctypes.data, n, ptrs, ctypes.byref(_TRANSPORTS[0]), ctypes.byref(_TCP_FLAGS[0]), quoted, len(quoted),
         float("nan") if now is None else now, None if rows is None else rows.ctypes.data,
         0 if excerpts is None else excerpts.size, app_text, app_off.ctypes.data, aws_idx.ctypes.data,
-        ctypes.byref(aws[0]), suffix, len(suffix), out.ctypes.data, cap, ends.ctypes.data, cid.ctypes.data,
+        ctypes.byref(aws[0]), suffix, len(suffix), out.value, cap, ends.ctypes.data, cid.ctypes.data,
         vni.ctypes.data, ts_start.ctypes.data, ts_end.ctypes.data,
     )
     if size < 0:  # pragma: no cover - the capacity above is an upper bound
         raise RuntimeError("encode_records: output buffer too small")
-    return RecordBatch(out[:size].tobytes(), ends, cid.view(CID_DTYPE).reshape(n), vni, ts_start, ts_end)
-
-
-_SCRATCH: list[np.ndarray] = [np.empty(0, np.uint8)]
-
-
-def _scratch(size: int) -> np.ndarray:
-    """The output buffer, kept from one call to the next (its pages stay mapped: a new one each
-    call cost a page fault every 4 kB). Records are built on the engine's thread only."""
-    if _SCRATCH[0].size < size:
-        _SCRATCH[0] = np.empty(max(size, 2 * _SCRATCH[0].size), np.uint8)
-    return _SCRATCH[0]
+    _bytes_resize(ctypes.byref(out), size)  # (out holds the only reference, as it must)
+    return RecordBatch(out.value, ends, cid.view(CID_DTYPE).reshape(n), vni, ts_start, ts_end)
 
 
 def format_floats(values: np.ndarray, round6: bool = False) -> list[bytes]:

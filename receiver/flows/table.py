@@ -66,6 +66,14 @@ COLUMNS: dict[str, tuple[str, bool]] = {
 }
 
 
+# what _allocate sets for a new flow (and _insert: "slot"); every other column starts at zero
+_SET_ON_ALLOCATE = frozenset(
+    ("khash", "kvni", "kproto", "a_hi", "a_lo", "b_hi", "b_lo", "a_port", "b_port", "used", "orig", "t_last",
+     "seg_start", "slot")
+)
+_ZEROED = tuple(name for name in COLUMNS if name not in _SET_ON_ALLOCATE)
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(4, (n - 1).bit_length())
 
@@ -209,7 +217,7 @@ class FlowTable:
         self.n_free -= n
         self.n_used += n
         c = self.cols
-        for name, (_dtype, _per_dir) in COLUMNS.items():
+        for name in _ZEROED:
             c[name][flows] = 0
         c["khash"][flows] = keys.hash[first]
         c["kvni"][flows] = keys.vni[first]
