@@ -191,8 +191,9 @@ def test_spool_survives_restart(tmp_path: Path) -> None:
     assert c["sent"] == 0 and c["spool_records"] == 35 and balanced(c)
 
     sink2 = FakeSink(ctx(tmp_path), lambda r, n: None)
-    fwd2 = RecordForwarder(sink2, fast())
+    fwd2 = RecordForwarder(sink2, fast(), start=False)  # (started, it would replay at once)
     assert fwd2.counters()["spool_records"] == 35
+    fwd2.start()
     fwd2.put(recs(35, 40))
     wait_for(lambda: fwd2.counters()["sent"] == 40)
     fwd2.close(5)

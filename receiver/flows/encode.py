@@ -70,14 +70,6 @@ def _load() -> ctypes.CDLL | None:
 
 _lib = _load()
 
-# a bytes object of a given size to write into, and its shrinking once written (CPython's own
-# calls: a new bytes object is not shared until it is returned)
-_bytes_new = ctypes.pythonapi.PyBytes_FromStringAndSize
-_bytes_new.restype = ctypes.py_object
-_bytes_new.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-_bytes_resize = ctypes.pythonapi._PyBytes_Resize
-_bytes_resize.restype = ctypes.c_int
-_bytes_resize.argtypes = [ctypes.POINTER(ctypes.py_object), ctypes.c_ssize_t]
 
 
 def available() -> bool:
@@ -118,17 +110,18 @@ def _app_fragments(flows: np.ndarray, app: dict[int, Any], interim: bool) -> tup
     """The ``app`` objects (JSON) of the records whose flow has application metadata, back to
     back, and where each record's starts (``n + 1`` offsets; an empty one for none)."""
     states = list(map(app.get, flows.tolist()))
-    lens = np.zeros(flows.size + 1, np.int64)
+    lens = [0] * (flows.size + 1)  # (a list: a numpy element set per record costs more)
     parts = []
-    for j, state in enumerate(states):
+    dumps = orjson.dumps
+    for j, state in enumerate(states, 1):
         if state is None:
             continue
         meta = state if isinstance(state, dict) else state.to_record(copy=interim)
         if meta:
-            part = orjson.dumps(meta)
+            part = dumps(meta)
             parts.append(part)
-            lens[j + 1] = len(part)
-    return b"".join(parts), np.cumsum(lens)
+            lens[j] = len(part)
+    return b"".join(parts), np.cumsum(np.array(lens, np.int64))
 
 
 def _aws_fragments(
@@ -164,9 +157,7 @@ def _encode(
     exc_b64 = 2 * 4 * ((excerpts.size + 2) // 3) if excerpts is not None else 0
     with_app = int(np.count_nonzero(np.diff(app_off)))
     cap = n * (LINE_MAX + exc_b64 + aws_max + len(suffix)) + len(app_text) + 8 * with_app + 64
-    # the records are written straight into a bytes object, then cut to their size (a realloc that
-    # shrinks in place): no copy of the output (it was a tenth of a record's cost)
-    out = ctypes.py_object(_bytes_new(None, cap))
+    out = _scratch(cap)
     ends = np.empty(n, np.int64)
     cid = np.empty((n, CID_BYTES), np.uint8)
     vni = np.empty(n, np.int64)
@@ -183,13 +174,26 @@ def _encode(
         flows.ctypes.data, n, ptrs, ctypes.byref(_TRANSPORTS[0]), ctypes.byref(_TCP_FLAGS[0]), quoted, len(quoted),
         float("nan") if now is None else now, None if rows is None else rows.ctypes.data,
         0 if excerpts is None else excerpts.size, app_text, app_off.ctypes.data, aws_idx.ctypes.data,
-        ctypes.byref(aws[0]), suffix, len(suffix), out.value, cap, ends.ctypes.data, cid.ctypes.data,
+        ctypes.byref(aws[0]), suffix, len(suffix), out.ctypes.data, cap, ends.ctypes.data, cid.ctypes.data,
         vni.ctypes.data, ts_start.ctypes.data, ts_end.ctypes.data,
     )
     if size < 0:  # pragma: no cover - the capacity above is an upper bound
         raise RuntimeError("encode_records: output buffer too small")
-    _bytes_resize(ctypes.byref(out), size)  # (out holds the only reference, as it must)
-    return RecordBatch(out.value, ends, cid.view(CID_DTYPE).reshape(n), vni, ts_start, ts_end)
+    return RecordBatch(out[:size].tobytes(), ends, cid.view(CID_DTYPE).reshape(n), vni, ts_start, ts_end)
+
+
+_SCRATCH: list[np.ndarray] = [np.empty(0, np.uint8)]
+
+
+def _scratch(size: int) -> np.ndarray:
+    """The output buffer, kept from one call to the next (its pages stay mapped: a new one each
+    call cost a page fault every 4 kB), then copied to the batch's bytes. (Writing straight into
+    a bytes object and shrinking it with CPython's _PyBytes_Resize saved the copy, but ctypes
+    keeps its own pointer to the object it was given: under AddressSanitizer, whose realloc always
+    moves, that pointer was freed memory.) Records are built on the engine's thread only."""
+    if _SCRATCH[0].size < size:
+        _SCRATCH[0] = np.empty(max(size, 2 * _SCRATCH[0].size), np.uint8)
+    return _SCRATCH[0]
 
 
 def format_floats(values: np.ndarray, round6: bool = False) -> list[bytes]:
