@@ -14,10 +14,11 @@ application metadata for the few packets that need them (Python, per packet, onl
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -402,64 +403,91 @@ class Engine:
             sel, p, f_sel, maybe, heading = sel[keep], p[keep], f_sel[keep], maybe[keep], heading[keep]
             if not sel.size:
                 return
-        proto, sport, dport, off = d.proto[p], d.sport[p], d.dport[p], d.pay_off[p]
-        orig = self.table.cols["orig"][f_sel].tolist()
+        # flow by flow (each flow's packets in arrival order), the flows by service port (the lower
+        # port): a flow's parser is looked up once and stays in the cache while its packets are fed,
+        # and flows of one kind follow each other (the same parser code, warm: 10-15 % less time than
+        # in arrival order). Parsers share nothing: the order of the flows does not matter.
+        by_flow = _stable_order(f_sel)
+        service = np.minimum(d.sport[p], d.dport[p])[by_flow].astype(np.uint16)
+        by_flow = by_flow[np.argsort(service, kind="stable")]  # (a radix sort: 16-bit keys)
+        sel, p, f_sel, maybe, heading = sel[by_flow], p[by_flow], f_sel[by_flow], maybe[by_flow], heading[by_flow]
+        k_sel = key[sel]
+        # the direction as the parser sees it (0: originator to responder)
+        dr = (k_sel & 1) ^ self.table.cols["orig"][f_sel]
         mv = batch.buf.data  # a memoryview: slices without numpy objects
-        done: set[int] = set()
+        app, max_items, new_state = self.app, self.config.app_max_items, AppState
         n_seen: dict[int, int] = {}  # flow * 2 + direction -> payload packets shown, updated here
-        app, max_items = self.app, self.config.app_max_items
-        fed: set[int] = set()
-        for f, k, c0, o, off_, cap, pr, sp, dp, mb, hd in zip(
-            f_sel.tolist(), key[sel].tolist(), count[sel].tolist(), orig, off.tolist(), d.pay_cap[p].tolist(),
-            proto.tolist(), sport.tolist(), dport.tolist(), maybe.tolist(), heading.tolist(),
+        dead: set[int] = set()  # flow * 2 + direction not shown any more in this batch
+        started: list[int] = []  # flows given a parser here
+        ended: list[int] = []  # flows whose parser finished here
+        fed: dict[int, AppState] = {}  # flows fed here: their parser
+        at = -1  # the flow of the packet before
+        state: AppState | dict[str, Any] | None = None
+        for f, k, c0, r, off_, cap, pr, sp, dp, mb, hd in zip(
+            f_sel.tolist(), k_sel.tolist(), count[sel].tolist(), dr.tolist(), d.pay_off[p].tolist(),
+            d.pay_cap[p].tolist(), d.proto[p].tolist(), d.sport[p].tolist(), d.dport[p].tolist(), maybe.tolist(),
+            heading.tolist(),
         ):
-            if f in done or n_seen.get(k) == APP_DONE:  # done earlier in this batch (the flow, or this direction)
+            if k in dead:  # done earlier in this batch (the flow, or this direction)
                 continue
-            state = app.get(f)
-            if hd and not (isinstance(state, AppState) and state.gathering((k & 1) ^ o)):
-                continue  # no head open there (any more): not shown
-            if not isinstance(state, AppState):
-                if not mb or not worth_parsing(payload := mv[off_ : off_ + cap].tobytes(), pr, sp, dp):
+            if f != at:
+                at, state = f, app.get(f)
+            if not isinstance(state, AppState):  # (None: the flow has no parser)
+                if hd:
+                    continue  # no head open there: not shown
+                # (on UDP ``maybe`` is worth_parsing: a DNS port)
+                if not mb or (pr != UDP and not worth_parsing(payload := mv[off_ : off_ + cap].tobytes(), pr, sp, dp)):
                     # opaque payload: after the first few packets this direction is not looked at again
                     c = n_seen.get(k, c0) + 1
-                    n_seen[k] = c if c < APP_FIRST_PACKETS else APP_DONE
+                    if c < APP_FIRST_PACKETS:
+                        n_seen[k] = c
+                    else:
+                        dead.add(k)
                     continue
-                state = app[f] = AppState(max_items)
-                parsing[f] = True
-            elif not mb and state.ignores((k & 1) ^ o):
+                if pr == UDP:
+                    payload = mv[off_ : off_ + cap].tobytes()
+                state = app[f] = new_state(max_items)
+                started.append(f)
+            elif hd and not state.gathering(r):
+                continue  # no head open there (any more): not shown
+            elif not mb and state.ignores(r):
                 # what the parser would ignore (an HTTP body) is counted as shown, not copied
-                n_seen[k] = min(n_seen.get(k, c0) + 1, APP_DONE - 1)
+                n_seen[k] = n_seen.get(k, c0) + 1
                 continue
             else:
                 payload = mv[off_ : off_ + cap].tobytes()
-            state.feed((k & 1) ^ o, payload, pr, sp, dp)
-            fed.add(f)
+            state.feed(r, payload, pr, sp, dp)
+            fed[f] = state
             if state.wants_more:
-                n_seen[k] = min(n_seen.get(k, c0) + 1, APP_DONE - 1)
+                n_seen[k] = n_seen.get(k, c0) + 1
             else:
                 # nothing more to learn: keep only the result (or nothing), not the parser's buffers
-                done.add(f)
+                dead.add(k)
+                dead.add(k ^ 1)
+                ended.append(f)
                 meta = state.to_record(copy=False)  # the parser is dropped here
                 if meta:
                     app[f] = meta
                 else:
                     del app[f]
-        if n_seen:
-            keys = np.fromiter(n_seen.keys(), np.int64, len(n_seen))
-            seen[keys >> 1, keys & 1] = np.fromiter(n_seen.values(), np.int64, len(n_seen))
-        if done:
-            ended = np.fromiter(done, np.int64, len(done))
-            seen[ended] = APP_DONE
-            parsing[ended] = False
+        seen_flat = seen.reshape(-1)
+        if n_seen:  # (a direction's count stops below APP_DONE while its parser looks)
+            seen_flat[np.fromiter(n_seen.keys(), np.int64, len(n_seen))] = np.minimum(
+                np.fromiter(n_seen.values(), np.int64, len(n_seen)), APP_DONE - 1)
+        if dead:  # (directions that showed their first packets, opaque; and those of finished parsers)
+            seen_flat[np.fromiter(dead, np.int64, len(dead))] = APP_DONE
+        if started:
+            parsing[np.array(started, np.int64)] = True
+        if ended:
+            parsing[np.array(ended, np.int64)] = False
         # which directions gather a head now (their next segments are shown: _head_segments)
-        gathering = self.table.cols["app_head"]
-        for f in fed:
-            state = app.get(f)
-            if isinstance(state, AppState):
-                o = int(self.table.cols["orig"][f])
-                gathering[f] = (state.gathering(o), state.gathering(1 - o))
-            else:
-                gathering[f] = False
+        if fed:
+            gathering = self.table.cols["app_head"]
+            gathering[np.fromiter(fed, np.int64, len(fed))] = False
+            for f, parser in fed.items():  # (one that finished gathers nothing)
+                h0, h1 = parser.heads()
+                if h0 or h1:
+                    gathering[f] = (h1, h0) if self.table.cols["orig"][f] else (h0, h1)
 
     def _head_segments(self, batch: PacketBatch, d: Decoded, idx: I64, key: I64, live: I64, want: B) -> B:
         """Of the ``live`` packets not in ``want``: those that may continue a message head the
@@ -476,8 +504,9 @@ class Engine:
         open_before = self.table.cols["app_head"].reshape(-1)[lk]
         if not starts.size and not open_before.any():
             return out
-        of_interest = np.isin(lk, np.union1d(lk[starts], lk[open_before]))
-        m = np.flatnonzero(of_interest)
+        # the directions with a start or a head open (flow * 2 + direction: bounded by the table's
+        # size, a lookup table is quicker than sorting)
+        m = np.flatnonzero(np.isin(lk, np.concatenate((lk[starts], lk[open_before])), kind="table"))
         start = np.zeros(live.size, np.bool_)
         start[starts] = True
         out[m] = _segment_runs(lk[m], start[m], open_before[m], appstate.HEAD_SEGMENTS)
@@ -563,9 +592,8 @@ class Engine:
             c["seg_start"][flows] = now
             c["segments"][flows] += 1
             return
-        if self.app:
-            for f in flows.tolist():
-                self.app.pop(f, None)
+        if self.app:  # (a loop in C: map over the flows)
+            deque(map(self.app.pop, flows.tolist(), itertools.repeat(None)), maxlen=0)
         if self.excerpts is not None:
             rows = c["exc_row"][flows].reshape(-1).astype(np.int64)
             self.excerpts.release(rows[rows > 0] - 1)
@@ -661,7 +689,7 @@ def _only_counted(maybe: B, parsing: B, flows: I64) -> B:
     started by a packet of this batch sees the flow's later packets)."""
     opaque = ~maybe & ~parsing
     if opaque.any() and maybe.any():
-        opaque &= ~np.isin(flows, flows[maybe])
+        opaque &= ~np.isin(flows, flows[maybe], kind="table")  # (flow numbers: a lookup table beats sorting)
     return opaque
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import struct
+from socket import inet_ntoa
 from typing import Any
 
 QTYPES = {
@@ -128,63 +129,123 @@ def _rdata(msg: bytes, rtype: int, pos: int, rdlen: int, memo: dict[int, tuple[s
     return qtype_name(rtype)
 
 
+# (id, qr, opcode, query, qtype, rcode, answers, ttls): what ``parse`` returns, as a tuple
+Message = tuple[int, bool, int, str | None, str | None, str | None, list[str], list[int]]
+_HEADER = struct.Struct("!HHHH")  # id, flags, questions, answers
+_RR = struct.Struct("!HHIH")  # type, class, TTL, data length
+# Question names without compression pointers, by their wire bytes (the terminating 0 included),
+# as _resolve decodes them: the same names come again and again (a response repeats its query's).
+# Bounded (cleared when full): the payloads are the network's.
+_PLAIN_NAMES: dict[bytes, str] = {}
+PLAIN_NAMES_MAX = 8192
+
+
 def parse(payload: bytes, tcp: bool = False, netbios: bool = False) -> dict[str, Any] | None:
     """``{id, qr, opcode, query, qtype, rcode, answers, ttls}`` or None if it is not DNS.
 
     ``tcp``: the message carries the 2-byte length prefix of DNS over TCP.
     ``netbios``: decode NetBIOS names (NBNS on port 137).
     """
+    m = parse_message(payload, tcp, netbios)
+    if m is None:
+        return None
+    tid, qr, opcode, query, qtype, rcode, answers, ttls = m
+    return {"id": tid, "qr": qr, "opcode": opcode, "query": query, "qtype": qtype, "rcode": rcode,
+            "answers": answers, "ttls": ttls}  # fmt: skip
+
+
+def parse_message(payload: bytes, tcp: bool = False, netbios: bool = False) -> Message | None:
+    """What :func:`parse` says, as a tuple (no dict: the per-flow state takes the fields it needs)."""
     if tcp:
         if len(payload) < 2:
             return None
-        (ln,) = struct.unpack_from("!H", payload)
-        payload = payload[2 : 2 + ln]
-    if len(payload) < 12:
+        payload = payload[2 : 2 + ((payload[0] << 8) | payload[1])]
+    n = len(payload)
+    if n < 12:
         return None
-    tid, flags, qd, an, _ns, _ar = struct.unpack_from("!HHHHHH", payload)
-    qr = bool(flags & 0x8000)
-    opcode = (flags >> 11) & 0xF
+    tid, flags, qd, an = _HEADER.unpack_from(payload)
     if qd > 64 or an > 512:
         return None
-    out: dict[str, Any] = {
-        "id": tid,
-        "qr": qr,
-        "opcode": opcode,
-        "query": None,
-        "qtype": None,
-        "rcode": _RCODE_NAMES[flags & 0xF] if qr else None,
-        "answers": [],
-        "ttls": [],
-    }
+    qr = flags >= 0x8000
+    if qd == 1 and an <= 1:  # the usual message: one question (a name read before), and maybe its answer
+        z = payload.find(0, 12)
+        name = _PLAIN_NAMES.get(payload[12 : z + 1]) if z >= 12 and z + 5 <= n else None
+        if name is not None:
+            # (what the loops below make of it; anything else is left to them)
+            qt = (payload[z + 1] << 8) | payload[z + 2]
+            pos = z + 5
+            rcode = _RCODE_NAMES[flags & 0xF] if qr else None
+            if netbios and name:
+                name = netbios_name(name)
+            if not an:
+                return tid, qr, (flags >> 11) & 0xF, name, QTYPES.get(qt) or str(qt), rcode, [], []
+            if pos + 12 <= n and payload[pos] == 0xC0 and payload[pos + 1] == 12:  # named as the question
+                rtype, _cls, ttl, rdlen = _RR.unpack_from(payload, pos + 2)
+                pos += 12
+                if rtype == 1 and rdlen == 4 and pos + 4 <= n:
+                    return (tid, qr, (flags >> 11) & 0xF, name, QTYPES.get(qt) or str(qt), rcode,
+                            [inet_ntoa(payload[pos : pos + 4])], [ttl])  # fmt: skip
+                if rtype == 28 and rdlen == 16 and pos + 16 <= n:
+                    return (tid, qr, (flags >> 11) & 0xF, name, QTYPES.get(qt) or str(qt), rcode,
+                            [_ipv6_text(payload[pos : pos + 16])], [ttl])  # fmt: skip
+    query: str | None = None
+    qtype: str | None = None
+    answers: list[str] = []
+    ttls: list[int] = []
     pos = 12
     memo: dict[int, tuple[str, int]] = {}
     try:
         for i in range(qd):
-            name, pos, _ = _resolve(payload, pos, 0, memo)
-            if pos + 4 > len(payload):
+            z = payload.find(0, pos)  # where a name without pointers ends
+            name = _PLAIN_NAMES.get(payload[pos : z + 1]) if z >= 0 else None
+            if name is not None:
+                memo[pos] = (name, 0)  # (as _resolve leaves it)
+                pos = z + 1
+            else:
+                start = pos
+                name, pos, hops = _resolve(payload, pos, 0, memo)
+                if hops == 0 and pos == z + 1:  # (the name is the bytes up to that 0, whatever surrounds them)
+                    if len(_PLAIN_NAMES) >= PLAIN_NAMES_MAX:
+                        _PLAIN_NAMES.clear()
+                    _PLAIN_NAMES[payload[start:pos]] = name
+            if pos + 4 > n:
                 raise _Cut
-            qt = (payload[pos] << 8) | payload[pos + 1]
-            pos += 4
             if i == 0:
-                out["query"] = name
-                out["qtype"] = qtype_name(qt)
+                query = name
+                qt = (payload[pos] << 8) | payload[pos + 1]
+                qtype = QTYPES.get(qt) or str(qt)
+            pos += 4
         for _ in range(min(an, MAX_ANSWERS)):
-            name, pos, _ = _resolve(payload, pos, 0, memo)
-            if pos + 10 > len(payload):
+            # the usual answer name: a pointer to a name read already (the question's)
+            if pos + 1 < n and payload[pos] >= 0xC0:
+                ptr = ((payload[pos] & 0x3F) << 8) | payload[pos + 1]
+                hit = memo.get(ptr)
+                if hit is not None and ptr < pos and hit[1] <= 16:
+                    name = hit[0]
+                    memo[pos] = (name, 1 + hit[1])  # (as _resolve leaves it)
+                    pos += 2
+                else:
+                    name, pos, _ = _resolve(payload, pos, 0, memo)
+            else:
+                name, pos, _ = _resolve(payload, pos, 0, memo)
+            if pos + 10 > n:
                 raise _Cut
-            rtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", payload, pos)
+            rtype, _cls, ttl, rdlen = _RR.unpack_from(payload, pos)
             pos += 10
-            if pos + rdlen > len(payload):
+            if pos + rdlen > n:
                 raise _Cut
-            if out["query"] is None:  # mDNS answers without a question section
-                out["query"] = name
+            if query is None:  # mDNS answers without a question section
+                query = name
             if rtype != 41:
-                out["answers"].append(_rdata(payload, rtype, pos, rdlen, memo))
-                out["ttls"].append(ttl)
+                if rtype == 1 and rdlen == 4:
+                    answers.append(inet_ntoa(payload[pos : pos + 4]))  # (as str(ipaddress.IPv4Address))
+                else:
+                    answers.append(_rdata(payload, rtype, pos, rdlen, memo))
+                ttls.append(ttl)
             pos += rdlen
     except (_Cut, struct.error, ValueError):
-        if out["query"] is None and qd:
-            return None if not qr and not an else out
-    if netbios and out["query"]:
-        out["query"] = netbios_name(out["query"])
-    return out
+        if query is None and qd and not qr and not an:
+            return None
+    if netbios and query:
+        query = netbios_name(query)
+    return tid, qr, (flags >> 11) & 0xF, query, qtype, _RCODE_NAMES[flags & 0xF] if qr else None, answers, ttls

@@ -11,6 +11,11 @@ by content for HTTP and TLS (HTTP on port 22 or 27272 is still HTTP) and by port
 TLS hellos may span segments (a post-quantum key share makes a ClientHello ~1.8 KB): the
 first segments of a direction that starts with a TLS handshake record are concatenated
 here (up to ``tls_buffer`` bytes) until the hello parses completely.
+
+One AppState lives per flow with payload until the flow ends (a TLS flow's only until both hellos
+are read), so it holds no container before it needs one: 121 bytes alone, about 600 with a DNS
+query and its answer, 1 KB with an HTTP request and its response. What each kind of flow costs
+(time and memory) is in docs/architecture.md, *What the parsers cost*.
 """
 
 from __future__ import annotations
@@ -26,14 +31,11 @@ UNKNOWN_GIVE_UP = 4  # payload packets with nothing recognised before giving up 
 HEAD_SEGMENTS = 8  # segments gathered for one message head
 _PROBE_LEN = 8  # shorter starts that could begin "GET " or "HTTP/" wait for more bytes
 _TLS, _HTTP, _PROBE = 1, 2, 3
+_NO_HEADS = (False, False)
 # First payload bytes for which ``worth_parsing`` can hold on TCP away from the DNS ports: a TLS
 # handshake record, or the first letter of an HTTP method or of "HTTP/". Lets a caller screen
 # packets in bulk (a superset test) before building a bytes object for each.
 START_BYTES = frozenset({0x16, ord("H")} | {m[0] for m in http.METHODS})
-
-
-def _dns_tcp(sport: int, dport: int) -> bool:
-    return sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS
 
 
 def worth_parsing(payload: bytes, ip_proto: int, sport: int, dport: int) -> bool:
@@ -44,27 +46,40 @@ def worth_parsing(payload: bytes, ip_proto: int, sport: int, dport: int) -> bool
         return sport in DNS_UDP_PORTS or dport in DNS_UDP_PORTS
     if ip_proto != TCP or not payload:
         return False
-    if _dns_tcp(sport, dport):
+    if sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS:
         return True
     if payload[0] == 0x16:
         return tls.looks_like_tls_handshake(payload)
     return http.looks_like_http(payload) or (len(payload) < _PROBE_LEN and http.could_start_http(payload))
 
 
+# What each direction of a TCP flow is in the middle of: one list per flow (made on its first TCP
+# payload; a list, not an object per direction: cheaper to make, and smaller), at these offsets
+# plus the direction (0 or 1):
+_LAST = 0  # hash of the direction's last payload (retransmissions), not the payload: a flow's
+# parser lives until the flow ends, and two 1.4 KB copies per flow would dominate its memory
+_BUF = 2  # a message head being gathered (bytearray), or None
+_MODE = 4  # what it holds: _TLS, _HTTP or _PROBE
+_SEGS = 6  # segments in it
+_DONE = 8  # ClientHello / ServerHello parsed (or given up)
+_SEEN = 10  # payload packets fed
+_TCP_NEW = (None, None, None, None, 0, 0, 0, 0, False, False, 0, 0)
+
+
 class AppState:
-    """What one flow's payload revealed. ``to_record()`` is the FlowRecord's ``app`` object."""
+    """What one flow's payload revealed. ``to_record()`` is the FlowRecord's ``app`` object.
+
+    Lean, as one lives per flow with payload until the flow ends: no container is made before
+    something needs it (the items of a protocol when it is seen, the state of the directions of
+    a TCP flow on its first payload). A flow's payloads are all TCP or all UDP."""
 
     __slots__ = (
-        "_buf",
         "_dns_pending",
         "_gave_up",
         "_http_pending",
         "_kind",
-        "_last",
-        "_mode",
         "_seen",
-        "_segs",
-        "_tls_done",
+        "_tcp",
         "dns",
         "http",
         "max_items",
@@ -75,22 +90,15 @@ class AppState:
     def __init__(self, max_items: int = 8, tls_buffer: int = 16384) -> None:
         self.max_items = max_items
         self.tls_buffer = tls_buffer
-        self.http: list[dict[str, Any]] = []
-        self.dns: list[dict[str, Any]] = []
-        self.tls: dict[str, Any] = {}
-        # plain lists, not deques: a deque costs 760 bytes even when empty, and one AppState
-        # lives per flow with payload until the flow ends
-        self._http_pending: list[dict[str, Any]] = []
-        self._dns_pending: dict[int, list[dict[str, Any]]] = {}
+        self.http: list[dict[str, Any]] | None = None  # (None: no item yet)
+        self.dns: list[dict[str, Any]] | None = None
+        self.tls: dict[str, Any] | None = None
+        # (plain lists and dicts, not deques: a deque costs 760 bytes even when empty)
+        self._http_pending: list[dict[str, Any]] | None = None  # requests waiting for their response
+        self._dns_pending: dict[int, list[dict[str, Any]]] | None = None  # queries by ID, waiting likewise
         self._kind: str | None = None  # "http", "dns", "tls"
-        self._seen = [0, 0]  # payload packets fed per direction
-        # hash of the last payload per direction (retransmits), not the payload: a flow's parser
-        # lives until the flow ends, and two 1.4 KB copies per flow would dominate its memory
-        self._last: list[int | None] = [None, None]
-        self._buf: list[bytearray | None] = [None, None]  # a message head being gathered
-        self._mode = [0, 0]  # what _buf holds: _TLS, _HTTP or _PROBE
-        self._segs = [0, 0]  # segments in _buf
-        self._tls_done = [False, False]  # ClientHello / ServerHello parsed (or given up)
+        self._seen = 0  # payload packets fed (both directions)
+        self._tcp: list[Any] | None = None  # TCP: what each direction is in the middle of (_LAST, ...)
         self._gave_up = False
 
     # -- feeding ---------------------------------------------------------------------------
@@ -99,84 +107,84 @@ class AppState:
         """Take one packet's payload (direction 0: originator to responder)."""
         if not payload or self._gave_up:
             return
-        d = direction & 1
-        if ip_proto == TCP and payload[0] not in START_BYTES and self.ignores(d) and not _dns_tcp(sport, dport):
-            return  # HTTP body (the engine does not even copy these)
-        self._seen[d] += 1
         if ip_proto == UDP:
+            self._seen += 1
             if sport in DNS_UDP_PORTS or dport in DNS_UDP_PORTS:
-                self._feed_dns(dns.parse(payload, netbios=sport == 137 or dport == 137))
+                self._feed_dns(dns.parse_message(payload, False, sport == 137 or dport == 137))
             else:
                 self._nothing()
             return
         if ip_proto != TCP:
             self._gave_up = True
             return
+        d = direction & 1
+        t = self._tcp
+        if t is None:
+            t = self._tcp = list(_TCP_NEW)
+        buf = t[_BUF + d]
+        dns_port = sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS
+        if payload[0] not in START_BYTES and self._kind == "http" and buf is None and not dns_port:
+            return  # HTTP body (see ignores(): the engine does not even copy these)
         digest = hash(payload)
-        if digest == self._last[d]:  # a TCP retransmission adds nothing
-            self._seen[d] -= 1
+        if digest == t[_LAST + d]:  # a TCP retransmission adds nothing
             return
-        self._last[d] = digest
-        buf = self._buf[d]
+        t[_LAST + d] = digest
+        t[_SEEN + d] += 1
+        self._seen += 1
         if buf is not None:  # continuing a message that started in an earlier segment
             buf += payload
-            self._segs[d] += 1
-            mode = self._mode[d]
+            t[_SEGS + d] += 1
+            mode = t[_MODE + d]
             if mode == _TLS:
-                self._feed_tls(d, buf)
+                self._feed_tls(t, d, buf)
             elif mode == _HTTP:
-                self._http_progress(d, buf)
+                self._http_progress(t, d, buf)
             else:
-                self._buf[d] = None
-                self._detect(d, bytes(buf), sport, dport)
+                t[_BUF + d] = None
+                self._detect(t, d, bytes(buf))
             return
-        if _dns_tcp(sport, dport):
-            msg = dns.parse(payload, tcp=True)
-            if msg is not None and msg["query"] is not None:
+        if dns_port:
+            msg = dns.parse_message(payload, True)
+            if msg is not None and msg[3] is not None:  # (a query name)
                 self._feed_dns(msg)
                 return
-        self._detect(d, payload, sport, dport)
+        self._detect(t, d, payload)
 
-    def _detect(self, d: int, data: bytes, sport: int, dport: int) -> None:
+    def _detect(self, t: list[Any], d: int, data: bytes) -> None:
         """Start of a TCP message in direction ``d``: TLS, HTTP, the first bytes of one, or neither."""
         first = data[0]
         if first not in START_BYTES:  # neither TLS nor the start of an HTTP message (the common case)
             if self._kind == "tls":
-                self._tls_done[d] = True
+                t[_DONE + d] = True
             self._nothing()
             return
+        seen = t[_SEEN + d]
         # a message that is complete in this segment (the common case) is parsed without a buffer
-        if first == 0x16 and self._seen[d] <= 2 and tls.looks_like_tls_handshake(data):
+        if first == 0x16 and seen <= 2 and len(data) >= 3 and data[1] == 3 and data[2] <= 4:  # a TLS handshake
             self._kind = self._kind or "tls"
-            self._mode[d], self._segs[d] = _TLS, 1
-            if self._tls_hello(bytes(data), len(data)):
-                self._tls_done[d] = True
+            t[_MODE + d], t[_SEGS + d] = _TLS, 1
+            if self._tls_hello(data, len(data)):
+                t[_DONE + d] = True
             else:
-                self._buf[d] = bytearray(data)
+                t[_BUF + d] = bytearray(data)
             return
         if http.looks_like_http(data):
-            self._mode[d], self._segs[d] = _HTTP, 1
-            if self._http_head_done(data, 1):
-                if data[:5] == b"HTTP/":
-                    self._flush_http(1 - d)  # a request still being gathered comes first
-                self._feed_http(bytes(data))
+            t[_MODE + d], t[_SEGS + d] = _HTTP, 1
+            if not self._http_head_done(data, 1):
+                t[_BUF + d] = bytearray(data)
+            elif data[:5] == b"HTTP/":
+                self._flush_http(t, 1 - d)  # a request still being gathered comes first
+                self._feed_response(data)
             else:
-                self._buf[d] = bytearray(data)
+                self._feed_request(data)
             return
-        if len(data) < _PROBE_LEN and self._segs_probe_ok(d) and http.could_start_http(data):
-            self._start(d, _PROBE, data)  # e.g. "G" then "ET / HTTP/1.0" in the next segment
+        if len(data) < _PROBE_LEN and seen <= HEAD_SEGMENTS and http.could_start_http(data):
+            t[_BUF + d] = bytearray(data)  # e.g. "G" then "ET / HTTP/1.0" in the next segment
+            t[_MODE + d], t[_SEGS + d] = _PROBE, 1
             return
         if self._kind == "tls":
-            self._tls_done[d] = True  # this side sent something other than a hello first: none will come
+            t[_DONE + d] = True  # this side sent something other than a hello first: none will come
         self._nothing()
-
-    def _segs_probe_ok(self, d: int) -> bool:
-        return self._seen[d] <= HEAD_SEGMENTS
-
-    def _start(self, d: int, mode: int, data: bytes) -> None:
-        self._buf[d] = bytearray(data)
-        self._mode[d] = mode
-        self._segs[d] = 1
 
     @staticmethod
     def _http_head_done(buf: bytes | bytearray, segs: int) -> bool:
@@ -188,113 +196,164 @@ class AppState:
             done = b"\r\n\r\n" in buf or b"\n\n" in buf
         return done or len(buf) >= http.MAX_HEAD or segs >= HEAD_SEGMENTS
 
-    def _http_progress(self, d: int, buf: bytearray) -> None:
+    def _http_progress(self, t: list[Any], d: int, buf: bytearray) -> None:
         """An HTTP message head is being gathered: parse it once complete (or too long)."""
-        if self._http_head_done(buf, self._segs[d]):
-            self._buf[d] = None
+        if self._http_head_done(buf, t[_SEGS + d]):
+            t[_BUF + d] = None
             if buf[:5] == b"HTTP/":
-                self._flush_http(1 - d)  # a request still being gathered comes first
+                self._flush_http(t, 1 - d)  # a request still being gathered comes first
             self._feed_http(bytes(buf))
 
-    def _flush_http(self, d: int) -> None:
-        buf = self._buf[d]
-        if buf is not None and self._mode[d] == _HTTP:
-            self._buf[d] = None
+    def _flush_http(self, t: list[Any], d: int) -> None:
+        """Parse what direction ``d`` gathered of an HTTP message head."""
+        buf = t[_BUF + d]
+        if buf is not None and t[_MODE + d] == _HTTP:
+            t[_BUF + d] = None
             self._feed_http(bytes(buf))
 
     def _nothing(self) -> None:
-        if self._kind is None and sum(self._seen) >= UNKNOWN_GIVE_UP:
+        if self._kind is None and self._seen >= UNKNOWN_GIVE_UP:
             self._gave_up = True
 
     def _feed_http(self, payload: bytes) -> None:
         if payload[:5] == b"HTTP/":
-            resp = http.parse_response(payload)
-            if resp is None:
-                return
-            self._kind = "http"
-            status = resp["status"]
-            if 100 <= status < 200 and status != 101:
-                return  # interim response: the final one follows
-            if self._http_pending:
-                item = self._http_pending.pop(0)
-            elif len(self.http) < self.max_items:
-                item = {"method": None, "host": None, "uri": None, "user_agent": None, "version": None}
-                self.http.append(item)
-            else:
-                return
-            item["status"] = status
-            item["reason"] = resp["reason"]
+            self._feed_response(payload)
+        else:
+            self._feed_request(payload)
+
+    def _feed_response(self, payload: bytes) -> None:
+        resp = http.status_line(payload)
+        if resp is None:
             return
-        req = http.parse_request(payload)
+        self._kind = "http"
+        status, reason = resp
+        if 100 <= status < 200 and status != 101:
+            return  # interim response: the final one follows
+        if self._http_pending:
+            item = self._http_pending.pop(0)
+            if not self._http_pending:
+                self._http_pending = None  # (an empty list kept per flow costs 56 bytes)
+        elif len(self.http or ()) < self.max_items:
+            item = {"method": None, "host": None, "uri": None, "user_agent": None, "version": None}
+            if self.http is None:
+                self.http = [item]
+            else:
+                self.http.append(item)
+        else:
+            return
+        item["status"] = status
+        item["reason"] = reason
+
+    def _feed_request(self, payload: bytes) -> None:
+        req = http.request_fields(payload)
         if req is None:
             return
         self._kind = "http"
-        if len(self.http) < self.max_items:
-            req["status"] = None
-            req["reason"] = None
-            self.http.append(req)
-            self._http_pending.append(req)
+        if len(self.http or ()) < self.max_items:
+            method, host, uri, user_agent, version = req
+            item = {"method": method, "host": host, "uri": uri, "user_agent": user_agent, "version": version,
+                    "status": None, "reason": None}  # fmt: skip
+            if self.http is None:
+                self.http = [item]
+            else:
+                self.http.append(item)
+            if self._http_pending is None:
+                self._http_pending = [item]
+            else:
+                self._http_pending.append(item)
 
-    def _feed_dns(self, msg: dict[str, Any] | None) -> None:
+    def _feed_dns(self, msg: dns.Message | None) -> None:
         if msg is None:
             self._nothing()
             return
         self._kind = "dns"
-        tid = msg["id"]
-        if msg["qr"]:
-            pending = self._dns_pending.get(tid)
-            if pending:
+        tid, qr, _opcode, query, qtype, rcode, answers, ttls = msg
+        items = self.dns
+        waiting = self._dns_pending
+        if qr:
+            if waiting and (pending := waiting.get(tid)):
                 item = pending.pop(0)
+                if not pending:  # (no key and an empty list read alike)
+                    del waiting[tid]
+                    if not waiting:
+                        self._dns_pending = None
                 if not item["query"]:
-                    item["query"], item["qtype"] = msg["query"], msg["qtype"]
-            elif len(self.dns) < self.max_items:
-                item = {"query": msg["query"], "qtype": msg["qtype"]}
-                self.dns.append(item)
+                    item["query"], item["qtype"] = query, qtype
+            elif len(items or ()) < self.max_items:
+                item = {"query": query, "qtype": qtype}
+                if items is None:
+                    self.dns = [item]
+                else:
+                    items.append(item)
             else:
                 return
-            item["rcode"] = msg["rcode"]
-            item["answers"] = msg["answers"]
-            item["ttls"] = msg["ttls"]
+            item["rcode"] = rcode
+            item["answers"] = answers
+            item["ttls"] = ttls
             return
-        if len(self.dns) < self.max_items:
-            item = {"query": msg["query"], "qtype": msg["qtype"], "rcode": None, "answers": [], "ttls": []}
-            self.dns.append(item)
-            self._dns_pending.setdefault(tid, []).append(item)
+        if len(items or ()) < self.max_items:
+            # (the message's lists are new and empty unless it carried answers: a query's item has none)
+            item = {"query": query, "qtype": qtype, "rcode": None, "answers": [] if answers else answers,
+                    "ttls": [] if ttls else ttls}  # fmt: skip
+            if items is None:
+                self.dns = [item]
+            else:
+                items.append(item)
+            if waiting is None:
+                self._dns_pending = {tid: [item]}
+            elif tid in waiting:
+                waiting[tid].append(item)
+            else:
+                waiting[tid] = [item]
 
-    def _feed_tls(self, d: int, buf: bytearray) -> None:
+    def _feed_tls(self, t: list[Any], d: int, buf: bytearray) -> None:
         if self._tls_hello(bytes(buf), len(buf)):
-            self._buf[d] = None
-            self._tls_done[d] = True
+            t[_BUF + d] = None
+            t[_DONE + d] = True
 
     def _tls_hello(self, data: bytes, size: int) -> bool:
         """Take what a hello at the start of ``data`` says; True when this direction is finished
         (no hello, a complete one, or ``size`` bytes gathered reach ``tls_buffer``)."""
-        parsed = tls.parse_hello(data)
-        hello = None
-        if parsed is not None:
-            kind, hello = parsed
-            if kind == 1:  # ClientHello
-                self.tls["sni"] = hello["sni"]
-                self.tls["version"] = hello["version"]
-                self.tls["alpn"] = hello["alpn"]
-            else:  # ServerHello
-                self.tls["server_version"] = hello["version"]
-                self.tls["cipher"] = hello["cipher"]
-                if hello["alpn"] is not None:
-                    self.tls["alpn_selected"] = hello["alpn"]
-        return hello is None or bool(hello["complete"]) or size >= self.tls_buffer
+        h = tls.hello(data)
+        if h is None:
+            return True
+        kind, version, sni, alpn, cipher, _supported, complete = h
+        t = self.tls
+        if t is None:
+            if kind == 1:  # (the usual first: a ClientHello)
+                self.tls = {"sni": sni, "version": version, "alpn": alpn}
+                return complete or size >= self.tls_buffer
+            t = self.tls = {}
+        if kind == 1:  # ClientHello
+            t["sni"] = sni
+            t["version"] = version
+            t["alpn"] = alpn
+        else:  # ServerHello
+            t["server_version"] = version
+            t["cipher"] = cipher
+            if alpn is not None:
+                t["alpn_selected"] = alpn
+        return complete or size >= self.tls_buffer
 
     def gathering(self, d: int) -> bool:
         """Whether direction ``d`` (0: originator to responder) has a message head open, waiting
         for its next segments (the engine shows them even past the direction's first packets)."""
-        return self._buf[d & 1] is not None
+        t = self._tcp
+        return t is not None and t[_BUF + (d & 1)] is not None
+
+    def heads(self) -> tuple[bool, bool]:
+        """``(gathering(0), gathering(1))``, in one call."""
+        t = self._tcp
+        if t is None:
+            return _NO_HEADS
+        return t[_BUF] is not None, t[_BUF + 1] is not None
 
     def ignores(self, d: int) -> bool:
         """Whether direction ``d`` (0: originator to responder) ignores a TCP payload whose first
         byte is not in START_BYTES (away from the DNS ports): an HTTP flow with no message head
         being gathered there, where such a segment is body. The engine skips those packets
         without copying them (they still count among the direction's first packets)."""
-        return self._kind == "http" and self._buf[d] is None
+        return self._kind == "http" and self._tcp is not None and self._tcp[_BUF + d] is None
 
     # -- results ---------------------------------------------------------------------------
 
@@ -303,14 +362,20 @@ class AppState:
         """False once nothing more can be learned from this flow's payload."""
         if self._gave_up:
             return False
-        if self._buf[0] is not None or self._buf[1] is not None:
+        kind = self._kind
+        t = self._tcp
+        if t is None:  # (UDP: no message heads)
+            if kind == "dns":
+                return self._dns_pending is not None or len(self.dns or ()) < self.max_items
             return True
-        if self._kind == "tls":
-            return not (self._tls_done[0] and self._tls_done[1])
-        if self._kind == "http":
-            return len(self.http) < self.max_items or bool(self._http_pending)
-        if self._kind == "dns":
-            return len(self.dns) < self.max_items or any(self._dns_pending.values())
+        if t[_BUF] is not None or t[_BUF + 1] is not None:
+            return True
+        if kind == "tls":
+            return not (t[_DONE] and t[_DONE + 1])
+        if kind == "http":
+            return len(self.http or ()) < self.max_items or bool(self._http_pending)
+        if kind == "dns":
+            return len(self.dns or ()) < self.max_items or self._dns_pending is not None
         return True
 
     def to_record(self, copy: bool = True) -> dict[str, Any]:
@@ -318,9 +383,10 @@ class AppState:
 
         ``copy=False`` when this state is not fed again (the flow ended): the object then shares
         the items instead of copying them."""
-        if self._buf[0] is not None or self._buf[1] is not None:
+        t = self._tcp
+        if t is not None and (t[_BUF] is not None or t[_BUF + 1] is not None):
             for d in (0, 1):
-                self._flush_http(d)
+                self._flush_http(t, d)
         out: dict[str, Any] = {}
         if not copy:
             if self.http:

@@ -9,6 +9,7 @@ Cipher suite names come from dpkt's table (imported when first needed).
 from __future__ import annotations
 
 import functools
+import struct
 from typing import Any
 
 VERSIONS = {0x0300: "SSLv3", 0x0301: "TLSv10", 0x0302: "TLSv11", 0x0303: "TLSv12", 0x0304: "TLSv13"}
@@ -23,8 +24,10 @@ def version_name(v: int) -> str:
     return f"0x{v:04x}"
 
 
-def _grease(v: int) -> bool:
-    return (v & 0x0F0F) == 0x0A0A and (v >> 8) == (v & 0xFF)
+# GREASE values (RFC 8701): 0x0a0a, 0x1a1a, ... 0xfafa
+_GREASE = frozenset(0x0A0A + 0x1010 * k for k in range(16))
+_TYPE_LEN = struct.Struct("!HH")  # an extension's type and length
+_U16_ARRAYS = [struct.Struct(f"!{k}H") for k in range(128)]  # k big-endian 16-bit integers
 
 
 @functools.cache
@@ -36,9 +39,15 @@ def _ciphers() -> dict[int, Any]:
     return dict(BY_CODE)
 
 
+_CIPHER_NAMES: dict[int, str] = {}  # the names given so far (at most 65,536)
+
+
 def cipher_name(code: int) -> str:
-    cs = _ciphers().get(code)
-    return str(cs.name) if cs is not None else f"0x{code:04x}"
+    name = _CIPHER_NAMES.get(code)
+    if name is None:
+        cs = _ciphers().get(code)
+        name = _CIPHER_NAMES[code] = str(cs.name) if cs is not None else f"0x{code:04x}"
+    return name
 
 
 def looks_like_tls_handshake(data: bytes) -> bool:
@@ -47,9 +56,9 @@ def looks_like_tls_handshake(data: bytes) -> bool:
 
 def _handshake_any(data: bytes) -> tuple[int, bytes, int] | None:
     """The handshake message's type, its bytes (maybe partial) and its declared length."""
-    if not looks_like_tls_handshake(data):
-        return None
     n = len(data)
+    if n < 3 or data[0] != 0x16 or data[1] != 3 or data[2] > 4:  # (not looks_like_tls_handshake)
+        return None
     if n >= 9:  # the common case: the whole message in the first record
         rlen = (data[3] << 8) | data[4]
         length = (data[6] << 16) | (data[7] << 8) | data[8]
@@ -76,127 +85,144 @@ def _handshake(data: bytes, want: int) -> tuple[bytes, int] | None:
     return hs[1], hs[2]
 
 
-def _u16(b: bytes, p: int, end: int) -> int:
-    if p + 2 > end:
-        raise IndexError
-    return (b[p] << 8) | b[p + 1]
+# (type: 1 ClientHello, 2 ServerHello; version; sni; alpn: a ClientHello's list, a ServerHello's
+# choice or None; cipher; supported_versions or None; complete): what ``hello`` returns
+Hello = tuple[int, str | None, str | None, Any, str | None, list[str] | None, bool]
+_WANTED = frozenset((0, 16, 43))  # the extensions read: server_name, ALPN, supported_versions
 
 
-def _extensions(b: bytes, p: int, out: dict[str, Any], server: bool) -> None:
-    """Read the extensions block at ``p``; a read past the data raises IndexError (fields read so
-    far stay in ``out``)."""
+def hello(data: bytes) -> Hello | None:
+    """The fields of the ClientHello or ServerHello at the start of ``data`` (the handshake is read
+    once), as a tuple; None if there is none. What ``parse_hello`` says, without a dict."""
+    hs = _handshake_any(data)
+    if hs is None or hs[0] not in (1, 2):
+        return None
+    return _hello_fields(*hs)
+
+
+def _hello_fields(kind: int, b: bytes, length: int) -> Hello:
+    """A hello's fields from its body ``b`` (``length``: its declared length): its fixed part
+    (version, random, session id, then the cipher list and compression methods of a ClientHello or
+    the cipher and compression of a ServerHello), then its extensions. A read past the data ends
+    it, with the fields read so far and ``complete`` False."""
+    server = kind == 2
+    version = sni = cipher = None
+    alpn: Any = None if server else []
+    supported: list[str] | None = None
+    complete = False
     n = len(b)
-    total = _u16(b, p, n)
-    p += 2
-    end = p + total
-    lim = min(end, n)
-    while p + 4 <= lim:
-        etype = (b[p] << 8) | b[p + 1]
-        e = p + 4  # the extension's bytes are b[e:ee]
-        ee = e + ((b[p + 2] << 8) | b[p + 3])
-        if ee > n:
+    try:
+        if n < 2:
             raise IndexError
-        p = ee
-        if etype == 0 and not server:  # server_name
-            e += 2
-            if e > ee:
+        v = (b[0] << 8) | b[1]
+        version = VERSIONS.get(v) or version_name(v)
+        if n <= 34:  # version and random
+            raise IndexError
+        p = 35 + b[34]  # session id
+        if p + 2 > n:
+            raise IndexError
+        if server:
+            cipher = cipher_name((b[p] << 8) | b[p + 1])
+            p += 3  # cipher and compression method
+        else:
+            p += 2 + ((b[p] << 8) | b[p + 1])  # cipher suites
+            if p >= n:
                 raise IndexError
-            while e < ee:
-                kind = b[e]
-                ln = _u16(b, e + 1, ee)
-                e += 3
-                if e + ln > ee:
-                    raise IndexError
-                if kind == 0:
-                    out["sni"] = b[e : e + ln].decode("ascii", "backslashreplace")
-                    break
-                e += ln
-        elif etype == 16:  # ALPN
-            e += 2
-            if e > ee:
+            p += 1 + b[p]  # compression methods
+        if p > n:
+            raise IndexError
+        if p >= length:  # no extensions at all
+            return kind, version, sni, alpn, cipher, supported, True
+        # the extensions block
+        if p + 2 > n:
+            raise IndexError
+        end = p + 2 + ((b[p] << 8) | b[p + 1])
+        p += 2
+        lim = end if end < n else n
+        while p + 4 <= lim:
+            etype, elen = _TYPE_LEN.unpack_from(b, p)
+            e = p + 4  # the extension's bytes are b[e:ee]
+            ee = e + elen
+            if ee > n:
                 raise IndexError
-            protos = []
-            while e < ee:
-                ln = b[e]
-                e += 1
-                if e + ln > ee:
+            p = ee
+            if etype not in _WANTED:
+                continue
+            if etype == 0:  # server_name
+                if server:
+                    continue
+                e += 2
+                if e > ee:
                     raise IndexError
-                protos.append(b[e : e + ln].decode("ascii", "backslashreplace"))
-                e += ln
-            out["alpn"] = protos if not server else (protos[0] if protos else None)
-        elif etype == 43:  # supported_versions
-            if server:
-                out["version"] = version_name(_u16(b, e, ee))
-            else:
+                while e < ee:
+                    if e + 3 > ee:
+                        raise IndexError
+                    ln = (b[e + 1] << 8) | b[e + 2]
+                    if e + 3 + ln > ee:
+                        raise IndexError
+                    if b[e] == 0:
+                        sni = b[e + 3 : e + 3 + ln].decode("ascii", "backslashreplace")
+                        break
+                    e += 3 + ln
+            elif etype == 16:  # ALPN
+                e += 2
+                if e > ee:
+                    raise IndexError
+                protos = []
+                while e < ee:
+                    ln = b[e]
+                    e += 1
+                    if e + ln > ee:
+                        raise IndexError
+                    protos.append(b[e : e + ln].decode("ascii", "backslashreplace"))
+                    e += ln
+                alpn = protos if not server else (protos[0] if protos else None)
+            elif server:  # supported_versions: the one chosen
+                if e + 2 > ee:
+                    raise IndexError
+                version = version_name((b[e] << 8) | b[e + 1])
+            else:  # supported_versions: those offered
                 if e >= ee:
                     raise IndexError
                 count = b[e] // 2
                 e += 1
                 if e + 2 * count > ee:
                     raise IndexError
-                vs = [v for v in ((b[i] << 8) | b[i + 1] for i in range(e, e + 2 * count, 2)) if not _grease(v)]
+                vs = [v for v in _U16_ARRAYS[count].unpack_from(b, e) if v not in _GREASE]
                 if vs:
-                    out["supported_versions"] = [version_name(v) for v in vs]
-                    out["version"] = version_name(max(vs, key=lambda v: (v >> 8 != 0x7F, v)))
-    out["complete"] = p >= end
-
-
-def _hello_head(b: bytes, out: dict[str, Any], server: bool) -> int:
-    """Read a hello's fixed part (version, random, session id, then the cipher list and compression
-    methods of a ClientHello or the cipher and compression of a ServerHello) into ``out``;
-    returns where the extensions start. A read past the data raises IndexError."""
-    n = len(b)
-    out["version"] = version_name(_u16(b, 0, n))
-    p = 34  # version and random
-    if p >= n:
-        raise IndexError
-    p += 1 + b[p]  # session id
-    if server:
-        out["cipher"] = cipher_name(_u16(b, p, n))
-        p += 3  # cipher and compression method
-    else:
-        p += 2 + _u16(b, p, n)  # cipher suites
-        if p >= n:
-            raise IndexError
-        p += 1 + b[p]  # compression methods
-    if p > n:
-        raise IndexError
-    return p
-
-
-def _parse_hello(body: bytes, length: int, server: bool) -> dict[str, Any]:
-    out: dict[str, Any] = (
-        {"version": None, "cipher": None, "alpn": None, "complete": False}
-        if server
-        else {"sni": None, "version": None, "alpn": [], "complete": False}
-    )
-    try:
-        p = _hello_head(body, out, server)
-        if p >= length:  # no extensions at all
-            out["complete"] = True
-            return out
-        _extensions(body, p, out, server)
+                    supported = [VERSIONS.get(v) or version_name(v) for v in vs]
+                    final = [v for v in vs if v >> 8 != 0x7F]  # a final version over any draft
+                    version = version_name(max(final or vs))
+        complete = p >= end
     except IndexError:
-        out["complete"] = False
+        complete = False
+    return kind, version, sni, alpn, cipher, supported, complete
+
+
+def _as_dict(h: Hello) -> dict[str, Any]:
+    kind, version, sni, alpn, cipher, supported, complete = h
+    if kind == 2:
+        return {"version": version, "cipher": cipher, "alpn": alpn, "complete": complete}
+    out = {"sni": sni, "version": version, "alpn": alpn, "complete": complete}
+    if supported is not None:
+        out["supported_versions"] = supported
     return out
 
 
 def parse_hello(data: bytes) -> tuple[int, dict[str, Any]] | None:
     """``(1, parse_client_hello(data))`` or ``(2, parse_server_hello(data))``, whichever is not
     None (the handshake is read once), else None."""
-    hs = _handshake_any(data)
-    if hs is None or hs[0] not in (1, 2):
-        return None
-    return hs[0], _parse_hello(hs[1], hs[2], hs[0] == 2)
+    h = hello(data)
+    return None if h is None else (h[0], _as_dict(h))
 
 
 def parse_client_hello(data: bytes) -> dict[str, Any] | None:
     """``{sni, version, alpn, supported_versions, complete}`` or None if not a ClientHello."""
     hs = _handshake(data, 1)
-    return None if hs is None else _parse_hello(hs[0], hs[1], server=False)
+    return None if hs is None else _as_dict(_hello_fields(1, *hs))
 
 
 def parse_server_hello(data: bytes) -> dict[str, Any] | None:
     """``{version, cipher, alpn, complete}`` or None if not a ServerHello."""
     hs = _handshake(data, 2)
-    return None if hs is None else _parse_hello(hs[0], hs[1], server=True)
+    return None if hs is None else _as_dict(_hello_fields(2, *hs))
