@@ -52,6 +52,7 @@ def _table(strings: list[bytes]) -> tuple[_StrTab, bytes, np.ndarray]:
 
 _TRANSPORTS = _table([orjson.dumps(TRANSPORTS.get(p) or str(p)) for p in range(256)])
 _TCP_FLAGS = _table([flag_letters(f).encode() for f in range(256)])
+_NO_AWS = _table([])  # (no labeler: no record has an aws object)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -131,7 +132,7 @@ def _aws_fragments(
     call per VNI of the batch."""
     idx = np.full(flows.size, -1, np.int32)
     if labeler is None:
-        return idx, _table([])
+        return idx, _NO_AWS
     vni = table.cols["kvni"][flows]
     frags: list[bytes] = []
     uniq, inv = np.unique(vni, return_inverse=True)

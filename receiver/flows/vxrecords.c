@@ -123,16 +123,11 @@ static int digits_of(uint64_t v, char digits[24], int *exp10, int p) {
 static int shortest(double x, char digits[24], int *exp10) {
     /* the common case first: a time of microsecond resolution (pcap), or a duration (rounded
     to six decimals): those digits read back as x, and the gap to the next double is below a
-    microsecond, so no shorter digits can */
+    microsecond, the finest unit they can end in, so no shorter digits can */
     if (x >= 1e-6 && x < 4e9) {
         double m = nearbyint(x * 1e6);
-        if (m >= 1 && m / 1e6 == x && nextafter(x, INFINITY) - x < 1e-6) {
-            uint64_t v = (uint64_t)m;
-            int k = 0;
-            while (v % 10 == 0) { v /= 10; k++; }
-            if (nextafter(x, INFINITY) - x < (k == 0 ? 1e-6 : k == 1 ? 1e-5 : k == 2 ? 1e-4 : 1e-3))
-                return digits_of((uint64_t)m, digits, exp10, 6);
-        }
+        if (m >= 1 && m / 1e6 == x && nextafter(x, INFINITY) - x < 1e-6)
+            return digits_of((uint64_t)m, digits, exp10, 6);
     }
     if (x >= 1e-7 && x < 4503599627370496.0) {
         int e;
