@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from receiver.flows.recordbatch import RecordBatch
 
 
@@ -122,10 +124,23 @@ class FrameBlock:
     ts: Any  # numpy float64 [n]
     vni: Any  # numpy int64 [n]
     skipped: int = 0  # packets of the source batch left out (not decapsulable, encapsulation not kept)
+    # planned by the engine's capture policy (receiver/pcapkeep): each frame's file number, the
+    # files' names, and each frame's flow key (a numpy record array, forwarders/pcap_index.py)
+    seq: Any = None
+    names: dict[int, str] | None = None
+    keys: Any = None
+    close_file: bool = False  # (an empty block) close the open file: the plan moved on
+
 
     @property
     def count(self) -> int:
         return len(self.offset)
+
+    @classmethod
+    def close_mark(cls) -> FrameBlock:
+        """No frames: the writer closes its open file (the engine's file plan moved on)."""
+        e = np.zeros(0, np.int64)
+        return cls(b"", e, e.astype(np.uint32), e.astype(np.uint32), e.astype(np.float64), e, close_file=True)
 
 
 class PacketSink(abc.ABC):

@@ -20,12 +20,17 @@ Synthesized MAC addresses are zero. ``snaplen`` truncates every frame.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from receiver.decode import ethernet
 from receiver.packets import Decapsulated, Layer, PacketBatch
 
 from .api import FrameBlock
+
+if TYPE_CHECKING:
+    from receiver.pcapkeep.capture import CaptureMarks
 from .gather import copy_ranges, put_rows
 
 ETH_LEN = 14
@@ -71,8 +76,14 @@ def _column(arr: np.ndarray, n: int, default: int, dtype: type) -> np.ndarray:
     return arr.astype(dtype) if arr.shape[0] == n else np.full(n, default, dtype)
 
 
-def frame_block(batch: PacketBatch, decap: Decapsulated, keep_encapsulation: bool, snaplen: int) -> FrameBlock:
-    """The frames of ``batch`` to write, copied out of its buffer (see module doc)."""
+def frame_block(
+    batch: PacketBatch, decap: Decapsulated, keep_encapsulation: bool, snaplen: int, marks: CaptureMarks | None = None
+) -> FrameBlock:
+    """The frames of ``batch`` to write, copied out of its buffer (see module doc). With the
+    engine's capture ``marks``: only the packets it planned into a file (``marks.seq > 0``),
+    each cut where ``marks.cut`` says (headers only), with their file numbers and flow keys."""
+    if marks is not None:
+        return _planned_block(batch, decap, keep_encapsulation, snaplen, marks)
     n = batch.count
     start = batch.start.astype(np.int64)
     caplen = batch.caplen.astype(np.int64)
@@ -168,3 +179,57 @@ def _slot_rectangle(
     grid = batch.buf[: batch.count * slot].reshape(batch.count, slot)
     data = grid[rows, :width] if n != batch.count else grid[:, :width].copy()
     return data.reshape(-1), np.arange(n, dtype=np.int64) * width + rel
+
+
+def _body(
+    batch: PacketBatch, inner: np.ndarray, pos: np.ndarray, keep_encapsulation: bool
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(body start, body length, synthesized header length) of packets ``pos`` as frame_block
+    writes them: the inner frame, or with ``keep_encapsulation`` the whole packet (a cooked
+    header replaced)."""
+    start = batch.start[pos].astype(np.int64)
+    caplen = batch.caplen[pos].astype(np.int64)
+    if not keep_encapsulation:
+        outer = np.clip(inner[pos] - start, 0, caplen)
+        return start + outer, caplen - outer, 0
+    layer = batch.layer
+    if layer in (Layer.VXLAN, Layer.GENEVE):
+        return start, caplen, OUTER_LEN
+    if layer == Layer.RAW_IP:
+        return start, caplen, ETH_LEN
+    if layer in COOKED:
+        cut = np.minimum(caplen, COOKED[layer].size)
+        return start + cut, caplen - cut, ETH_LEN
+    return start, caplen, 0
+
+
+def frame_caplens(
+    batch: PacketBatch, inner: np.ndarray, pos: np.ndarray, keep_encapsulation: bool, snaplen: int,
+    cut_end: np.ndarray,
+) -> np.ndarray:
+    """The captured length of the frames that packets ``pos`` become (what frame_block writes),
+    each cut at buffer offset ``cut_end`` (its headers only) where that is >= 0: the engine plans
+    the files with these (receiver/pcapkeep/plan.py) before the frames are copied."""
+    body_start, body_len, hlen = _body(batch, inner, pos, keep_encapsulation)
+    cut = cut_end[pos]
+    body_len = np.where(cut >= 0, np.clip(cut - body_start, 0, body_len), body_len)
+    return np.minimum(hlen + body_len, max(int(snaplen), hlen))
+
+
+def _planned_block(
+    batch: PacketBatch, decap: Decapsulated, keep_encapsulation: bool, snaplen: int, marks: CaptureMarks
+) -> FrameBlock:
+    pos = np.flatnonzero(marks.seq > 0)
+    n = batch.count
+    inner = _column(decap.inner_start, n, -1, np.int64)
+    sub = batch.select(pos)
+    block = frame_block(sub, Decapsulated(inner[pos], _column(decap.vni, n, -1, np.int64)[pos]),
+                        keep_encapsulation, snaplen)
+    assert block.count == pos.size  # (the engine plans only frames that can be written)
+    caplen = frame_caplens(batch, inner, pos, keep_encapsulation, snaplen, marks.cut)
+    block.caplen = caplen.astype(np.uint32)
+    block.wirelen = np.maximum(block.wirelen, block.caplen)
+    block.seq = marks.seq[pos]
+    block.names = marks.names
+    block.keys = marks.flow_keys(pos)
+    return block

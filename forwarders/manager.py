@@ -18,18 +18,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from receiver.packets import PacketBatch
 
 from .api import FrameBlock, Health, PacketSink, RecordSink, SinkContext
 from .frames import frame_block
-from .pcap import sink_options
+from .pcap import PcapSink, sink_options
 from .registry import ForwarderSpec
 from .runner import PacketForwarder, RecordForwarder, Records, as_batch
 
 if TYPE_CHECKING:  # the engine imports much; the data path only needs the two attributes
     from receiver.engine import BatchResult
+    from receiver.pcapkeep.capture import Capture
 
 Forwarder = RecordForwarder | PacketForwarder
 
@@ -40,6 +41,8 @@ class ForwarderSet:
         self.record = [f for f in self.forwarders if isinstance(f, RecordForwarder)]
         self.packet = [f for f in self.forwarders if isinstance(f, PacketForwarder)]
         self._options = {id(f): sink_options(f.sink.config) for f in self.packet}
+        # the pcap forwarder whose frames the engine plans (capture policy, record pcap objects)
+        self.planned = next((f for f in self.packet if isinstance(f.sink, PcapSink)), None)
 
     @classmethod
     def from_specs(
@@ -75,7 +78,15 @@ class ForwarderSet:
         if not self.packet or batch.count == 0:
             return
         blocks: dict[tuple[bool, int], FrameBlock] = {}
+        marks = getattr(result, "capture", None)
         for pf in self.packet:
+            if pf is self.planned and marks is not None:
+                if marks.open:  # (else the engine counted the frames dropped in the records)
+                    opts = self._options[id(pf)]
+                    pf.put(frame_block(batch, result.decap, opts[0], opts[1], marks), planned=True)
+                else:
+                    pf.drop("queue_full", batch.count)
+                continue
             if not pf.has_room():
                 pf.drop("queue_full", batch.count)  # do not copy frames nobody can take
                 continue
@@ -86,6 +97,24 @@ class ForwarderSet:
                 blocks[opts] = block
             pf.count_skipped(block.skipped)
             pf.put(block)
+
+    def capture(self, labeler: Callable[[int], dict[str, Any] | None] | None = None) -> Capture | None:
+        """The engine's side of the planned pcap forwarder (None without one)."""
+        if self.planned is None:
+            return None
+        assert isinstance(self.planned.sink, PcapSink)
+        return self.planned.sink.capture(labeler)
+
+    @property
+    def capture_open(self) -> bool:
+        """Whether the planned pcap forwarder takes the next batch's frames (the worker tells the
+        engine before the batch: frames it cannot take count as dropped in the records)."""
+        return self.planned is not None and self.planned.has_room()
+
+    def end_capture_file(self, capture: Capture) -> None:
+        """Close the open pcap file of the plan (rotation by age while quiet, SIGHUP)."""
+        if self.planned is not None and capture.plan.advance():
+            self.planned.put(FrameBlock.close_mark(), planned=True)
 
     def submit_records(self, records: Records) -> None:
         """Records without packets (engine.tick / engine.finish): a RecordBatch (or a list of dicts)."""

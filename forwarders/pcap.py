@@ -11,6 +11,8 @@ records and gives it its final name.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +20,13 @@ from typing import Any, Literal
 import numpy as np
 
 from receiver.configschema import opt
+from receiver.pcapkeep.capture import Capture
+from receiver.pcapkeep.plan import FilePlan
+from receiver.pcapkeep.policy import KeepRule, Policy
 
-from . import pcap_classic, pcapng
+from . import pcap_classic, pcap_index, pcapng
 from .api import FrameBlock, Health, PacketSink, SinkContext
+from .frames import frame_caplens
 from .rolling import RollingFile, RollingOutput, RollPolicy
 
 MiB = 1024 * 1024
@@ -41,6 +47,14 @@ class PcapConfig:
     keep_encapsulation: bool = opt(False, "write whole packets with their outer headers (forensics)")
     prefix: str = opt("vxmirror", "file name prefix")
     fsync: bool = opt(True, "fsync each file before it gets its final name")
+    keep: list[KeepRule] | None = opt(
+        None, "capture policy rules, first match decides (see docs/capture.md); unset: the default policy, "
+        "[]: every frame"
+    )
+    past_limit: Literal["skip", "headers"] = opt(
+        "skip", "frames past a rule's limit: not written, or written cut to their headers"
+    )
+    index: bool = opt(True, "write an index beside each file (flow -> frame positions, for vxmirror extract)")
 
 
 class PcapSink(RollingOutput, PacketSink):
@@ -64,6 +78,25 @@ class PcapSink(RollingOutput, PacketSink):
             fsync=config.fsync,
         )
         self._header_len = 0
+        self._seq = 0  # the open file's number in the engine's plan (0: not planned)
+        self._log: pcap_index.IndexLog | None = None
+        self.planned = False  # the engine plans this sink's files (Capture made)
+
+    def capture(self, labeler: Callable[[int], dict[str, Any] | None] | None = None) -> Capture:
+        """The engine's side: this sink's policy, file plan and frame sizes. From then on the
+        files rotate where the plan says (the writer follows the blocks' file numbers)."""
+        cfg = self.config
+        self.planned = True
+        fmt = pcapng if self.ng else pcap_classic
+        plan = FilePlan(cfg.prefix, self.context.worker, "pcapng" if self.ng else "pcap", self.files.next_seq,
+                        cfg.rotate_bytes, cfg.rotate_seconds, len(self._header()))
+        keep_encap, snaplen = self.keep_encapsulation, self.snaplen
+
+        def sizes(batch: Any, inner: np.ndarray, pos: np.ndarray, cut: np.ndarray) -> np.ndarray:
+            cap = frame_caplens(batch, inner, pos, keep_encap, snaplen, cut)
+            return fmt.record_sizes_of(cap)
+
+        return Capture(Policy(cfg.keep, labeler), plan, cfg.past_limit, keep_encap, sizes)
 
     @property
     def keep_encapsulation(self) -> bool:
@@ -114,6 +147,9 @@ class PcapSink(RollingOutput, PacketSink):
         return b"".join(idbs), ids[inverse.ravel()]
 
     def write(self, block: FrameBlock) -> None:
+        if block.seq is not None or block.close_file:
+            self._write_planned(block)
+            return
         n = block.count
         if n == 0:
             return
@@ -143,6 +179,73 @@ class PcapSink(RollingOutput, PacketSink):
             lo = hi
             if lo < n:
                 self.files.close()
+
+    def _write_planned(self, block: FrameBlock) -> None:
+        """Frames whose files the engine planned: a new file number closes the open file and
+        opens the next under its planned name; each frame of a flow goes to the file's index log."""
+        if block.close_file:
+            self._close_file()
+            return
+        seq = np.asarray(block.seq)
+        names = block.names or {}
+        cuts = np.flatnonzero(seq[1:] != seq[:-1]) + 1
+        bounds = [0, *cuts.tolist(), seq.size]
+        for lo, hi in itertools.pairwise(bounds):
+            q = int(seq[lo])
+            if q != self._seq or not self.files.is_open:
+                self._close_file()
+                self.files.open(name=names.get(q))
+                self._seq = q
+                if self.config.index:
+                    assert self.files.path is not None
+                    self._log = pcap_index.IndexLog(self.files.path)
+            if self.ng:
+                idbs, iface = self._interfaces(np.asarray(block.vni[lo:hi], np.int64))
+                body = pcapng.encode(block, iface, lo, hi)
+                data = idbs + body.tobytes() if idbs else body.data
+                sizes = pcapng.record_sizes_of(np.asarray(block.caplen[lo:hi], np.int64))
+                first = self.files.size + len(idbs)
+            else:
+                data = pcap_classic.encode(block, lo, hi).data
+                sizes = pcap_classic.record_sizes_of(np.asarray(block.caplen[lo:hi], np.int64))
+                first = self.files.size
+            before = self.files.size
+            try:
+                self.files.write(data)
+            except OSError:
+                self.files.truncate_to(before)
+                raise
+            if self._log is not None and block.keys is not None:
+                entries = block.keys[lo:hi].copy()
+                pos = np.empty(hi - lo, np.int64)
+                pos[0] = first
+                if hi - lo > 1:
+                    np.cumsum(sizes[:-1], out=pos[1:])
+                    pos[1:] += first
+                entries["pos"] = pos
+                entries["ts"] = block.ts[lo:hi]
+                self._log.append(entries[entries["proto"] != 0])
+
+    def _close_file(self) -> None:
+        """Close the open file and turn its index log into its index."""
+        part = self.files.path
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
+        final = self.files.close()
+        if final is not None and part is not None and log is not None:
+            pcap_index.finish(log.path, final)
+
+    def tick(self, now: float) -> None:
+        if not self.planned:  # (planned: rotation by age is the plan's, see FilePlan.due)
+            super().tick(now)
+
+    def reopen(self) -> None:
+        if not self.planned:  # (planned: the worker ends the plan's file, in order with the frames)
+            super().reopen()
+
+    def close(self) -> None:
+        self._close_file()
 
     def health_check(self) -> Health:
         return Health(True, str(self.directory))

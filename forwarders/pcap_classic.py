@@ -32,7 +32,12 @@ def split_ts(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def record_sizes(block: FrameBlock) -> np.ndarray:
-    return RECORD_HEADER_LEN + np.asarray(block.caplen, np.int64)
+    return record_sizes_of(np.asarray(block.caplen, np.int64))
+
+
+def record_sizes_of(caplen: np.ndarray) -> np.ndarray:
+    """Bytes in the file of records holding frames of these captured lengths."""
+    return RECORD_HEADER_LEN + caplen.astype(np.int64)
 
 
 def encode(block: FrameBlock, lo: int = 0, hi: int | None = None) -> np.ndarray:

@@ -52,7 +52,12 @@ def interface_block(name: str, description: str, snaplen: int, linktype: int = L
 
 
 def record_sizes(block: FrameBlock) -> np.ndarray:
-    cap = np.asarray(block.caplen, np.int64)
+    return record_sizes_of(np.asarray(block.caplen, np.int64))
+
+
+def record_sizes_of(caplen: np.ndarray) -> np.ndarray:
+    """Bytes in the file of enhanced packet blocks holding frames of these captured lengths."""
+    cap = caplen.astype(np.int64)
     return EPB_HEADER_LEN + EPB_TRAILER_LEN + ((cap + 3) & ~3)
 
 

@@ -124,10 +124,22 @@ class RollingFile:
     def is_open(self) -> bool:
         return self._fd is not None
 
-    def open(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-        name = f"{self.prefix}-w{self.worker}-{stamp}Z-{self._seq:06d}.{self.ext}.part"
+    @property
+    def next_seq(self) -> int:
+        """The number the next file gets."""
+        return self._seq
+
+    def open(self, now: float | None = None, name: str | None = None) -> None:
+        """Open the next file; ``name``: its final name as planned (receiver/pcapkeep/plan.py)."""
+        if name is not None:
+            m = self._re.match(name)
+            if m:
+                self._seq = max(self._seq, int(m.group(2)))
+            name += ".part"
+        else:
+            now = time.time() if now is None else now
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+            name = f"{self.prefix}-w{self.worker}-{stamp}Z-{self._seq:06d}.{self.ext}.part"
         self._seq += 1
         self.path = self.directory / name
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -648,9 +648,12 @@ class PacketForwarder(_SinkThread):
             self._drop_locked(reason, n)
         self._warn_drops()
 
-    def put(self, block: FrameBlock) -> bool:
+    def put(self, block: FrameBlock, planned: bool = False) -> bool:
+        """Queue a block (never blocks). ``planned``: the engine planned its frames into files
+        after ``has_room`` said yes, so the queue's bounds do not refuse it (they may be exceeded
+        by one batch); a close mark (no frames) is queued too."""
         n = block.count
-        if n == 0:
+        if n == 0 and not block.close_file:
             return True
         size = len(block.data)
         with self._lock:
@@ -658,7 +661,7 @@ class PacketForwarder(_SinkThread):
             s = self.settings
             if self._stop:
                 reason = "closed"
-            elif self._qframes + n > s.queue_max or self._qbytes + size > s.queue_max_bytes:
+            elif not planned and (self._qframes + n > s.queue_max or self._qbytes + size > s.queue_max_bytes):
                 reason = "queue_full"
             else:
                 self._queue.append(block)

@@ -13,6 +13,7 @@ from forwarders.settings import RunnerSettings
 
 from .config import Config
 from .configschema import doc_table
+from .pcapkeep.policy import KeepRule
 
 HEADER = """# Configuration reference
 
@@ -32,7 +33,7 @@ This page is generated from the code (`python -m receiver.configdoc`).
 
 
 def _section(title: str, cls: type, note: str = "") -> list[str]:
-    out = [f"## `{title}`", ""]
+    out = [f"## `{title}`" if not title.startswith("[") else f"## {title}", ""]
     doc = (cls.__doc__ or "").strip()
     if doc and not doc.startswith(cls.__name__ + "("):
         out += [doc, ""]
@@ -69,6 +70,9 @@ def render() -> str:
     lines += _section("forwarders.*  (keys every forwarder table takes)", RunnerSettings)
     for kind, cls in sorted(registry.available().items()):
         lines += _section(f"forwarders.{kind}", cls.config_class)  # type: ignore[attr-defined]
+        if kind == "pcap":
+            lines += _section("[[forwarders.pcap.keep]]  (capture policy rules)", KeepRule,
+                              "Each `[[forwarders.pcap.keep]]` table is one rule; see docs/capture.md.")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -39,6 +39,8 @@ from .flows.records import talkers
 from .flows.table import FlowTable, Grouped, group_keys
 from .native.tables import AppTables
 from .packets import I64, B, Decapsulated, PacketBatch
+from .pcapkeep.capture import Capture, CaptureMarks
+from .pcapkeep.policy import APP_CODE, PacketKeys
 from .settings import EngineConfig
 
 log = logging.getLogger("vxmirror.engine")
@@ -103,6 +105,7 @@ class Prepared:
 class BatchResult:
     records: RecordBatch  # flows that ended (or interim records) while processing the batch
     decap: Decapsulated  # where each packet's inner frame starts, and its VNI (for packet sinks)
+    capture: CaptureMarks | None = None  # the pcap sink's frames, planned (with Engine.capture)
 
 
 class Engine:
@@ -128,6 +131,11 @@ class Engine:
         self._app_since = time.monotonic()
         self._app_spent = 0.0
         self._app_shed_window = 0
+        # the pcap sink's policy and file plan (receiver/pcapkeep): None without one; the
+        # records then have no pcap object
+        self.capture: Capture | None = None
+        self._planned_to = 0  # packets of the current batch planned into files
+        self._flow_of = np.zeros(0, np.int64)  # the flow of each packet of the batch (-1: none)
 
     # -- public API ---------------------------------------------------------------------------
     def process(self, batch: PacketBatch, prepared: Prepared | None = None) -> BatchResult:
@@ -153,9 +161,16 @@ class Engine:
         # every packet counted (the common case): slices, not gathers, of the columns
         counted: I64 | None = None if ok.all() else np.flatnonzero(ok)
         n = batch.count if counted is None else counted.size
+        marks = None
+        if self.capture is not None:
+            marks = self.capture.begin(batch, d)
+            self._planned_to = 0
+            self._flow_of = np.full(batch.count, -1, np.int64)
         if n:
             self._count_in_time(batch, d, counted, n, prepared)
-        return BatchResult(self._take_pending(), Decapsulated(d.inner_start, d.vni))
+        if marks is not None:
+            self._plan_through(batch, d, batch.count)
+        return BatchResult(self._take_pending(), Decapsulated(d.inner_start, d.vni), marks)
 
     def _count_in_time(self, batch: PacketBatch, d: Decoded, counted: I64 | None, n: int, prepared: Prepared) -> None:
         """Count the packets (``counted``: their numbers, None: all), with timeouts checked at
@@ -181,6 +196,8 @@ class Engine:
             i = lo + int(np.flatnonzero((ahead >= due) | (ahead < due - horizon))[0])
             if i > lo:
                 self._count(batch, d, slice(lo, i) if counted is None else counted[lo:i], prepared)
+            if self.capture is not None:  # (frames before the timeouts run: the records name their files)
+                self._plan_through(batch, d, i if counted is None else int(counted[i]))
             if ts[i] >= due:
                 self._expire_through(self._grid_point(float(ts[i])))  # (after it the next point is past ts[i])
             else:
@@ -281,6 +298,8 @@ class Engine:
             sel = positions
         idx = positions
         self._counters["decoded"] += int(idx.size)
+        if self.capture is not None:
+            self._flow_of[idx] = flow
         self.table.account(
             flow, direction, ts, d.iplen[sel], d.pay_len[sel], tcpflags, proto,
             d.truncated[sel], d.frag[sel] != Frag.NONE, grouping,
@@ -291,12 +310,80 @@ class Engine:
         if self.config.app_metadata and has_payload.any():
             if not self.app_budget:
                 self._app(batch, d, idx, flow, direction, has_payload, prepared)
-                return
-            if self._app_over_budget() and new.size:
-                self._shed(new, flow[has_payload])
-            t0 = time.perf_counter()
-            self._app(batch, d, idx, flow, direction, has_payload, prepared)
-            self._app_spent += time.perf_counter() - t0
+            else:
+                if self._app_over_budget() and new.size:
+                    self._shed(new, flow[has_payload])
+                t0 = time.perf_counter()
+                self._app(batch, d, idx, flow, direction, has_payload, prepared)
+                self._app_spent += time.perf_counter() - t0
+        if self.capture is not None:
+            self._capture(d, idx, flow, direction)
+
+    def _capture(self, d: Decoded, idx: I64, flow: I64, direction: I64) -> None:
+        """The capture policy for the counted packets ``idx``: which are written (the flow's
+        frames so far in their direction under the limits of the rule that matches now), or
+        cut to their headers; counted per flow (written or not is final once planned)."""
+        cap = self.capture
+        assert cap is not None and cap.marks is not None
+        c = self.table.cols
+        policy = cap.policy
+        key = flow * 2 + direction
+        pay = d.pay_len[idx]
+        rank, before = _rank_within(key, pay)
+        assert before is not None
+        pk = c["cap_pk"].reshape(-1)
+        by = c["cap_by"].reshape(-1)
+        keys = PacketKeys(d.vni[idx], d.proto[idx], d.src_hi[idx], d.src_lo[idx], d.dst_hi[idx], d.dst_lo[idx],
+                          d.sport[idx], d.dport[idx], c["cap_app"][flow])
+        plim, blim = policy.limits(keys)
+        keep = (pk[key] + rank < plim) & (by[key] + before < blim)
+        uk, inv = np.unique(key, return_inverse=True)
+        inv = inv.reshape(-1)
+        pk[uk] += np.bincount(inv, minlength=uk.size).astype(pk.dtype)
+        by[uk] += np.bincount(inv, weights=pay, minlength=uk.size).astype(by.dtype)
+        if keep.all():
+            return
+        marks = cap.marks
+        over = idx[~keep]
+        if cap.headers_past_limit:
+            marks.cut[over] = d.pay_off[over]
+        else:
+            marks.keep[over] = False
+
+    def _plan_through(self, batch: PacketBatch, d: Decoded, end: int) -> None:
+        """Plan into files the frames of packets up to ``end`` (not planned yet), and count them
+        per flow: written (pcap_packets), skipped by the policy, dropped (the writer had no room)."""
+        cap = self.capture
+        assert cap is not None and cap.marks is not None
+        lo, self._planned_to = self._planned_to, max(self._planned_to, end)
+        if end <= lo:
+            return
+        marks = cap.marks
+        pos = cap.plan_range(batch, d, lo, end, float(batch.ts[end - 1]))
+        flows = self._flow_of[lo:end]
+        c = self.table.cols
+        inflow = flows >= 0
+        if not inflow.any():
+            return
+        at = np.flatnonzero(inflow)
+        f = flows[at]
+        written = np.zeros(end - lo, bool)
+        written[pos - lo] = True
+        w = written[at]
+        if not cap.open:
+            np.add.at(c["pc_drop"], f, 1)
+        else:
+            np.add.at(c["pc_skip"], f[~w], 1)
+        if not w.any():
+            return
+        fw = f[w]
+        seq = marks.seq[lo + at[w]]
+        np.add.at(c["pc_kept"], fw, 1)
+        uf, first = np.unique(fw, return_index=True)
+        s0 = c["pc_seq0"][uf]
+        c["pc_seq0"][uf] = np.where(s0 == 0, seq[first], s0)
+        rev_u, rev_first = np.unique(fw[::-1], return_index=True)
+        c["pc_seq1"][rev_u] = seq[::-1][rev_first]
 
     def _app_over_budget(self) -> bool:
         """Whether the application parsers took their share (``app_budget``) of the current second."""
@@ -488,6 +575,11 @@ class Engine:
                 h0, h1 = parser.heads()
                 if h0 or h1:
                     gathering[f] = (h1, h0) if self.table.cols["orig"][f] else (h0, h1)
+            if self.capture is not None and self.capture.policy.uses_app:  # (for rules on app)
+                cap_app = self.table.cols["cap_app"]
+                for f, parser in fed.items():
+                    if (kind := parser.kind) is not None:
+                        cap_app[f] = APP_CODE.get(kind, 0)
 
     def _head_segments(self, batch: PacketBatch, d: Decoded, idx: I64, key: I64, live: I64, want: B) -> B:
         """Of the ``live`` packets not in ``want``: those that may continue a message head the
@@ -581,13 +673,14 @@ class Engine:
             return
         flows = flows[np.argsort(self.table.cols["seg_start"][flows], kind="stable")]
         self._pending.append(
-            encode_records(self.table, flows, reason, now, self.excerpts, self.app, self.labeler, self.sensor)
+            encode_records(self.table, flows, reason, now, self.excerpts, self.app, self.labeler, self.sensor,
+                           None if self.capture is None else self.capture.plan.names)
         )
         self._counters[f"flows_{reason}"] += int(flows.size)
         self._counters["records"] += int(flows.size)
         c = self.table.cols
         if reason == "active":
-            for k in ("pkts", "ipbytes", "paybytes"):
+            for k in ("pkts", "ipbytes", "paybytes", "pc_kept", "pc_skip", "pc_drop", "pc_seq0", "pc_seq1"):
                 c[k][flows] = 0
             c["seg_start"][flows] = now
             c["segments"][flows] += 1

@@ -45,6 +45,7 @@ from .listen.settings import parse_hostport
 from .listen.sockets import Endpoint, close_endpoints, kernel_drops, open_endpoints, socket_inode
 from .metrics import Aggregator, EndpointInfo, MetricsServer
 from .packets import Layer, PacketBatch
+from .pcapkeep.capture import Capture
 
 log = logging.getLogger("vxmirror.service")
 
@@ -58,6 +59,10 @@ class Forwarders(Protocol):
     def reopen(self) -> None: ...
     def counters(self) -> dict[str, Any]: ...
     def health(self) -> dict[str, Any]: ...
+    # (with a planned pcap sink, forwarders.manager.ForwarderSet.capture made the engine's Capture)
+    @property
+    def capture_open(self) -> bool: ...
+    def end_capture_file(self, capture: Capture) -> None: ...
 
 
 class Notifier(Protocol):
@@ -144,6 +149,9 @@ class Worker:
 
     # -- data path -------------------------------------------------------------------------
     def on_batch(self, batch: PacketBatch) -> None:
+        capture = self.engine.capture
+        if capture is not None:  # frames the pcap writer has no room for count as dropped in the records
+            capture.open = self.forwarders.capture_open
         try:
             result = self.engine.process(batch)
         except Exception:
@@ -169,6 +177,11 @@ class Worker:
             except Exception:
                 self.pipeline["dropped_forwarder_error"] += len(records)
                 self._log_error("forwarders refused records; they are dropped and counted")
+
+    def _end_capture_file(self) -> None:
+        capture = self.engine.capture
+        if capture is not None:
+            self.forwarders.end_capture_file(capture)
 
     def _log_error(self, msg: str) -> None:
         now = time.monotonic()
@@ -226,6 +239,7 @@ class Worker:
     def reopen(self) -> None:
         self.pipeline["reopens"] += 1
         try:
+            self._end_capture_file()
             self.forwarders.reopen()
             log.info("output files reopened")
         except Exception:
@@ -244,6 +258,9 @@ class Worker:
         self.forwarders = self.forwarders_factory(
             self.cfg, self.index, self.labeler.name if self.labeler is not None else None
         )
+        make_capture = getattr(self.forwarders, "capture", None)
+        if make_capture is not None:  # the pcap sink's frames are planned by the engine (receiver/pcapkeep)
+            self.engine.capture = make_capture(self.labeler)
         lc = self.cfg.listen
         gro = lc.udp_gro and self.alone
         self.drain = Drain(lc, self.sockets, self.on_batch, SourceFilter(lc.allow_sources), gro=gro)
@@ -261,6 +278,9 @@ class Worker:
                 self.pipeline["ticks"] += 1
                 try:
                     self._records(self.engine.tick(time.time()))
+                    capture = self.engine.capture
+                    if capture is not None and capture.plan.due(time.time()):
+                        self._end_capture_file()  # (rotation by age while the traffic is quiet)
                 except Exception:
                     self._log_error("engine tick failed")
             if now >= next_report:

@@ -49,6 +49,7 @@ def test_schema_matches_record_typeddict() -> None:
 def _schema_fields() -> set[str]:
     props = SCHEMA["properties"]
     names = set(props) | {f"aws.{k}" for k in props["aws"]["properties"]}
+    names |= {f"pcap.{k}" for k in props["pcap"]["properties"]}
     app = props["app"]["properties"]
     for kind in ("http", "dns"):
         names |= {f"app.{kind}"} | {f"app.{kind}.{k}" for k in app[kind]["items"]["properties"]}

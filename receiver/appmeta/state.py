@@ -378,6 +378,11 @@ class AppState:
             return len(self.dns or ()) < self.max_items or self._dns_pending is not None
         return True
 
+    @property
+    def kind(self) -> str | None:
+        """The protocol recognised so far ("http", "dns", "tls"), or None."""
+        return self._kind
+
     def to_record(self, copy: bool = True) -> dict[str, Any]:
         """The ``app`` object: only the protocols seen (HTTP heads still being gathered included).
 

@@ -62,7 +62,7 @@ def _load() -> ctypes.CDLL | None:
     lib.vx_encode_records.restype = _I64
     lib.vx_encode_records.argtypes = [
         _P, _I64, _P, _P, _P, ctypes.c_char_p, _I64, ctypes.c_double, _P, _I64, ctypes.c_char_p, _P, _P, _P,
-        ctypes.c_char_p, _I64, _P, _I64, _P, _P, _P, _P, _P,
+        ctypes.c_char_p, _I64, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _I64, _I64,
     ]
     lib.vx_format_floats.restype = _I64
     lib.vx_format_floats.argtypes = [_P, _I64, ctypes.c_int, _P, _P]
@@ -87,10 +87,13 @@ def encode_records(
     app: dict[int, Any],
     labeler: Callable[[int], dict[str, Any] | None] | None,
     sensor: str | None,
+    pcap_names: dict[int, str] | None = None,
 ) -> RecordBatch:
     """The records of ``flows`` (table rows, in the order given), as ``build_records`` makes them."""
     if _lib is None:
-        return RecordBatch.from_records(build_records(table, flows, reason, now, excerpts, app, labeler, sensor))
+        return RecordBatch.from_records(
+            build_records(table, flows, reason, now, excerpts, app, labeler, sensor, pcap_names)
+        )
     if not flows.size:
         return RecordBatch.empty()
     flows = np.ascontiguousarray(flows, np.int64)
@@ -103,7 +106,7 @@ def encode_records(
         hi = min(lo + CHUNK, flows.size)
         a, b = int(app_off[lo]), int(app_off[hi])
         parts.append(_encode(table, flows[lo:hi], reason, now, excerpts, app_text[a:b], app_off[lo : hi + 1] - a,
-                             aws_idx[lo:hi], aws, suffix))
+                             aws_idx[lo:hi], aws, suffix, pcap_names))
     return RecordBatch.concat(parts)
 
 
@@ -148,16 +151,17 @@ def _aws_fragments(
 def _encode(
     table: FlowTable, flows: np.ndarray, reason: str, now: float | None, excerpts: ExcerptPool | None,
     app_text: bytes, app_off: np.ndarray, aws_idx: np.ndarray, aws: tuple[_StrTab, bytes, np.ndarray],
-    suffix: bytes,
+    suffix: bytes, pcap_names: dict[int, str] | None,
 ) -> RecordBatch:
     assert _lib is not None
     n = flows.size
+    pcap_ptrs, names, base, name_max, pcap_room = _pcap_names(table, flows, pcap_names)
     app_off = np.ascontiguousarray(app_off, np.int64)
     aws_max = int(np.diff(aws[2]).max()) if aws[2].size > 1 else 0
     rows = excerpts.rows if excerpts is not None else None
     exc_b64 = 2 * 4 * ((excerpts.size + 2) // 3) if excerpts is not None else 0
     with_app = int(np.count_nonzero(np.diff(app_off)))
-    cap = n * (LINE_MAX + exc_b64 + aws_max + len(suffix)) + len(app_text) + 8 * with_app + 64
+    cap = n * (LINE_MAX + exc_b64 + aws_max + len(suffix)) + len(app_text) + 8 * with_app + pcap_room + 64
     out = _scratch(cap)
     ends = np.empty(n, np.int64)
     cid = np.empty((n, CID_BYTES), np.uint8)
@@ -176,11 +180,35 @@ def _encode(
         float("nan") if now is None else now, None if rows is None else rows.ctypes.data,
         0 if excerpts is None else excerpts.size, app_text, app_off.ctypes.data, aws_idx.ctypes.data,
         ctypes.byref(aws[0]), suffix, len(suffix), out.ctypes.data, cap, ends.ctypes.data, cid.ctypes.data,
-        vni.ctypes.data, ts_start.ctypes.data, ts_end.ctypes.data,
+        vni.ctypes.data, ts_start.ctypes.data, ts_end.ctypes.data, pcap_ptrs,
+        None if names is None else ctypes.byref(names[0]), base, name_max,
     )
     if size < 0:  # pragma: no cover - the capacity above is an upper bound
         raise RuntimeError("encode_records: output buffer too small")
     return RecordBatch(out[:size].tobytes(), ends, cid.view(CID_DTYPE).reshape(n), vni, ts_start, ts_end)
+
+
+PCAP_COLUMNS = ("pc_kept", "pc_skip", "pc_drop", "pc_seq0", "pc_seq1")
+
+
+def _pcap_names(
+    table: FlowTable, flows: np.ndarray, pcap_names: dict[int, str] | None
+) -> tuple[Any, tuple[_StrTab, bytes, np.ndarray] | None, int, int, int]:
+    """For the ``pcap`` objects (None: records have none): the columns, the names of the files
+    the records name (JSON strings, from number ``base``), the longest, and the room they take."""
+    if pcap_names is None:
+        return None, None, 0, 0, 0
+    c = table.cols
+    ptrs = (ctypes.c_void_p * len(PCAP_COLUMNS))(*[c[k].ctypes.data for k in PCAP_COLUMNS])
+    s0, s1 = c["pc_seq0"][flows], c["pc_seq1"][flows]
+    named = s0 > 0
+    if not named.any():
+        return ptrs, _table([]), 0, 0, 128 * flows.size
+    base, top = int(s0[named].min()), int(s1[named].max())
+    quoted = [orjson.dumps(pcap_names[q]) for q in range(base, top + 1)]
+    name_max = max(map(len, quoted))
+    files = int((s1[named] - s0[named] + 1).sum())
+    return ptrs, _table(quoted), base, name_max, 128 * flows.size + files * (name_max + 1)
 
 
 _SCRATCH: list[np.ndarray] = [np.empty(0, np.uint8)]

@@ -37,5 +37,6 @@ class FlowRecord(TypedDict):
     excerpt_in: NotRequired[str]
     excerpt_out: NotRequired[str]
     app: NotRequired[dict[str, Any]]
+    pcap: NotRequired[dict[str, Any]]  # with a pcap sink: frames written, skipped, dropped; files
     aws: NotRequired[dict[str, Any]]
     sensor: NotRequired[str]

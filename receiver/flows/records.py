@@ -41,7 +41,10 @@ def build_records(
     app: dict[int, Any],
     labeler: Callable[[int], dict[str, Any] | None] | None,
     sensor: str | None,
+    pcap_names: dict[int, str] | None = None,
 ) -> list[FlowRecord]:
+    """The records of ``flows``; ``pcap_names`` (the pcap files' names by number, with a pcap
+    sink whose frames the engine plans): each record gets its ``pcap`` object."""
     if not flows.size:
         return []
     c = table.cols
@@ -139,6 +142,14 @@ def build_records(
             meta = state if isinstance(state, dict) else state.to_record(copy=interim)
             if meta:
                 rec["app"] = meta
+        if pcap_names is not None:
+            s0, s1 = int(c["pc_seq0"][f]), int(c["pc_seq1"][f])
+            rec["pcap"] = {
+                "packets": int(c["pc_kept"][f]),
+                "skipped": int(c["pc_skip"][f]),
+                "dropped": int(c["pc_drop"][f]),
+                "files": [pcap_names[q] for q in range(s0, s1 + 1)] if s0 > 0 else [],
+            }
         if labeler is not None and vni >= 0:
             labels = labeler(vni)
             if labels:

@@ -63,6 +63,15 @@ COLUMNS: dict[str, tuple[str, bool]] = {
     "app_pkts": ("u1", True),  # payload packets shown to the application parsers
     "app_parser": ("?", False),  # the flow has an application parser (engine.app holds its AppState)
     "app_head": ("?", True),  # its parser gathers a message head's segments in this direction
+    # packet capture (receiver/pcapkeep; with a pcap sink only)
+    "cap_pk": ("u4", True),  # packets seen per direction since the flow started (the policy's count)
+    "cap_by": ("u8", True),  # payload bytes likewise
+    "cap_app": ("u1", False),  # what the engine recognised (pcapkeep.policy.APPS), for rules on app
+    "pc_kept": ("u4", False),  # frames planned into a pcap file (this record's)
+    "pc_skip": ("u4", False),  # frames the policy did not write
+    "pc_drop": ("u4", False),  # frames dropped: the pcap writer's queue was full
+    "pc_seq0": ("i4", False),  # first and last file numbers holding this record's frames (0: none)
+    "pc_seq1": ("i4", False),
 }
 
 

@@ -418,7 +418,8 @@ EXPORT int64_t vx_encode_records(
     const char *reason, int64_t reason_len, double now, const uint8_t *exc, int64_t exc_size,
     const char *app_text, const int64_t *app_off, const int32_t *aws_idx, const strtab *aws,
     const char *sensor, int64_t sensor_len, char *out, int64_t cap, int64_t *ends, uint8_t *cid,
-    int64_t *vni_out, double *ts_start_out, double *ts_end_out) {
+    int64_t *vni_out, double *ts_start_out, double *ts_end_out, void *const *pcap, const strtab *pcap_names,
+    int64_t pcap_base, int64_t pcap_name_max) {
     const uint8_t *orig_c = cols[C_ORIG];
     const uint16_t *kproto = cols[C_KPROTO];
     const uint64_t *a_hi = cols[C_A_HI], *a_lo = cols[C_A_LO], *b_hi = cols[C_B_HI], *b_lo = cols[C_B_LO];
@@ -442,7 +443,12 @@ EXPORT int64_t vx_encode_records(
         int64_t f = flows[j];
         int64_t app_len = app_off[j + 1] - app_off[j];
         int64_t aws_len = aws_idx[j] >= 0 ? aws->off[aws_idx[j] + 1] - aws->off[aws_idx[j]] : 0;
-        if (end - o < 1024 + b64_room + 8 + app_len + aws_len + sensor_len) return -1;
+        int64_t pcap_len = 0;
+        if (pcap != NULL) {
+            const int32_t *s0 = pcap[3], *s1 = pcap[4];
+            pcap_len = 128 + (s0[f] > 0 ? (int64_t)(s1[f] - s0[f] + 1) * (pcap_name_max + 1) : 0);
+        }
+        if (end - o < 1024 + b64_room + 8 + app_len + aws_len + sensor_len + pcap_len) return -1;
         int orig = orig_c[f], resp = 1 - orig;
         int proto = kproto[f] & 0xFF, v6 = kproto[f] >= 256;
         /* both endpoints, the originator first: 16 big-endian bytes each (IPv4: the last 4) */
@@ -522,6 +528,20 @@ EXPORT int64_t vx_encode_records(
         if (app_len) {
             o = LIT(o, ",\"app\":");
             memcpy(o, app_text + app_off[j], (size_t)app_len); o += app_len;
+        }
+        if (pcap != NULL) { /* the frames of this record in the pcap files (receiver/pcapkeep) */
+            const uint32_t *kept = pcap[0], *skip = pcap[1], *drop = pcap[2];
+            const int32_t *s0 = pcap[3], *s1 = pcap[4];
+            o = LIT(o, ",\"pcap\":{\"packets\":"); o = put_u64(o, kept[f]);
+            o = LIT(o, ",\"skipped\":"); o = put_u64(o, skip[f]);
+            o = LIT(o, ",\"dropped\":"); o = put_u64(o, drop[f]);
+            o = LIT(o, ",\"files\":[");
+            if (s0[f] > 0)
+                for (int64_t q = s0[f]; q <= s1[f]; q++) {
+                    if (q > s0[f]) *o++ = ',';
+                    o = put_tab(o, pcap_names, q - pcap_base);
+                }
+            o = LIT(o, "]}");
         }
         if (aws_len) o = put_tab(o, aws, aws_idx[j]);
         memcpy(o, sensor, (size_t)sensor_len); o += sensor_len;
