@@ -37,6 +37,18 @@ class PcapConfig:
     retain_files: int = opt(0, "keep at most this many closed files (0: no limit)", min=0)
     retain_bytes: int = opt(0, "keep at most this many bytes of closed files (0: no limit)", min=0)
     retain_seconds: float = opt(0.0, "delete closed files older than this (0: never)", min=0)
+    retain_free_percent: float = opt(
+        5.0, "delete the oldest closed files while the file system has less than this % free (0: no limit)",
+        min=0, max=99,
+    )
+    retain_free_bytes: int = opt(
+        0, "delete the oldest closed files while the file system has less than this many bytes free (0: no limit)",
+        min=0,
+    )
+    compress: Literal["none", "gzip"] = opt(
+        "none", "compress each closed file in the background (gzip: .pcap.gz, which tshark reads)"
+    )
+    compress_level: int = opt(1, "gzip level (1 fastest ... 9 smallest)", min=1, max=9)
     snaplen: int = opt(65535, "bytes kept of each frame", min=64, max=262144)
     keep_encapsulation: bool = opt(False, "write whole packets with their outer headers (forensics)")
     prefix: str = opt("vxmirror", "file name prefix")
@@ -135,9 +147,14 @@ class PcapSink(RollingOutput, PacketSink):
                 k = 1  # a frame larger than a whole file: it gets a file of its own
             hi = lo + k
             if self.ng:
+                known = dict(self._ifaces)
                 idbs, iface = self._interfaces(np.asarray(block.vni[lo:hi], np.int64))
                 body = pcapng.encode(block, iface, lo, hi)
-                self.files.write(idbs + body.tobytes() if idbs else body.data)
+                try:
+                    self.files.write(idbs + body.tobytes() if idbs else body.data)
+                except OSError:  # (disk full) the write, its interface blocks with it, was undone
+                    self._ifaces = known
+                    raise
             else:
                 self.files.write(pcap_classic.encode(block, lo, hi).data)
             lo = hi
