@@ -47,7 +47,7 @@ log = logging.getLogger("vxmirror.forwarders.rolling")
 
 FREE_CHECK_SECONDS = 1.0  # free space is checked at most this often (one statvfs)
 RETAIN_SECONDS = 60.0  # the full retention pass runs at least this often (a directory listing)
-COMPRESS_WAIT_SECONDS = 15.0  # close() waits this long for pending compressions; the next start does the rest
+COMPRESS_WAIT_SECONDS = 5.0  # close() waits this long for pending compressions; the next start does the rest
 WARN_SECONDS = 30.0
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
