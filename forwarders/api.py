@@ -80,6 +80,10 @@ class RecordSink(abc.ABC):
     def health_check(self) -> Health:
         return Health(True)
 
+    def stats(self) -> dict[str, int]:
+        """The sink's own counters, shown beside the forwarder's (e.g. files removed by retention)."""
+        return {}
+
     @abc.abstractmethod
     def encode(self, batch: RecordBatch) -> bytes:
         """One batch as the bytes ``send`` delivers.
@@ -153,6 +157,10 @@ class PacketSink(abc.ABC):
 
     def health_check(self) -> Health:
         return Health(True)
+
+    def stats(self) -> dict[str, int]:
+        """The sink's own counters, shown beside the forwarder's (e.g. files removed by retention)."""
+        return {}
 
     @abc.abstractmethod
     def write(self, block: FrameBlock) -> None:

@@ -2,18 +2,17 @@
 
 One FlowRecord per line (the batch's JSON lines, written as they come) in rolling files under ``<data_dir>/flows/``
 (forwarders.rolling: ``.part`` then fsync and rename, rotation by size and
-age, retention). With ``gzip = true`` each closed file is compressed to
-``.jsonl.gz`` (written as ``.part`` and renamed too) and the plain file removed.
+age, retention by count, bytes, age and free space). With ``compress = "gzip"``
+(or the older ``gzip = true``) each closed file is compressed to ``.jsonl.gz`` on
+a background thread (forwarders.compress) and the plain file removed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from receiver.configschema import opt
 from receiver.flows.recordbatch import RecordBatch
@@ -32,22 +31,21 @@ class JsonlConfig:
     retain_files: int = opt(0, "keep at most this many closed files (0: no limit)", min=0)
     retain_bytes: int = opt(0, "keep at most this many bytes of closed files (0: no limit)", min=0)
     retain_seconds: float = opt(0.0, "delete closed files older than this (0: never)", min=0)
-    gzip: bool = opt(False, "compress each closed file to .jsonl.gz")
+    retain_free_percent: float = opt(
+        0.0, "delete the oldest closed files while the file system has less than this % free (0: no limit)",
+        min=0, max=99,
+    )
+    retain_free_bytes: int = opt(
+        0, "delete the oldest closed files while the file system has less than this many bytes free (0: no limit)",
+        min=0,
+    )
+    compress: Literal["none", "gzip"] = opt(
+        "none", "compress each closed file in the background (gzip: .jsonl.gz)"
+    )
+    compress_level: int = opt(1, "gzip level (1 fastest ... 9 smallest)", min=1, max=9)
+    gzip: bool = opt(False, 'the same as compress = "gzip" (older name)')
     prefix: str = opt("flows", "file name prefix")
     fsync: bool = opt(True, "fsync each file before it gets its final name")
-
-
-def _gzip_file(path: Path) -> Path:
-    out = path.with_name(path.name + ".gz")
-    part = out.with_name(out.name + ".part")
-    with open(path, "rb") as src, open(part, "wb") as raw:
-        with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, compresslevel=6) as gz:
-            shutil.copyfileobj(src, gz, 1 << 20)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(part, out)
-    path.unlink()
-    return out
 
 
 def _whole_lines(path: Path) -> int:
@@ -69,7 +67,6 @@ class JsonlSink(RollingOutput, RecordSink):
             "jsonl",
             context.worker,
             policy,
-            on_closed=_gzip_file if config.gzip else None,
             recover=_whole_lines,
             fsync=config.fsync,
         )
@@ -120,16 +117,9 @@ class JsonlSink(RollingOutput, RecordSink):
             raise SendError(f"closing a file in {self.directory}: {e.strerror or e}", retryable=True) from None
 
     def _write(self, data: memoryview) -> None:
-        before = -1
         try:
-            if not self.files.is_open:
-                self.files.open()
-            before = self.files.size
-            self.files.write(data)
+            self.files.write(data)  # whole or not at all (a partial write is undone)
         except OSError as e:
-            if before >= 0:
-                with contextlib.suppress(OSError):
-                    self.files.truncate_to(before)
             # Disk full or a vanished directory may clear: retry, then spool.
             raise SendError(f"writing {self.directory}: {e.strerror or e}", retryable=True) from None
 

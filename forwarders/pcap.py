@@ -43,6 +43,18 @@ class PcapConfig:
     retain_files: int = opt(0, "keep at most this many closed files (0: no limit)", min=0)
     retain_bytes: int = opt(0, "keep at most this many bytes of closed files (0: no limit)", min=0)
     retain_seconds: float = opt(0.0, "delete closed files older than this (0: never)", min=0)
+    retain_free_percent: float = opt(
+        5.0, "delete the oldest closed files while the file system has less than this % free (0: no limit)",
+        min=0, max=99,
+    )
+    retain_free_bytes: int = opt(
+        0, "delete the oldest closed files while the file system has less than this many bytes free (0: no limit)",
+        min=0,
+    )
+    compress: Literal["none", "gzip"] = opt(
+        "none", "compress each closed file in the background (gzip: .pcap.gz, which tshark reads)"
+    )
+    compress_level: int = opt(1, "gzip level (1 fastest ... 9 smallest)", min=1, max=9)
     snaplen: int = opt(65535, "bytes kept of each frame", min=64, max=262144)
     keep_encapsulation: bool = opt(False, "write whole packets with their outer headers (forensics)")
     prefix: str = opt("vxmirror", "file name prefix")
@@ -66,6 +78,7 @@ class PcapSink(RollingOutput, PacketSink):
         self.directory = Path(config.directory) if config.directory else Path(context.data_dir) / "pcap"
         self.ng = config.format == "pcapng"
         self._ifaces: dict[int, int] = {}
+        self._log: pcap_index.IndexLog | None = None
         policy = RollPolicy.of(config)
         self.files = RollingFile(
             self.directory,
@@ -76,10 +89,10 @@ class PcapSink(RollingOutput, PacketSink):
             header=self._header,
             recover=self._recover,
             fsync=config.fsync,
+            on_closed=self._index_closed,
         )
         self._header_len = 0
         self._seq = 0  # the open file's number in the engine's plan (0: not planned)
-        self._log: pcap_index.IndexLog | None = None
         self.planned = False  # the engine plans this sink's files (Capture made)
 
     def capture(self, labeler: Callable[[int], dict[str, Any] | None] | None = None) -> Capture:
@@ -171,9 +184,14 @@ class PcapSink(RollingOutput, PacketSink):
                 k = 1  # a frame larger than a whole file: it gets a file of its own
             hi = lo + k
             if self.ng:
+                known = dict(self._ifaces)
                 idbs, iface = self._interfaces(np.asarray(block.vni[lo:hi], np.int64))
                 body = pcapng.encode(block, iface, lo, hi)
-                self.files.write(idbs + body.tobytes() if idbs else body.data)
+                try:
+                    self.files.write(idbs + body.tobytes() if idbs else body.data)
+                except OSError:  # (disk full) the write, its interface blocks with it, was undone
+                    self._ifaces = known
+                    raise
             else:
                 self.files.write(pcap_classic.encode(block, lo, hi).data)
             lo = hi
@@ -199,6 +217,7 @@ class PcapSink(RollingOutput, PacketSink):
                 if self.config.index:
                     assert self.files.path is not None
                     self._log = pcap_index.IndexLog(self.files.path)
+            known = dict(self._ifaces)
             if self.ng:
                 idbs, iface = self._interfaces(np.asarray(block.vni[lo:hi], np.int64))
                 body = pcapng.encode(block, iface, lo, hi)
@@ -209,11 +228,10 @@ class PcapSink(RollingOutput, PacketSink):
                 data = pcap_classic.encode(block, lo, hi).data
                 sizes = pcap_classic.record_sizes_of(np.asarray(block.caplen[lo:hi], np.int64))
                 first = self.files.size
-            before = self.files.size
             try:
-                self.files.write(data)
+                self.files.write(data)  # (undone whole if it fails: disk full)
             except OSError:
-                self.files.truncate_to(before)
+                self._ifaces = known  # (interfaces whose blocks were not written)
                 raise
             if self._log is not None and block.keys is not None:
                 entries = block.keys[lo:hi].copy()
@@ -227,14 +245,18 @@ class PcapSink(RollingOutput, PacketSink):
                 self._log.append(entries[entries["proto"] != 0])
 
     def _close_file(self) -> None:
-        """Close the open file and turn its index log into its index."""
-        part = self.files.path
-        log, self._log = self._log, None
-        if log is not None:
-            log.close()
-        final = self.files.close()
-        if final is not None and part is not None and log is not None:
-            pcap_index.finish(log.path, final)
+        self.files.close()  # (its index is made in _index_closed, before compression and retention)
+
+    def _index_closed(self, final: Path) -> Path:
+        """A file got its final name (closed, or recovered after a crash): its index log becomes
+        its index."""
+        log = pcap_index.log_path(final.with_name(final.name + ".part"))
+        if self._log is not None and self._log.path == log:
+            self._log.close()
+            self._log = None
+        if log.exists():
+            pcap_index.finish(log, final, final.stat().st_size)
+        return final
 
     def tick(self, now: float) -> None:
         if not self.planned:  # (planned: rotation by age is the plan's, see FilePlan.due)
@@ -243,9 +265,6 @@ class PcapSink(RollingOutput, PacketSink):
     def reopen(self) -> None:
         if not self.planned:  # (planned: the worker ends the plan's file, in order with the frames)
             super().reopen()
-
-    def close(self) -> None:
-        self._close_file()
 
     def health_check(self) -> Health:
         return Health(True, str(self.directory))

@@ -65,9 +65,14 @@ def flow_community_id(flow: str) -> str:
 
 
 def _data_file(index: Path) -> Path | None:
-    """The pcap file an index (or index log) describes, compressed or not."""
+    """The pcap file an index (or index log) describes, compressed or not (a log's file may have
+    been closed since, or recovered after a crash without its index)."""
     base = index.with_name(index.name[: -len(".idx")])
-    for cand in (base, base.with_name(base.name + ".gz")):
+    cands = [base, base.with_name(base.name + ".gz")]
+    if base.name.endswith(".part"):
+        final = base.with_name(base.name[: -len(".part")])
+        cands += [final, final.with_name(final.name + ".gz")]
+    for cand in cands:
         if cand.exists():
             return cand
     return None

@@ -24,6 +24,8 @@ import numpy as np
 
 from receiver.flows.community_id import community_id_packed
 
+from .filemodes import create_private
+
 ENTRY = np.dtype([
     ("pos", "<i8"), ("ts", "<f8"), ("vni", "<i4"), ("proto", "u1"), ("v6", "u1"), ("_pad", "<u2"),
     ("a_hi", "<u8"), ("a_lo", "<u8"), ("b_hi", "<u8"), ("b_lo", "<u8"), ("a_port", "<u2"), ("b_port", "<u2"),
@@ -81,7 +83,7 @@ class IndexLog:
 
     def __init__(self, part: Path) -> None:
         self.path = log_path(part)
-        self._f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed by close()/finish()
+        self._f = os.fdopen(create_private(self.path), "wb", buffering=0)  # (0640, as the pcap files)
 
     def append(self, entries: np.ndarray) -> None:
         if entries.size:
@@ -123,7 +125,10 @@ def finish(log: Path, final: Path, file_size: int | None = None) -> Path | None:
     )
     out = index_path(final)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # (a leftover of a crash)
+    with os.fdopen(create_private(tmp), "wb") as f:
+        f.write(buf.getvalue())
     os.replace(tmp, out)
     with contextlib.suppress(FileNotFoundError):
         log.unlink()

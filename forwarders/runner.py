@@ -12,6 +12,7 @@ the semantics (what is retried, spooled, dead-lettered and dropped).
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import math
 import os
@@ -124,6 +125,13 @@ class _SinkThread:
         with self._lock:
             self._reopen = True
             self._cv.notify()
+
+    def _sink_stats(self) -> dict[str, int]:
+        """The sink's own counters (files removed by retention, compressed, ...)."""
+        try:
+            return {k: int(v) for k, v in self.sink.stats().items()}
+        except Exception:
+            return {}
 
     def _base_counters(self) -> dict[str, int]:
         """Counters plus drops by reason and in total (call with the lock held)."""
@@ -277,6 +285,7 @@ class RecordForwarder(_SinkThread):
         out["spool_records"] = self.spool.records
         out["spool_bytes"] = self.spool.bytes
         out["healthy"] = int(self._state == "up")
+        out.update(self._sink_stats())
         return out
 
     def health(self) -> Health:
@@ -695,6 +704,7 @@ class PacketForwarder(_SinkThread):
             out["queue_depth"] = self._qframes
             out["queue_bytes"] = self._qbytes
         out["healthy"] = int(self._ok)
+        out.update(self._sink_stats())
         return out
 
     def health(self) -> Health:
@@ -741,7 +751,8 @@ class PacketForwarder(_SinkThread):
         try:
             self.sink.write(block)
         except Exception as e:
-            self.drop_counted("write_error", block.count)
+            full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            self.drop_counted("disk_full" if full else "write_error", block.count)
             self._ok = False
             self._detail = f"write failed: {e}"
             self._rlog(

@@ -361,7 +361,7 @@ def test_packet_forwarder_overflow_and_write_errors(tmp_path: Path) -> None:
     wait_for(lambda: fwd.counters()["queue_depth"] == 0)
     sink.broken = True
     fwd.put(block(5))
-    wait_for(lambda: fwd.counters().get("dropped_write_error", 0) == 5)
+    wait_for(lambda: fwd.counters().get("dropped_disk_full", 0) == 5)  # ENOSPC; other errors: write_error
     assert not fwd.health().ok
     fwd.close(5)
     c = fwd.counters()
