@@ -65,6 +65,7 @@ class SinkContext:
     name: str  # unique forwarder name, e.g. "splunk_hec" or "splunk_hec.cluster2"
     data_dir: Path  # base data directory (spool, dead letters, default outputs)
     worker: int = 0  # worker process index (file names must not collide across workers)
+    workers: int = 1  # worker processes of the service (worker 0 adopts the spools of the others)
     vni_names: Any = None  # optional callable: vni -> str | None (pcapng interface names)
     extra: dict[str, Any] = field(default_factory=dict)
 

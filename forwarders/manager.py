@@ -51,11 +51,14 @@ class ForwarderSet:
         data_dir: str | Path,
         worker: int = 0,
         vni_names: Callable[[int], str | None] | None = None,
+        workers: int = 1,
     ) -> ForwarderSet:
+        """``worker`` of ``workers``: each worker's files and spools are its own."""
         built: list[Forwarder] = []
         try:
             for spec in specs:
-                ctx = SinkContext(name=spec.name, data_dir=Path(data_dir), worker=worker, vni_names=vni_names)
+                ctx = SinkContext(name=spec.name, data_dir=Path(data_dir), worker=worker, workers=workers,
+                                  vni_names=vni_names)
                 sink = spec.sink_class(spec.config, ctx)
                 if isinstance(sink, PacketSink):
                     built.append(PacketForwarder(sink, spec.settings))

@@ -31,7 +31,7 @@ from receiver.flows.recordbatch import RecordBatch
 
 from .api import FrameBlock, Health, PacketSink, RecordSink, SendError
 from .settings import RunnerSettings
-from .spool import Spool, SpoolEntry, SpoolFull
+from .spool import Spool, SpoolEntry, SpoolFull, orphan_directories, worker_directory
 
 log = logging.getLogger("vxmirror.forwarders")
 
@@ -204,7 +204,13 @@ class RecordForwarder(_SinkThread):
         self._state: State = "up"
         self._fail_streak = 0
         self._next_probe = 0.0
-        self.spool = Spool(data_dir / "spool" / self.name, s.spool_max_bytes)
+        ctx = sink.context
+        base = data_dir / "spool" / self.name
+        self.spool = Spool(worker_directory(base, ctx.worker), s.spool_max_bytes)
+        if ctx.worker == 0:  # the spools of workers the service no longer has
+            for orphan in orphan_directories(base, ctx.workers):
+                n = self.spool.adopt(orphan)
+                log.info("forwarder %s: adopted %d spooled records of %s", self.name, n, orphan)
         self.deadletter_path = data_dir / "deadletter" / f"{self.name}.jsonl"
         if len(self.spool):
             log.info("forwarder %s: %d spooled records to replay", self.name, self.spool.records)

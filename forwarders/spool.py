@@ -7,6 +7,12 @@ pushed with ``sync=False`` (the caller cannot wait for the disk) is fsynced by a
 ``sync()``: until then a crash of the machine (not of the process) can lose it. Files survive
 a restart; a new spool on the same directory picks them up in sequence order.
 
+One directory per writer: the service's worker 0 spools in ``spool/<forwarder>/`` itself, worker k
+in ``spool/<forwarder>/w<k>/`` (``worker_directory``): two spools on one directory would pick the
+same sequence numbers and overwrite each other's files. At start, worker 0 adopts the directories
+of workers that no longer exist (the service restarted with fewer workers): their files are moved
+into its own, after its own batches (``adopt``).
+
 Thread-safe: batches may be pushed from any thread while the sender replays; a push holds the
 lock only to reserve its place (sequence number and bytes), not while it writes.
 """
@@ -29,6 +35,21 @@ from receiver.flows.recordbatch import RecordBatch
 log = logging.getLogger("vxmirror.forwarders.spool")
 
 _NAME = re.compile(r"^(\d{12})-(\d+)\.jsonl$")
+_WORKER = re.compile(r"^w(\d+)$")
+
+
+def worker_directory(base: Path, worker: int) -> Path:
+    """The spool directory of ``worker`` under a forwarder's ``base`` (``base`` itself for worker 0,
+    the layout of a single-worker service)."""
+    return base if worker == 0 else base / f"w{worker}"
+
+
+def orphan_directories(base: Path, workers: int) -> list[Path]:
+    """The spool directories under ``base`` of workers numbered ``workers`` or above."""
+    if not base.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in base.iterdir() if (m := _WORKER.match(p.name)) and p.is_dir()]
+    return [p for k, p in sorted(found) if k >= max(1, workers)]
 
 
 @dataclass(frozen=True, order=True)
@@ -75,6 +96,37 @@ class Spool:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def adopt(self, other: Path) -> int:
+        """Move the batches of another spool directory (of a worker that no longer exists) into this
+        one, oldest first, numbered after this spool's own; remove the directory. Call before the
+        spool is used. Returns how many records were adopted. A crash in the middle leaves each
+        file in one directory or the other, and the next start adopts the rest."""
+        if self.max_bytes <= 0:
+            return 0
+        files = []
+        for p in other.iterdir():
+            m = _NAME.match(p.name)
+            if m:
+                files.append((int(m.group(1)), int(m.group(2)), p))
+            elif p.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        n = 0
+        for _, count, p in sorted(files):
+            seq = self._next_seq
+            e = SpoolEntry(seq, self.directory / f"{seq:012d}-{count}.jsonl", count, p.stat().st_size)
+            os.rename(p, e.path)
+            self._next_seq += 1
+            self._entries.append(e)
+            self.bytes += e.size
+            self.records += count
+            n += count
+        with contextlib.suppress(OSError):
+            other.rmdir()
+        if files:
+            _fsync_dir(self.directory)
+        return n
 
     def push(self, data: bytes | memoryview, count: int, *, sync: bool = True) -> SpoolEntry:
         """Append one batch: ``count`` records as JSON lines, each ending in a newline.
@@ -130,11 +182,7 @@ class Spool:
             finally:
                 os.close(fd)
         if paths:
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_dir(self.directory)
         return len(paths)
 
     def oldest(self) -> SpoolEntry | None:
@@ -183,6 +231,14 @@ class Spool:
             old = self._entries.pop(i)
             self.bytes -= old.size
             self.records -= old.count
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_object(line: bytes) -> bool:

@@ -91,16 +91,17 @@ def worker_count(cfg: Config) -> int:
 
 
 def make_forwarders(
-    cfg: Config, worker: int, vni_names: Callable[[int], str | None] | None = None
+    cfg: Config, worker: int, vni_names: Callable[[int], str | None] | None = None, workers: int = 1
 ) -> Forwarders:
-    """The configured forwarders of one worker (the embedded default: JSON lines and pcap).
+    """The configured forwarders of one worker (``worker`` of ``workers``; the embedded default:
+    JSON lines and pcap).
 
     ``vni_names`` names a VNI's mirror session (pcapng interface names), when known."""
     from forwarders import manager, registry
 
     data_dir = Path(cfg.data_dir)
     specs = cfg.forwarder_specs or registry.defaults(data_dir)
-    return manager.ForwarderSet.from_specs(specs, data_dir, worker, vni_names)
+    return manager.ForwarderSet.from_specs(specs, data_dir, worker, vni_names, workers)
 
 
 def _health_dict(h: Any) -> dict[str, Any]:
@@ -123,11 +124,13 @@ class Worker:
         sockets: list[tuple[socket.socket, Layer, str]],
         conn: Connection | None,
         forwarders_factory: Callable[..., Forwarders] = make_forwarders,
-        alone: bool = False,
+        workers: int = 1,
     ) -> None:
-        """``alone``: the only worker (every datagram comes here: UDP_GRO cannot split flows)."""
+        """``workers``: how many the service runs; alone (1), every datagram comes here (UDP_GRO
+        cannot split flows)."""
         self.index = index
-        self.alone = alone
+        self.workers = workers
+        self.alone = workers == 1
         self.cfg = cfg
         self.sockets = sockets
         self.conn = conn
@@ -256,7 +259,7 @@ class Worker:
         self.engine = Engine(self.cfg.engine, labeler=self.labeler, sensor=self.cfg.sensor_name())
         self.engine.app_budget = self.cfg.listen.app_time_budget
         self.forwarders = self.forwarders_factory(
-            self.cfg, self.index, self.labeler.name if self.labeler is not None else None
+            self.cfg, self.index, self.labeler.name if self.labeler is not None else None, self.workers
         )
         make_capture = getattr(self.forwarders, "capture", None)
         if make_capture is not None:  # the pcap sink's frames are planned by the engine (receiver/pcapkeep)
@@ -350,7 +353,7 @@ def _worker_main(
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        code = loop.run_until_complete(Worker(index, cfg, sockets, conn, alone=workers == 1).run())
+        code = loop.run_until_complete(Worker(index, cfg, sockets, conn, workers=workers).run())
     except Exception:
         log.exception("worker failed")
         code = 1

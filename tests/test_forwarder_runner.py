@@ -204,6 +204,38 @@ def test_spool_survives_restart(tmp_path: Path) -> None:
     assert replayed == list(range(35))  # oldest first
 
 
+def test_workers_spool_apart_and_worker_0_adopts_the_spools_of_workers_gone(tmp_path: Path) -> None:
+    """Two workers' spools of one forwarder never share a directory (their sequence numbers would
+    collide and one file overwrite the other); restarted with one worker, worker 0 replays both."""
+    down = lambda r, n: SendError("down", retryable=True)  # noqa: E731
+    fwds = []
+    for w in (0, 1, 2):
+        sink = FakeSink(SinkContext(name="fake", data_dir=tmp_path, worker=w, workers=3), down)
+        fwds.append(RecordForwarder(sink, fast(max_retries=0)))
+    for w, fwd in enumerate(fwds):
+        fwd.put(recs(100 * w, 100 * w + 25))  # the same batch sizes: the same file names in one directory
+    for fwd in fwds:
+        fwd.close(0.5)
+        assert fwd.counters()["spool_records"] == 25
+    base = tmp_path / "spool" / "fake"
+    assert len(list(base.glob("*.jsonl"))) == 3 and len(list((base / "w1").glob("*.jsonl"))) == 3
+    (base / "w2" / "000000000009-1.jsonl.tmp").write_bytes(b'{"id": -1}\n')  # cut by a crash: not a batch
+
+    # restarted with two workers: worker 0 adopts worker 2's spool, worker 1 keeps its own
+    sinks = [FakeSink(SinkContext(name="fake", data_dir=tmp_path, worker=w, workers=2), lambda r, n: None)
+             for w in (0, 1)]
+    again = [RecordForwarder(s, fast(), start=False) for s in sinks]
+    assert [f.counters()["spool_records"] for f in again] == [50, 25]
+    assert not (base / "w2").exists()
+    for f in again:
+        f.start()
+    wait_for(lambda: all(f.counters()["spool_records"] == 0 for f in again))
+    for f in again:
+        f.close(5)
+    assert [r["id"] for r in sinks[0].delivered] == [*range(25), *range(200, 225)]  # its own first
+    assert sorted(r["id"] for r in sinks[1].delivered) == list(range(100, 125))
+
+
 def test_close_flushes_partial_batch(tmp_path: Path) -> None:
     sink = FakeSink(ctx(tmp_path), lambda r, n: None)
     fwd = RecordForwarder(sink, fast(batch_interval=60, batch_max_records=1000))
