@@ -255,26 +255,41 @@ def _app_flow(kind: str) -> tuple[list[tuple[int, bytes]], int, int, int]:
         return [(0, req), (1, resp)], 6, 40000, 80
     if kind == "tls_hello":
         return [(0, _client_hello("cdn.example.org", rng))], 6, 40000, 443
+    if kind == "quic_initials":  # RFC 9001's client Initial (1,200 bytes) and the server's Initial
+        from tests.quic_samples import RFC9001_CLIENT_INITIAL, RFC9001_SERVER_INITIAL
+
+        return [(0, RFC9001_CLIENT_INITIAL), (1, RFC9001_SERVER_INITIAL)], 17, 40000, 443
+    if kind == "udp_opaque":  # a UDP payload away from the DNS ports, not QUIC: screened out
+        return [(0, bytes(range(7, 107))), (1, bytes(range(9, 109)))], 17, 40000, 5004
+    if kind == "udp_long_header":  # a QUIC Handshake packet (long header, not an Initial): screened out
+        return [(0, b"\xe3\x00\x00\x00\x01" + bytes(range(95))), (1, bytes(range(9, 109)))], 17, 40000, 443
     return [(0, bytes(range(7, 107))), (1, bytes(range(9, 109)))], 6, 40000, 5432  # opaque: no parser
 
 
-@pytest.mark.parametrize("kind", ["dns_pair", "http_exchange", "tls_hello", "opaque"])
+@pytest.mark.parametrize(
+    "kind", ["dns_pair", "http_exchange", "tls_hello", "quic_initials", "opaque", "udp_opaque", "udp_long_header"]
+)
 def test_app_parser_per_flow(benchmark: Any, kind: str) -> None:
     """What the application metadata of one flow costs: screening, the parser's state, feeding its
-    payloads and the result (an opaque flow is screened out: no parser object is made)."""
+    payloads and the result (an opaque flow is screened out: no parser object is made). QUIC: the
+    Initial keys are derived anew for every flow (each has its own connection ID), as they would be."""
+    from receiver.appmeta import quic
     from receiver.appmeta.state import AppState, worth_parsing
 
     payloads, proto, sport, dport = _app_flow(kind)
+    forget_keys = quic._client_keys.cache_clear if kind == "quic_initials" else lambda: None
 
     def one_flow() -> dict[str, Any] | None:
         if not worth_parsing(payloads[0][1], proto, sport, dport):
             return None
+        forget_keys()
         state = AppState()
         for d, p in payloads:
             state.feed(d, p, proto, sport if d == 0 else dport, dport if d == 0 else sport)
         return state.to_record(copy=False)
 
     result = one_flow()
-    assert (result is None) == (kind == "opaque")
+    assert (result is None) == (kind in ("opaque", "udp_opaque", "udp_long_header"))
+    assert kind != "quic_initials" or (result is not None and result["quic"]["sni"] == "example.com")
     _items(benchmark, 1, "flow")
     benchmark(one_flow)

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import native
+from .appmeta import quic
 from .appmeta import state as appstate
 from .appmeta.state import DNS_TCP_PORTS, DNS_UDP_PORTS, START_BYTES, TCP, UDP, AppState, worth_parsing
 from .decode import Decoded, Frag, Status, decode
@@ -68,6 +69,7 @@ HTTP_WORDS = np.array(
 )
 _HTTP_FIRST = _lut(256, (w >> 24 for w in HTTP_WORDS.tolist()))
 APP_TABLES = AppTables(_DNS_PORT, _APP_UDP_PORT, _APP_TCP_PORT, _APP_START, _HTTP_FIRST, HTTP_WORDS)
+APP_BAD_LOG_INTERVAL = 60.0  # seconds between log lines about malformed payloads the parsers counted
 FRAGMENT_MAP_MAX = 65536
 BASE_COUNTERS = ("packets", "bytes", "decoded", "slow_path", "flows_created", "records")
 # counters naming packets that did not reach a flow (every packet is either decoded or one of these)
@@ -96,7 +98,7 @@ class Prepared:
     # per packet, for the application parsers' screening (Engine._app; None: _app screens itself):
     # a packet to show them after its direction's first packets (DNS by port, or the start of an
     # HTTP message), and a packet that may start something they understand (a superset of
-    # worth_parsing)
+    # worth_parsing; on UDP exactly worth_parsing: a DNS port or a QUIC Initial)
     app_later: B | None = None
     app_maybe: B | None = None
 
@@ -136,6 +138,7 @@ class Engine:
         self.capture: Capture | None = None
         self._planned_to = 0  # packets of the current batch planned into files
         self._flow_of = np.zeros(0, np.int64)  # the flow of each packet of the batch (-1: none)
+        self._app_bad_logged = -math.inf  # when malformed payloads were last logged (monotonic)
 
     # -- public API ---------------------------------------------------------------------------
     def process(self, batch: PacketBatch, prepared: Prepared | None = None) -> BatchResult:
@@ -508,6 +511,7 @@ class Engine:
         started: list[int] = []  # flows given a parser here
         ended: list[int] = []  # flows whose parser finished here
         fed: dict[int, AppState] = {}  # flows fed here: their parser
+        bad: list[str] = []  # counters of malformed payloads (QUIC Initials) the parsers named
         at = -1  # the flow of the packet before
         state: AppState | dict[str, Any] | None = None
         for f, k, c0, r, off_, cap, pr, sp, dp, mb, hd in zip(
@@ -522,7 +526,7 @@ class Engine:
             if not isinstance(state, AppState):  # (None: the flow has no parser)
                 if hd:
                     continue  # no head open there: not shown
-                # (on UDP ``maybe`` is worth_parsing: a DNS port)
+                # (on UDP ``maybe`` is worth_parsing: a DNS port or a QUIC Initial)
                 if not mb or (pr != UDP and not worth_parsing(payload := mv[off_ : off_ + cap].tobytes(), pr, sp, dp)):
                     # opaque payload: after the first few packets this direction is not looked at again
                     c = n_seen.get(k, c0) + 1
@@ -543,7 +547,8 @@ class Engine:
                 continue
             else:
                 payload = mv[off_ : off_ + cap].tobytes()
-            state.feed(r, payload, pr, sp, dp)
+            if (name := state.feed(r, payload, pr, sp, dp)) is not None:
+                bad.append(name)
             fed[f] = state
             if state.wants_more:
                 n_seen[k] = n_seen.get(k, c0) + 1
@@ -557,6 +562,8 @@ class Engine:
                     app[f] = meta
                 else:
                     del app[f]
+        if bad:
+            self._count_bad(bad)
         seen_flat = seen.reshape(-1)
         if n_seen:  # (a direction's count stops below APP_DONE while its parser looks)
             seen_flat[np.fromiter(n_seen.keys(), np.int64, len(n_seen))] = np.minimum(
@@ -580,6 +587,15 @@ class Engine:
                 for f, parser in fed.items():
                     if (kind := parser.kind) is not None:
                         cap_app[f] = APP_CODE.get(kind, 0)
+
+    def _count_bad(self, names: list[str]) -> None:
+        """Count the malformed payloads the parsers named; log the totals at most once a minute."""
+        self._counters.update(names)
+        now = time.monotonic()
+        if now - self._app_bad_logged >= APP_BAD_LOG_INTERVAL:
+            self._app_bad_logged = now
+            totals = {k: self._counters[k] for k in quic.COUNTERS if self._counters[k]}
+            log.warning("application parsers: malformed payloads, counted so far: %s", totals)
 
     def _head_segments(self, batch: PacketBatch, d: Decoded, idx: I64, key: I64, live: I64, want: B) -> B:
         """Of the ``live`` packets not in ``want``: those that may continue a message head the
@@ -767,13 +783,27 @@ def _segment_runs(key: I64, start: B, open_before: B, span: int) -> B:
 
 def _app_maybe(batch: PacketBatch, d: Decoded, p: I64) -> B:
     """Of the payload packets ``p``: a superset of those passing worth_parsing() (the others need no
-    bytes object while their flow has no parser)."""
+    bytes object while their flow has no parser); on UDP exactly those."""
     proto, sport, dport = d.proto[p], d.sport[p], d.dport[p]
-    return np.where(
+    o = d.pay_off[p]
+    b = batch.buf
+    first = b[o]
+    maybe = np.where(
         proto == TCP,
-        _APP_TCP_PORT[sport] | _APP_TCP_PORT[dport] | _APP_START[batch.buf[d.pay_off[p]]],
+        _APP_TCP_PORT[sport] | _APP_TCP_PORT[dport] | _APP_START[first],
         (proto == UDP) & (_APP_UDP_PORT[sport] | _APP_UDP_PORT[dport]),
     )
+    # a QUIC Initial (quic.is_initial): the first byte (long header, fixed bit, type bits 00 or 0x,
+    # those of v1's and v2's Initial) screens out most other payloads, the rest is read for those only
+    q = np.flatnonzero((first & 0xE0) == 0xC0)
+    if q.size:
+        q = q[(proto[q] == UDP) & ~maybe[q] & (d.pay_cap[p[q]] >= 7)]
+    if q.size:  # (7 bytes there: the version is within the buffer)
+        words = np.ndarray((b.size - 3,), ">u4", b, 0, (1,))  # the big-endian word at each byte (unaligned)
+        version, kind = words[o[q] + 1], first[q] & 0x30
+        maybe[q] = ((version == quic.V1) & (kind == quic.INITIAL_TYPE[quic.V1])) | (
+            (version == quic.V2) & (kind == quic.INITIAL_TYPE[quic.V2]))
+    return maybe
 
 
 def _only_counted(maybe: B, parsing: B, flows: I64) -> B:

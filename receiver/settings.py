@@ -13,7 +13,7 @@ class EngineConfig:
     geneve_ports: list[int] = opt([6081], "UDP destination ports decapsulated as GENEVE")
     max_tunnel_depth: int = opt(4, "deepest tunnel nesting decapsulated; deeper is dropped", 1, 16)
     excerpt_bytes: int = opt(128, "payload bytes kept per direction (0 disables excerpts)", 0, 4096)
-    app_metadata: bool = opt(True, "parse HTTP, DNS and TLS metadata from the first packets")
+    app_metadata: bool = opt(True, "parse HTTP, DNS, TLS and QUIC metadata from the first packets")
     app_max_items: int = opt(8, "HTTP requests / DNS queries kept per flow record", 0, 1000)
     tcp_idle_timeout: float = opt(300.0, "seconds without packets before a TCP flow ends", 0.1)
     udp_idle_timeout: float = opt(60.0, "seconds without packets before a UDP flow ends", 0.1)

@@ -507,6 +507,13 @@ def test_app_hints_match_numpy_on_app_payloads() -> None:
                    pf.udp(a, b, 40000, 9999, p), pf.tcp(a, b, 40000, 80, flags=0x10)]
     # the last frame ends with the first bytes of an HTTP word: the word is read up to the buffer's end
     frames.append(pf.tcp(a, b, 40000, 80, flags=0x18, payload=b"HTT"))
+    # QUIC: v1 and v2 Initials (screened by content on UDP), a v1 Handshake, a v2 packet with v1's
+    # Initial type bits, an Initial's first 6 bytes
+    quic = [bytes.fromhex(h) for h in ("c300000001088394c8f03e515708", "d36b3343cf088394c8f03e515708",
+                                       "e300000001088394c8f03e515708", "c36b3343cf088394c8f03e515708",
+                                       "c30000000108")]  # fmt: skip
+    frames += [pf.udp(a, b, 40000, 9999, p) for p in quic]
     batch = PacketBatch.from_frames(frames)
     later, maybe = _same_hints(batch, decode_fast(batch, CFG))
     assert later.sum() >= 12 and maybe.sum() >= 20
+    assert maybe[-5:].tolist() == [True, True, False, False, False]

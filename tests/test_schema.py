@@ -53,7 +53,8 @@ def _schema_fields() -> set[str]:
     app = props["app"]["properties"]
     for kind in ("http", "dns"):
         names |= {f"app.{kind}"} | {f"app.{kind}.{k}" for k in app[kind]["items"]["properties"]}
-    names |= {"app.tls"} | {f"app.tls.{k}" for k in app["tls"]["properties"]}
+    for kind in ("tls", "quic"):
+        names |= {f"app.{kind}"} | {f"app.{kind}.{k}" for k in app[kind]["properties"]}
     return names
 
 

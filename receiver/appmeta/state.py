@@ -5,15 +5,20 @@ with the payload of each of the flow's first payload packets (and of later packe
 look like an HTTP message or are DNS, and of the segments that continue a message head it
 gathers, :meth:`AppState.gathering`), in arrival order, one packet per call; it leaves out the
 segments :meth:`AppState.ignores` says would be ignored (HTTP body). Detection is
-by content for HTTP and TLS (HTTP on port 22 or 27272 is still HTTP) and by port for DNS
+by content for HTTP, TLS and QUIC (HTTP on port 22 or 27272 is still HTTP; a UDP flow whose
+payload starts with a QUIC v1 or v2 Initial is QUIC on any port) and by port for DNS
 (53, 5353 mDNS, 5355 LLMNR, 137 NetBIOS-NS; on TCP with the 2-byte length prefix).
 
 TLS hellos may span segments (a post-quantum key share makes a ClientHello ~1.8 KB): the
 first segments of a direction that starts with a TLS handshake record are concatenated
 here (up to ``tls_buffer`` bytes) until the hello parses completely.
 
+QUIC flows are read by :class:`quic.QuicFlow` (the client's Initial packets decrypted, their
+ClientHello read by the TLS code), which gives failures back as counter names (``feed``'s result).
+
 One AppState lives per flow with payload until the flow ends (a TLS flow's only until both hellos
-are read), so it holds no container before it needs one: 121 bytes alone, about 600 with a DNS
+are read, a QUIC flow's until the ClientHello and the server's version are), so it holds no
+container before it needs one: 121 bytes alone, about 600 with a DNS
 query and its answer, 1 KB with an HTTP request and its response. What each kind of flow costs
 (time and memory) is in docs/architecture.md, *What the parsers cost*.
 """
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import dns, http, tls
+from . import dns, http, quic, tls
 
 DNS_UDP_PORTS = frozenset((53, 5353, 5355, 137))
 DNS_TCP_PORTS = frozenset((53, 5353, 5355))
@@ -39,11 +44,14 @@ START_BYTES = frozenset({0x16, ord("H")} | {m[0] for m in http.METHODS})
 
 
 def worth_parsing(payload: bytes, ip_proto: int, sport: int, dport: int) -> bool:
-    """Whether a payload could start something :class:`AppState` understands (DNS by port, TLS
-    and HTTP by content). Cheap: the engine creates an AppState for a flow only when this holds,
-    so a flow of opaque payload costs no parser."""
+    """Whether a payload could start something :class:`AppState` understands (DNS by port, TLS,
+    HTTP and QUIC by content). Cheap: the engine creates an AppState for a flow only when this
+    holds, so a flow of opaque payload costs no parser."""
     if ip_proto == UDP:
-        return sport in DNS_UDP_PORTS or dport in DNS_UDP_PORTS
+        if sport in DNS_UDP_PORTS or dport in DNS_UDP_PORTS:
+            return True
+        # (the first byte first: long header, fixed bit, the type bits of a v1 or v2 Initial)
+        return bool(payload) and payload[0] & 0xE0 == 0xC0 and quic.is_initial(payload)
     if ip_proto != TCP or not payload:
         return False
     if sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS:
@@ -83,6 +91,7 @@ class AppState:
         "dns",
         "http",
         "max_items",
+        "quic",
         "tls",
         "tls_buffer",
     )
@@ -93,30 +102,38 @@ class AppState:
         self.http: list[dict[str, Any]] | None = None  # (None: no item yet)
         self.dns: list[dict[str, Any]] | None = None
         self.tls: dict[str, Any] | None = None
+        self.quic: quic.QuicFlow | None = None  # (a parser: its result is made by to_record)
         # (plain lists and dicts, not deques: a deque costs 760 bytes even when empty)
         self._http_pending: list[dict[str, Any]] | None = None  # requests waiting for their response
         self._dns_pending: dict[int, list[dict[str, Any]]] | None = None  # queries by ID, waiting likewise
-        self._kind: str | None = None  # "http", "dns", "tls"
+        self._kind: str | None = None  # "http", "dns", "tls", "quic"
         self._seen = 0  # payload packets fed (both directions)
         self._tcp: list[Any] | None = None  # TCP: what each direction is in the middle of (_LAST, ...)
         self._gave_up = False
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def feed(self, direction: int, payload: bytes, ip_proto: int, sport: int, dport: int) -> None:
-        """Take one packet's payload (direction 0: originator to responder)."""
+    def feed(self, direction: int, payload: bytes, ip_proto: int, sport: int, dport: int) -> str | None:
+        """Take one packet's payload (direction 0: originator to responder). Returns the name of a
+        counter to count a malformed packet under (QUIC: ``quic.COUNTERS``), else None."""
         if not payload or self._gave_up:
-            return
+            return None
         if ip_proto == UDP:
             self._seen += 1
             if sport in DNS_UDP_PORTS or dport in DNS_UDP_PORTS:
                 self._feed_dns(dns.parse_message(payload, False, sport == 137 or dport == 137))
+            elif self.quic is not None:
+                return self.quic.feed(direction & 1, payload)
+            elif self._kind is None and quic.is_initial(payload):
+                self._kind = "quic"
+                self.quic = quic.QuicFlow(direction & 1)
+                return self.quic.feed(direction & 1, payload)
             else:
                 self._nothing()
-            return
+            return None
         if ip_proto != TCP:
             self._gave_up = True
-            return
+            return None
         d = direction & 1
         t = self._tcp
         if t is None:
@@ -124,10 +141,10 @@ class AppState:
         buf = t[_BUF + d]
         dns_port = sport in DNS_TCP_PORTS or dport in DNS_TCP_PORTS
         if payload[0] not in START_BYTES and self._kind == "http" and buf is None and not dns_port:
-            return  # HTTP body (see ignores(): the engine does not even copy these)
+            return None  # HTTP body (see ignores(): the engine does not even copy these)
         digest = hash(payload)
         if digest == t[_LAST + d]:  # a TCP retransmission adds nothing
-            return
+            return None
         t[_LAST + d] = digest
         t[_SEEN + d] += 1
         self._seen += 1
@@ -142,13 +159,14 @@ class AppState:
             else:
                 t[_BUF + d] = None
                 self._detect(t, d, bytes(buf))
-            return
+            return None
         if dns_port:
             msg = dns.parse_message(payload, True)
             if msg is not None and msg[3] is not None:  # (a query name)
                 self._feed_dns(msg)
-                return
+                return None
         self._detect(t, d, payload)
+        return None
 
     def _detect(self, t: list[Any], d: int, data: bytes) -> None:
         """Start of a TCP message in direction ``d``: TLS, HTTP, the first bytes of one, or neither."""
@@ -367,6 +385,8 @@ class AppState:
         if t is None:  # (UDP: no message heads)
             if kind == "dns":
                 return self._dns_pending is not None or len(self.dns or ()) < self.max_items
+            if kind == "quic":
+                return self.quic is not None and self.quic.wants_more
             return True
         if t[_BUF] is not None or t[_BUF + 1] is not None:
             return True
@@ -393,6 +413,8 @@ class AppState:
             for d in (0, 1):
                 self._flush_http(t, d)
         out: dict[str, Any] = {}
+        if self.quic is not None and (q := self.quic.result()) is not None:  # (a new object each time)
+            out["quic"] = q
         if not copy:
             if self.http:
                 out["http"] = self.http

@@ -100,6 +100,15 @@ def hello(data: bytes) -> Hello | None:
     return _hello_fields(*hs)
 
 
+def handshake_hello(data: bytes) -> Hello | None:
+    """What ``hello`` says of a handshake message at the start of ``data`` without the record
+    layer around it (as QUIC carries the handshake, in CRYPTO frames: RFC 9001 section 4)."""
+    if len(data) < 4 or data[0] not in (1, 2):
+        return None
+    length = int.from_bytes(data[1:4], "big")
+    return _hello_fields(data[0], data[4 : 4 + length], length)
+
+
 def _hello_fields(kind: int, b: bytes, length: int) -> Hello:
     """A hello's fields from its body ``b`` (``length``: its declared length): its fixed part
     (version, random, session id, then the cipher list and compression methods of a ClientHello or

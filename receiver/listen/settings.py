@@ -85,7 +85,7 @@ class ListenConfig:
     tick_interval: float = opt(1.0, "how often open flows are checked for timeouts, seconds", 0.05)
     app_time_budget: float = opt(
         0.5,
-        "share of each second a worker's application parsers (HTTP, DNS, TLS) may take; past it, new flows "
+        "share of each second a worker's application parsers (HTTP, DNS, TLS, QUIC) may take; past it, new flows "
         "get no application metadata (counted as app_shed_flows, logged) so that packets and records keep "
         "up with a burst (0: no limit)",
         0.0,

@@ -267,10 +267,20 @@ EXPORT void vx_flow_keys(const void **in, void **out, int64_t n) {
 
 static inline int port_in(const uint8_t *lut, int64_t port) { return port >= 0 && port < 65536 && lut[port]; }
 
+/* Whether the payload at `o` (`cap` bytes) starts with a QUIC v1 or v2 Initial packet: a long header
+ * with the fixed bit, version 1 with type bits 00 or version 2 (0x6b3343cf) with type bits 01.
+ * Mirrors quic.is_initial (receiver/appmeta/quic.py). */
+static inline int quic_initial(const uint8_t *buf, int64_t buflen, int64_t o, int64_t cap) {
+    if (cap < 7 || o + 7 > buflen || (buf[o] & 0xC0) != 0xC0) return 0;
+    uint32_t v = ((uint32_t)buf[o + 1] << 24) | ((uint32_t)buf[o + 2] << 16) | ((uint32_t)buf[o + 3] << 8) | buf[o + 4];
+    int t = buf[o] & 0x30;
+    return (v == 0x00000001u && t == 0x00) || (v == 0x6B3343CFu && t == 0x10);
+}
+
 /* For each packet with payload (pay_cap > 0): later[i], shown to the parsers after its direction's
  * first packets (a DNS port, or the payload starts with one of the `n_words` HTTP words), and
  * maybe[i], could start something they understand (TCP: an app port or a start byte; UDP: an app
- * port). Packets without payload get 0. Tables (bool arrays): dns_port, udp_port, tcp_port
+ * port or a QUIC Initial). Packets without payload get 0. Tables (bool arrays): dns_port, udp_port, tcp_port
  * (65536 each), start (256), http_first (256). Mirrors _app_later and _app_maybe. */
 EXPORT void vx_app_hints(const uint8_t *buf, int64_t buflen, const int64_t *proto, const int64_t *sport,
                          const int64_t *dport, const int64_t *pay_off, const int64_t *pay_cap, int64_t n,
@@ -296,7 +306,8 @@ EXPORT void vx_app_hints(const uint8_t *buf, int64_t buflen, const int64_t *prot
         if (proto[i] == 6)
             maybe[i] = port_in(tcp_port, sport[i]) || port_in(tcp_port, dport[i]) || start[b0];
         else if (proto[i] == 17)
-            maybe[i] = port_in(udp_port, sport[i]) || port_in(udp_port, dport[i]);
+            maybe[i] = port_in(udp_port, sport[i]) || port_in(udp_port, dport[i]) ||
+                       quic_initial(buf, buflen, o, pay_cap[i]);
     }
 }
 
