@@ -59,7 +59,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -100,12 +100,13 @@ CHURN_PORTS = {"dns": 53, "udp": 8125}
 
 
 def send(bins: dict[str, Path], port: int, size: int, rate: float, seconds: float, churn: int = 0,
-         payload: str = "dns") -> dict[str, Any]:
+         payload: str = "dns", file: Path | None = None) -> dict[str, Any]:
     """Run the C sender; ``churn``: a new inner flow every that many datagrams (else 4096 flows in
-    turn), carrying ``payload`` (``CHURN_PORTS``)."""
+    turn), carrying ``payload`` (``CHURN_PORTS``); ``file``: replay these payloads instead."""
     cmd = [str(bins["send_ref"]), "--to", f"127.0.0.1:{port}", "--size", str(size), "--rate", str(int(rate)),
            "--seconds", str(seconds), "--flows", "4096",
-           *(["--churn", str(churn), "--churn-port", str(CHURN_PORTS[payload])] if churn else [])]
+           *(["--churn", str(churn), "--churn-port", str(CHURN_PORTS[payload])] if churn else []),
+           *(["--file", str(file)] if file else [])]
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
@@ -287,6 +288,82 @@ class ChurnServe(ServeReceiver):
             "extra_drops": 0,
             "open_flows_at_stop": int(m1["flows_active"]),
         }
+
+
+class CaptureServe(ServeReceiver):
+    """``vxmirror serve`` (default workers) fed the realistic mix (``payloads``, replayed by the
+    sender), with JSON lines alone (``jsonl``), JSON lines and pcap under the default capture policy
+    (``default``), or pcap keeping every frame (``everything``). Loss-free: every datagram received
+    and no frame or record dropped anywhere (the pcap forwarder's queue included)."""
+
+    CASES: ClassVar[dict[str, str]] = {
+        "jsonl": "[forwarders.jsonl]\n",
+        "default": "[forwarders.jsonl]\n\n[forwarders.pcap]\n",
+        "everything": "[forwarders.jsonl]\n\n[forwarders.pcap]\nkeep = []\n",
+    }
+
+    def __init__(self, bins: dict[str, Path], case: str, payloads: Path) -> None:
+        super().__init__(bins)
+        self.case, self.payloads = case, payloads
+        self.CONFIG = ServeReceiver.CONFIG + "\n" + self.CASES[case]
+        self.name = f"capture-{case}"
+
+    def trial(self, size: int, rate: float, seconds: float) -> dict[str, Any]:
+        with self.running() as (port, mport, data, proc):
+            m0 = scrape(mport)
+            before = rcvbuf_errors()
+            sent = send(self.bins, port, size, rate, seconds, file=self.payloads)
+            m1 = settle(mport, m0, sent["sent"], timeout=30)
+            rcvbuf = rcvbuf_errors() - before
+            stop(proc)
+            pcap_bytes = sum(p.stat().st_size for p in (data / "pcap").glob("*.pcap"))
+        return {
+            "sent": sent,
+            "received": int(m1["received"] - m0["received"]),
+            "rcvbuf_errors": rcvbuf,
+            "kernel_drops": int(m1["kernel_drops"] - m0["kernel_drops"]),
+            "forwarder_drops": int(m1["forwarder_drops"] - m0["forwarder_drops"]),
+            "extra_drops": int(m1["pipeline_drops"] - m0["pipeline_drops"])
+            + int(m1["forwarder_drops"] - m0["forwarder_drops"]),
+            "pcap_bytes": pcap_bytes,
+            "pcap_bytes_per_second": pcap_bytes / sent["seconds"],
+        }
+
+
+def disk_rate(directory: Path, mib: int = 1024) -> dict[str, Any]:
+    """The sequential write rate of ``directory``'s file system: ``dd ... conv=fdatasync``."""
+    target = directory / "dd.tmp"
+    try:
+        r = subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={mib}", "conv=fdatasync"],
+                           capture_output=True, text=True, check=True)
+    finally:
+        target.unlink(missing_ok=True)
+    m = re.search(r"^(\d+) bytes .* copied, ([0-9.]+) s", r.stderr, re.M)
+    if not m:
+        raise RuntimeError(f"dd: unexpected output: {r.stderr!r}")
+    nbytes, secs = int(m.group(1)), float(m.group(2))
+    return {"bytes": nbytes, "seconds": secs, "bytes_per_second": nbytes / secs, "command": " ".join(r.args)}
+
+
+def capture_summary(results: list[dict[str, Any]], disk: dict[str, Any]) -> dict[str, Any]:
+    """Loss-free rates per capture case, the pcap write rate at them against the disk's."""
+    by = {r["case"]: r for r in results}
+    out: dict[str, Any] = {"disk_bytes_per_second": round(disk["bytes_per_second"])}
+    for case, r in by.items():
+        passed = [t for t in r["trials"] if t["passed"]]
+        best = max(passed, key=lambda t: t["offered"]) if passed else None
+        out[case] = {"loss_free_datagrams_per_second": round(r["loss_free_rate"]),
+                     "pcap_bytes_per_second_at_best": round(best["pcap_bytes_per_second"]) if best else 0,
+                     "limited_by_sender": r["limited_by_sender"]}
+    if "jsonl" in by and "default" in by and by["jsonl"]["loss_free_rate"]:
+        ratio = by["default"]["loss_free_rate"] / by["jsonl"]["loss_free_rate"]
+        out["default_vs_jsonl"] = round(ratio, 3)
+        out["default_goal_met"] = ratio >= 0.95  # (the same rate, within the search's resolution)
+    if "everything" in out and disk["bytes_per_second"]:
+        ratio = out["everything"]["pcap_bytes_per_second_at_best"] / disk["bytes_per_second"]
+        out["everything_vs_disk"] = round(ratio, 3)
+        out["everything_goal_met"] = ratio >= 0.9
+    return out
 
 
 def settle(mport: int, m0: dict[str, float], sent: int, timeout: float, expired: bool = False) -> dict[str, float]:
@@ -483,6 +560,9 @@ def main() -> int:
     ap.add_argument("--churn-size", type=int, default=128, help="bytes of each churn datagram (default 128)")
     ap.add_argument("--churn-steps", type=int, default=3,
                     help="each churn search starts at its goal / 2**steps and doubles (default 3)")
+    ap.add_argument("--capture", default="", help="capture cases on the realistic mix: jsonl, default, everything "
+                    "(comma-separated); the data directory's disk rate is measured with dd first")
+    ap.add_argument("--capture-packets", type=int, default=300_000, help="packets of the realistic mix replayed")
     ap.add_argument("--out", type=Path, default=OUT / "live_sweep.json")
     ap.add_argument("--plot", type=Path, default=OUT / "live_sweep.png")
     args = ap.parse_args()
@@ -521,6 +601,29 @@ def main() -> int:
             print(f"  churn {per_flow}: failed: {exc}", flush=True)
             errors.append({"receiver": f"churn{per_flow}{payload}", "size": args.churn_size, "error": str(exc)})
         args.out.with_suffix(".partial.json").write_text(json.dumps(results + churned, indent=1))
+    captured: list[dict[str, Any]] = []
+    disk: dict[str, Any] = {}
+    cases = [c for c in args.capture.split(",") if c]
+    if cases:
+        from receiver.traffic import generate, realistic
+
+        work = Path(tempfile.mkdtemp(prefix="vxmirror-capture-"))
+        try:
+            disk = disk_rate(work)
+            print(f"  disk: {disk['bytes_per_second'] / 1e6:,.0f} MB/s ({disk['command']})", flush=True)
+            payloads = work / "realistic.dgrams"
+            n = generate(realistic(args.capture_packets)).write_datagrams(payloads)
+            mean = (payloads.stat().st_size - 2 * n) / n
+            for case in cases:
+                try:
+                    r = search(CaptureServe(bins, case, payloads), round(mean), args.seconds, args.max_trials,
+                               args.start)
+                    captured.append({**r, "case": case, "mean_datagram": mean})
+                except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
+                    print(f"  capture {case}: failed: {exc}", flush=True)
+                    errors.append({"receiver": f"capture-{case}", "size": 0, "error": str(exc)})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     summary = {}
     for size in sorted({r["size"] for r in results}):
         by = {r["receiver"]: r for r in results if r["size"] == size}
@@ -541,6 +644,7 @@ def main() -> int:
         "summary": summary,
         "results": results,
         "churn": {"summary": churn_summary(churned), "results": churned},
+        "capture": {"disk": disk, "summary": capture_summary(captured, disk) if disk else {}, "results": captured},
         "errors": errors,
         "wall_seconds": round(time.time() - t0, 1),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
@@ -548,7 +652,8 @@ def main() -> int:
     args.out.write_text(json.dumps(doc, indent=1))
     if results or churned:
         plot(results + churned, args.plot)
-    print(json.dumps({"summary": summary, "churn": doc["churn"]["summary"]}, indent=1))
+    print(json.dumps({"summary": summary, "churn": doc["churn"]["summary"], "capture": doc["capture"]["summary"]},
+                     indent=1))
     print(f"wrote {args.out}" + (f" and {args.plot}" if results or churned else ""))
     return 0
 

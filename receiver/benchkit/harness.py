@@ -17,6 +17,9 @@ reason, one that fails as failed with the error, and the others still run):
 - ``live``: the loss-free sweep of ``vxmirror serve`` against the C receiver (bench/live_sweep.py)
 - ``churn``: loss-free new flows/s of ``vxmirror serve`` fed a new flow every N datagrams
   (bench/live_sweep.py --churn)
+- ``capture``: the disk's write rate (dd), and loss-free rates of ``vxmirror serve`` on the
+  realistic mix with JSON lines alone, with pcap under the default policy, with every frame
+  (bench/live_sweep.py --capture)
 
 Output: ``<out>/latest.json`` (the run, the machine, and ``stored_checks``: the latest figures
 of the regression guard per profile), PNG plots in ``<out>``, and the table in the README
@@ -67,6 +70,8 @@ def _section(name: str, profile: Profile, out: Path, work: Path, bench_dir: Path
         return scripts.live(profile, bench_dir, out, log)
     if name == "churn":
         return scripts.churn(profile, bench_dir, out, log)
+    if name == "capture":
+        return scripts.capture(profile, bench_dir, out, log)
     raise ValueError(f"unknown section {name!r}; known: {', '.join(SECTIONS)}")
 
 

@@ -6,7 +6,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECTIONS = ("micro", "offline", "core", "memory", "jsonl", "forwarders", "pcap_writer", "live", "churn")
+SECTIONS = ("micro", "offline", "core", "memory", "jsonl", "forwarders", "pcap_writer", "live", "churn", "capture")
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "vxmirror-bench"
 
 
@@ -33,6 +33,10 @@ class Profile:
     # must send several times what the socket buffer and the receive ring hold (about 1 M datagrams
     # of 128 bytes) for a deficit to show as loss: 2 s trials passed rates that 8 s trials lose
     churn_args: tuple[str, ...]
+    # capture sweep (bench/live_sweep.py arguments after --receivers ""): the disk's write rate (dd),
+    # and serve's loss-free rate on the realistic mix with JSON lines alone, with pcap under the
+    # default capture policy, and with every frame written
+    capture_args: tuple[str, ...]
     # forwarders
     forwarder_records: int
     forwarder_repeats: int
@@ -56,6 +60,8 @@ QUICK = Profile(
     live_args=("--quick",),
     churn_args=("--churn", "2:dns,10:udp", "--churn-size", "128", "--seconds", "3", "--max-trials", "3",
                 "--churn-steps", "1"),
+    capture_args=("--capture", "jsonl,default,everything", "--capture-packets", "200000", "--seconds", "2",
+                  "--max-trials", "4", "--start", "100000"),
     forwarder_records=20_000,
     forwarder_repeats=1,
     pcap_frames=200_000,
@@ -75,6 +81,8 @@ FULL = Profile(
     live_args=("--sizes", "128,512,1400", "--receivers", "c,c_gro,serve,serve2", "--seconds", "2", "--max-trials", "6"),
     churn_args=("--churn", "2:dns,2:udp,10:udp", "--churn-size", "128", "--seconds", "8", "--max-trials", "5",
                 "--churn-steps", "2"),
+    capture_args=("--capture", "jsonl,default,everything", "--capture-packets", "500000", "--seconds", "4",
+                  "--max-trials", "6", "--start", "100000"),
     forwarder_records=100_000,
     forwarder_repeats=3,
     pcap_frames=1_000_000,

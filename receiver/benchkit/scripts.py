@@ -110,6 +110,14 @@ def churn(profile: Profile, bench_dir: Path | None, out: Path, log: Any = print)
             "errors": doc.get("errors", [])}
 
 
+def capture(profile: Profile, bench_dir: Path | None, out: Path, log: Any = print) -> dict[str, Any]:
+    """The capture sweep (live_sweep.py --capture): dd's rate, loss-free rates per capture case."""
+    doc = _sweep("capture_sweep", ("--receivers", "", *profile.capture_args), bench_dir, out, log)
+    cap = doc.get("capture", {})
+    return {"summary": cap.get("summary", {}), "disk": cap.get("disk", {}), **doc["_kept"],
+            "results": [_live_result(r) for r in cap.get("results", [])], "errors": doc.get("errors", [])}
+
+
 CHURN_TRIAL_KEYS = ("target", "offered", "received_rate", "lost", "loss", "passed", "records", "flows_sent",
                     "datagrams_received", "records_exported", "forwarder_drops", "kernel_drops", "rcvbuf_errors")
 
