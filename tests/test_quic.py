@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +27,11 @@ from receiver.appmeta import quic
 from receiver.appmeta.state import AppState, worth_parsing
 from receiver.engine import Engine, prepare
 from receiver.packets import PacketBatch
+from receiver.read import read_records
 from receiver.settings import EngineConfig
 from tests import packet_factory as pf
 from tests import quic_fixtures as qf
+from tests.capture_fixtures import Rec, pcap_bytes
 from tests.quic_samples import (
     RFC9001_CLIENT_INITIAL,
     RFC9001_SERVER_INITIAL,
@@ -181,6 +185,32 @@ def test_aioquic_connections_give_app_quic(connections: dict[str, list[tuple[int
     assert not _quic_counters(e)
     for r in recs:
         assert not list(validator().iter_errors(r))
+
+
+def test_a_pcap_of_the_connections_read_as_tshark_reads_it(
+    connections: dict[str, list[tuple[int, bytes]]], tmp_path: Path
+) -> None:
+    """The connections written to a pcap (VXLAN, as a mirror target captures them) and read by
+    ``read_records``: the version, SNI and ALPN of each are those tshark's QUIC dissector finds."""
+    recs = []
+    for i, datagrams in enumerate(connections.values()):
+        for k, frame in enumerate(_frames(datagrams, 58000 + i, 443)):
+            recs.append(Rec(1_700_000_000 + i, 1000 * k, frame))
+    path = tmp_path / "quic.pcap"
+    path.write_bytes(pcap_bytes(recs))
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-Y", "tls.handshake.type == 1", "-T", "fields", "-e", "udp.srcport",
+         "-e", "quic.version", "-e", "tls.handshake.extensions_server_name", "-e", "tls.handshake.extensions_alpn_str"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()  # fmt: skip
+    names = {"0x00000001": "QUICv1", "0x6b3343cf": "QUICv2"}
+    seen: dict[int, tuple[str, str, list[str]]] = {}
+    for line in out:  # (the first ClientHello of each connection; the inner source port is the second)
+        ports, version, sni, alpn = line.split("\t")
+        seen.setdefault(int(ports.split(",")[1]), (names[version.split(",")[0]], sni, alpn.split(",")))
+    got = {r["src_port"]: r["app"]["quic"] for r in read_records([path]) if "app" in r}
+    assert len(seen) == len(connections) == len(got)
+    assert {port: (q["version"], q["sni"], q["alpn"]) for port, q in got.items()} == seen
 
 
 def test_the_parser_is_dropped_once_both_sides_are_read(connections: dict[str, list[tuple[int, bytes]]]) -> None:

@@ -268,13 +268,15 @@ EXPORT void vx_flow_keys(const void **in, void **out, int64_t n) {
 static inline int port_in(const uint8_t *lut, int64_t port) { return port >= 0 && port < 65536 && lut[port]; }
 
 /* Whether the payload at `o` (`cap` bytes) starts with a QUIC v1 or v2 Initial packet: a long header
- * with the fixed bit, version 1 with type bits 00 or version 2 (0x6b3343cf) with type bits 01.
- * Mirrors quic.is_initial (receiver/appmeta/quic.py). */
+ * with the fixed bit, version 1 with type bits 00 or version 2 (0x6b3343cf) with type bits 01 (the
+ * first byte's top nibble 0xC or 0xD). Mirrors quic.is_initial (receiver/appmeta/quic.py). */
 static inline int quic_initial(const uint8_t *buf, int64_t buflen, int64_t o, int64_t cap) {
-    if (cap < 7 || o + 7 > buflen || (buf[o] & 0xC0) != 0xC0) return 0;
-    uint32_t v = ((uint32_t)buf[o + 1] << 24) | ((uint32_t)buf[o + 2] << 16) | ((uint32_t)buf[o + 3] << 8) | buf[o + 4];
-    int t = buf[o] & 0x30;
-    return (v == 0x00000001u && t == 0x00) || (v == 0x6B3343CFu && t == 0x10);
+    if (cap < 7 || o + 7 > buflen) return 0;
+    uint32_t v;
+    memcpy(&v, buf + o + 1, 4);
+    v = __builtin_bswap32(v);
+    int top = buf[o] & 0xF0;
+    return ((v == 0x00000001u) & (top == 0xC0)) | ((v == 0x6B3343CFu) & (top == 0xD0));
 }
 
 /* For each packet with payload (pay_cap > 0): later[i], shown to the parsers after its direction's
@@ -307,7 +309,7 @@ EXPORT void vx_app_hints(const uint8_t *buf, int64_t buflen, const int64_t *prot
             maybe[i] = port_in(tcp_port, sport[i]) || port_in(tcp_port, dport[i]) || start[b0];
         else if (proto[i] == 17)
             maybe[i] = port_in(udp_port, sport[i]) || port_in(udp_port, dport[i]) ||
-                       quic_initial(buf, buflen, o, pay_cap[i]);
+                       ((b0 & 0xE0) == 0xC0 && quic_initial(buf, buflen, o, pay_cap[i]));
     }
 }
 
