@@ -37,5 +37,6 @@ class FlowRecord(TypedDict):
     excerpt_in: NotRequired[str]
     excerpt_out: NotRequired[str]
     app: NotRequired[dict[str, Any]]
+    redacted: NotRequired[int]
     aws: NotRequired[dict[str, Any]]
     sensor: NotRequired[str]
