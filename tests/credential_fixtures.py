@@ -154,7 +154,8 @@ class Servers:
 
 @contextlib.contextmanager
 def loopback_capture(path: Path, ports: list[int]) -> Iterator[Path]:
-    """dumpcap on ``lo`` (TCP to or from ``ports``) into ``path`` (pcap) while the block runs."""
+    """dumpcap on ``lo`` (TCP to or from ``ports``) into ``path`` (pcap) while the block runs
+    (as root, as ``make test`` runs, or with dumpcap given CAP_NET_RAW)."""
     flt = "tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"
     proc = subprocess.Popen(["dumpcap", "-q", "-i", "lo", "-P", "-f", flt, "-w", str(path)],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)  # fmt: skip

@@ -470,6 +470,23 @@ def test_many_flows_with_and_without_secrets() -> None:
                for r in off) == int(np.isin(kinds, [0, 1, 2, 3, 4, 5]).sum())  # fmt: skip
 
 
+def test_interim_records_of_a_long_flow() -> None:
+    """The first record shows the masked excerpts; every record shows the masked URI, counted."""
+    request = b"GET /feed?token=SECRET HTTP/1.1\r\nHost: a\r\nCookie: s=SECRET\r\n\r\n"
+    data = [(0, request), (1, b"HTTP/1.1 200 OK\r\n\r\n")] + [(1, b"x" * 100)] * 30
+    frames = _tcp_flow("10.3.0.1", "10.3.0.2", 40000, 80, data)
+    e = Engine(EngineConfig(active_timeout=1.0, expire_interval=0.1))
+    records: list[dict[str, Any]] = []
+    for i, f in enumerate(frames):  # (a packet each 0.2 s: an interim record about every second)
+        records += e.process(PacketBatch.from_frames([f], [1000.0 + 0.2 * i])).records
+    records += e.finish("end_of_input")
+    assert len(records) >= 4 and records[1]["segment"] == 1
+    assert [r["redacted"] for r in records] == [3] + [1] * (len(records) - 1)
+    assert base64.b64decode(records[0]["excerpt_in"]) == request.replace(b"SECRET", b"******")
+    assert all(r["app"]["http"][0]["uri"] == "/feed?token=******" for r in records)
+    assert not any(b"SECRET" in orjson.dumps(r) for r in records)
+
+
 def test_traffic_without_secrets_gives_the_same_bytes_either_way(tmp_path: Path) -> None:
     path = tmp_path / "gen.pcap"
     write_pcap(path, 30_000, n_flows=3_000, seed=5)
