@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt setup.py receiver/native/vxnative.c rec
 	$(PY) -m compileall -q receiver forwarders mirror_sessions >/dev/null
 	touch $@
 
-# Debian packages the tests and the run use (tshark reads pcaps back; gcc builds the C loops of
-# receiver/native and the C references of the benchmarks).
+# Debian packages the tests and the run use (tshark reads pcaps back, its dumpcap captures loopback
+# for tests/test_redact.py; gcc builds the C loops of receiver/native and the C references of the
+# benchmarks).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

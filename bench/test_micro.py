@@ -293,3 +293,63 @@ def test_app_parser_per_flow(benchmark: Any, kind: str) -> None:
     assert kind != "quic_initials" or (result is not None and result["quic"]["sni"] == "example.com")
     _items(benchmark, 1, "flow")
     benchmark(one_flow)
+
+
+# -- credentials masked in the records (issue 16): what it adds per flow ------------------------------
+
+
+@pytest.fixture(scope="module")
+def secret_table() -> Engine:
+    """An engine whose table holds 5,000 open HTTP, FTP and Redis flows, each with a credential in
+    its excerpts (and the HTTP ones in their URIs)."""
+    import dpkt
+
+    payloads = [
+        (b"GET /api?x=1&token=abcdef0123 HTTP/1.1\r\nHost: api.example.com\r\nAuthorization: Bearer eyJhbGciOi"
+         b"JIUzI1NiJ9.e30.sig\r\nCookie: s=0123456789\r\n\r\n",
+         b"HTTP/1.1 200 OK\r\nSet-Cookie: t=abc; Path=/\r\n\r\n"),
+        (b"USER bob\r\nPASS hunter2\r\n", b"230 ok\r\n"),
+        (b"*2\r\n$4\r\nAUTH\r\n$7\r\nhunter2\r\n", b"+OK\r\n"),
+    ]  # fmt: skip
+    frames = []
+    for i in range(5000):
+        req, resp = payloads[i % 3]
+        c, s = f"10.1.{i // 250}.{i % 250 + 1}", "10.2.0.1"
+        for src, dst, sp, dp, data in ((c, s, 30000 + i, 80, req), (s, c, 80, 30000 + i, resp)):
+            seg = dpkt.tcp.TCP(sport=sp, dport=dp, flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, data=data)
+            ip = dpkt.ip.IP(src=bytes(map(int, src.split("."))), dst=bytes(map(int, dst.split("."))), p=6, data=seg)
+            ip.len = len(ip)
+            frames.append(bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=bytes(ip))))
+    cfg = EngineConfig(tcp_idle_timeout=1e6, active_timeout=1e6)
+    engine = Engine(cfg)
+    engine.process(PacketBatch.from_frames(frames, [1000.0 + i * 1e-5 for i in range(len(frames))]))
+    return engine
+
+
+@pytest.mark.parametrize("redact", [False, True], ids=["off", "on"])
+@pytest.mark.parametrize("traffic", ["mix", "secrets"])
+def test_record_builder_redact(benchmark: Any, open_table: Engine, secret_table: Engine, traffic: str,
+                               redact: bool) -> None:
+    """The records of every open flow (C builder, application metadata included) with and without
+    masking their credentials: ``mix``, the generated realistic mix (HTTP without credentials,
+    DNS, TLS, opaque payload: the screen passes almost none of them to the rules); ``secrets``,
+    every flow has some (the rules run on every excerpt; masked in place, so later rounds mask the
+    same values again)."""
+    from receiver.flows import encode
+
+    if not encode.available():
+        pytest.skip("the C library is not built")
+    engine = open_table if traffic == "mix" else secret_table
+    live = engine.table.active_indices()
+    _items(benchmark, int(live.size), "record")
+    redactor = engine.redactor if redact else None
+    assert engine.redactor is not None
+
+    def build() -> int:
+        batch = encode.encode_records(engine.table, live, "shutdown", None, engine.excerpts, engine.app, None, None,
+                                      redactor)  # fmt: skip
+        return batch.data.count(b'"redacted":')
+
+    masked = build()
+    assert (masked == live.size) if traffic == "secrets" and redact else (masked == 0)
+    benchmark(build)

@@ -42,6 +42,7 @@ from .native.tables import AppTables
 from .packets import I64, B, Decapsulated, PacketBatch
 from .pcapkeep.capture import Capture, CaptureMarks
 from .pcapkeep.policy import APP_CODE, PacketKeys
+from .redact import Redactor
 from .settings import EngineConfig
 
 log = logging.getLogger("vxmirror.engine")
@@ -122,6 +123,9 @@ class Engine:
         self.sensor = sensor
         self.table = FlowTable(self.config.max_flows)
         self.excerpts = ExcerptPool(self.config.excerpt_bytes) if self.config.excerpt_bytes else None
+        cfg = self.config
+        # credentials masked in what the records show (docs/privacy.md)
+        self.redactor = Redactor(cfg.redact_headers, cfg.redact_params) if cfg.redact else None
         self.app: dict[int, AppState | dict[str, Any]] = {}  # per flow: a parser, or its final result
         self._counters: Counter[str] = Counter(dict.fromkeys(BASE_COUNTERS, 0))
         self._fragments: OrderedDict[tuple[int, ...], tuple[int, int]] = OrderedDict()
@@ -688,10 +692,10 @@ class Engine:
         if not flows.size:
             return
         flows = flows[np.argsort(self.table.cols["seg_start"][flows], kind="stable")]
-        self._pending.append(
-            encode_records(self.table, flows, reason, now, self.excerpts, self.app, self.labeler, self.sensor,
-                           None if self.capture is None else self.capture.plan.names)
-        )
+        self._pending.append(encode_records(
+            self.table, flows, reason, now, self.excerpts, self.app, self.labeler, self.sensor, self.redactor,
+            None if self.capture is None else self.capture.plan.names,
+        ))
         self._counters[f"flows_{reason}"] += int(flows.size)
         self._counters["records"] += int(flows.size)
         c = self.table.cols

@@ -20,6 +20,7 @@ from receiver.flows.recordbatch import RecordBatch
 from receiver.flows.records import build_records
 from receiver.flows.table import FlowTable
 from receiver.read import Analysis
+from receiver.redact import Redactor
 from receiver.settings import EngineConfig
 from receiver.traffic import write_pcap
 
@@ -32,12 +33,15 @@ def _labels(vni: int) -> dict[str, Any] | None:
     return {"service": f"svc-{vni % 7}", "task": f"arn:aws:ecs:task/{vni}"} if vni % 3 else None
 
 
-def _compare(args: Emit) -> int:
-    """Build the records both ways; assert the bytes equal; the number of records."""
+def _compare(args: Emit, redactor: Redactor | None = None) -> int:
+    """Build the records both ways; assert the bytes equal; the number of records. (With a
+    redactor the first builder masks in place and the second masks the same again: masking
+    what is masked changes nothing and counts the same.)"""
     table, flows, reason, now, excerpts, app, labeler, sensor = args
     # the C builder first: the Python one lets finished parsers share their items (copy=False)
-    got = encode.encode_records(table, flows, reason, now, excerpts, app, labeler, sensor)  # type: ignore[arg-type]
-    want = build_records(table, flows, reason, now, excerpts, app, labeler, sensor)  # type: ignore[arg-type]
+    got = encode.encode_records(table, flows, reason, now, excerpts, app, labeler, sensor,  # type: ignore[arg-type]
+                                redactor)
+    want = build_records(table, flows, reason, now, excerpts, app, labeler, sensor, redactor)  # type: ignore[arg-type]
     assert len(got) == len(want)
     for line, rec in zip(got.lines(), want):
         assert line == orjson.dumps(rec)
@@ -57,7 +61,8 @@ def _checked_runs(paths: list[str], cfg: EngineConfig, labeler: Any = None, sens
         nonlocal checked
         if flows.size:
             ordered = flows[np.argsort(self.table.cols["seg_start"][flows], kind="stable")]
-            checked += _compare((self.table, ordered, reason, now, self.excerpts, self.app, self.labeler, self.sensor))
+            checked += _compare((self.table, ordered, reason, now, self.excerpts, self.app, self.labeler, self.sensor),
+                                self.redactor)
         real(self, flows, reason, now)
 
     Engine._emit = emit  # type: ignore[method-assign]
@@ -150,13 +155,27 @@ def test_fuzzed_flow_rows(seed: int) -> None:
     n = 20_000
     table, pool = _fuzzed_table(rng, n, excerpt_size=int(rng.integers(1, 200)))
     flows = rng.permutation(n)[: n - 7]
-    app = {int(f): {"dns": [{"query": f"q{f}.example", "rcode": 0}]} for f in flows[::5].tolist()}
+    app: dict[int, Any] = {int(f): {"dns": [{"query": f"q{f}.example", "rcode": 0}]} for f in flows[::5].tolist()}
     app.update({int(f): {} for f in flows[1::50].tolist()})  # an empty result: no app field
-    for reason, now, labeler, sensor in (
-        ("idle", None, None, None), ("active", 1.7e9 + 3.25, _labels, "s1"), ("shutdown", 10.0, _labels, "ü\t"),
+    # credentials (receiver.redact) in some URIs and hosts, and at random places of some excerpts
+    app.update({int(f): {"http": [{"method": "GET", "host": "u:pw@h" if f % 2 else "h", "uri": f"/?k=1&token=t{f}",
+                                   "user_agent": None, "version": "1.1", "status": 200, "reason": "OK"}]}
+                for f in flows[3::20].tolist()})  # fmt: skip
+    secrets = [b"PASS hunter2\r\n", b"Cookie: a=1; b=2\r\n", b"GET /?api_key=k HTTP/1.1\r\n", b"\nAUTH pw\r\n"]
+    size = pool.rows.shape[1]
+    for r in np.flatnonzero(rng.random(pool.rows.shape[0]) < 0.2).tolist():
+        s = secrets[r % len(secrets)][: size]
+        at = int(rng.integers(0, size - len(s) + 1))
+        pool.rows[r, at : at + len(s)] = np.frombuffer(s, np.uint8)
+    redactor = Redactor()
+    for reason, now, labeler, sensor, masker in (
+        ("idle", None, None, None, None), ("active", 1.7e9 + 3.25, _labels, "s1", redactor),
+        ("shutdown", 10.0, _labels, "ü\t", redactor), ("idle", None, None, None, redactor),
     ):
-        assert _compare((table, flows, reason, now, pool, app, labeler, sensor)) == flows.size
-    assert _compare((table, flows, "evicted", None, None, {}, None, None)) == flows.size
+        assert _compare((table, flows, reason, now, pool, app, labeler, sensor), masker) == flows.size
+    assert _compare((table, flows, "evicted", None, None, {}, None, None), redactor) == flows.size
+    lines = encode.encode_records(table, flows, "idle", None, pool, app, None, None, redactor).lines()
+    assert sum(b'"redacted":' in line for line in lines) > flows.size // 20
 
 
 def test_every_conn_state_and_history() -> None:

@@ -29,6 +29,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write records here instead of stdout")
     p.add_argument("-c", "--config", metavar="FILE", help="config file (its [engine] table is used)")
     p.add_argument("--excerpt-bytes", type=int, metavar="N", help="payload excerpt per direction (0: off)")
+    p.add_argument("--no-redact", action="store_true",
+                   help="keep credentials in excerpts and HTTP metadata as they were (docs/privacy.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
     return p
@@ -107,6 +109,8 @@ def _run(args: argparse.Namespace, prefetch: Any, interrupts: _Interrupts) -> in
             print("vxmirror read: --excerpt-bytes must be between 0 and 4096", file=sys.stderr)
             return 2
         engine_cfg.excerpt_bytes = args.excerpt_bytes
+    if args.no_redact:
+        engine_cfg.redact = False
     # a file that cannot be read, or an output that cannot be written, is said before any work
     # (not after an hour on the files before it)
     for path in args.files:

@@ -6,14 +6,16 @@ builder as the oracle), without a dict per record: ``vxrecords.c`` (beside this 
 every field it can from the flow table's columns. Only what needs Python is made here, for the
 flows that have it: the application metadata (``app``, from the parsers), the AWS labels
 (``aws``, one lookup per VNI of the batch) and the sensor name, each handed to C as a ready
-JSON fragment. Without the C library the Python builder does the work (same bytes, slower).
+JSON fragment. With a redactor (receiver.redact), the credentials in the excerpts and in the
+``app`` objects are masked first, and the count per record comes as a column (``redacted``).
+Without the C library the Python builder does the work (same bytes, slower).
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -26,6 +28,9 @@ from .recordbatch import CID_BYTES, CID_DTYPE, RecordBatch
 from .records import TRANSPORTS, build_records
 from .table import FlowTable
 
+if TYPE_CHECKING:
+    from ..redact import Redactor
+
 # the flow-table columns vx_encode_records reads, in its order (dtypes: flows.table.COLUMNS)
 COLUMNS = (
     "orig", "kproto", "a_hi", "a_lo", "b_hi", "b_lo", "a_port", "b_port", "kvni", "pkts", "ipbytes", "paybytes",
@@ -33,6 +38,7 @@ COLUMNS = (
 )
 CHUNK = 262144  # records encoded per call (bounds the output buffer: about 1.4 kB a record)
 LINE_MAX = 1024  # bytes of a line's fixed fields, at most (vxrecords.c checks it)
+REDACTED_MAX = 32  # bytes of ``,"redacted":N``, at most (likewise)
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -61,7 +67,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     lib.vx_encode_records.restype = _I64
     lib.vx_encode_records.argtypes = [
-        _P, _I64, _P, _P, _P, ctypes.c_char_p, _I64, ctypes.c_double, _P, _I64, ctypes.c_char_p, _P, _P, _P,
+        _P, _I64, _P, _P, _P, ctypes.c_char_p, _I64, ctypes.c_double, _P, _I64, ctypes.c_char_p, _P, _P, _P, _P,
         ctypes.c_char_p, _I64, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _I64, _I64,
     ]
     lib.vx_format_floats.restype = _I64
@@ -87,18 +93,26 @@ def encode_records(
     app: dict[int, Any],
     labeler: Callable[[int], dict[str, Any] | None] | None,
     sensor: str | None,
+    redactor: Redactor | None = None,
     pcap_names: dict[int, str] | None = None,
 ) -> RecordBatch:
-    """The records of ``flows`` (table rows, in the order given), as ``build_records`` makes them."""
+    """The records of ``flows`` (table rows, in the order given), as ``build_records`` makes them
+    (``redactor``: masks the credentials they would show, in place, first)."""
     if _lib is None:
         return RecordBatch.from_records(
-            build_records(table, flows, reason, now, excerpts, app, labeler, sensor, pcap_names)
+            build_records(table, flows, reason, now, excerpts, app, labeler, sensor, redactor, pcap_names)
         )
     if not flows.size:
         return RecordBatch.empty()
     flows = np.ascontiguousarray(flows, np.int64)
     interim = reason == "active"  # the flow goes on (its parsers too)
-    app_text, app_off = _app_fragments(flows, app, interim) if app else (b"", np.zeros(flows.size + 1, np.int64))
+    redacted = None
+    if redactor is not None and excerpts is not None:
+        redacted = redactor.excerpts(table, flows, excerpts)
+    if app:
+        app_text, app_off, redacted = _app_fragments(flows, app, interim, redactor, redacted)
+    else:
+        app_text, app_off = b"", np.zeros(flows.size + 1, np.int64)
     aws_idx, aws = _aws_fragments(table, flows, labeler)
     suffix = b',"sensor":' + orjson.dumps(sensor) if sensor else b""
     parts = []
@@ -106,26 +120,35 @@ def encode_records(
         hi = min(lo + CHUNK, flows.size)
         a, b = int(app_off[lo]), int(app_off[hi])
         parts.append(_encode(table, flows[lo:hi], reason, now, excerpts, app_text[a:b], app_off[lo : hi + 1] - a,
-                             aws_idx[lo:hi], aws, suffix, pcap_names))
+                             None if redacted is None else redacted[lo:hi], aws_idx[lo:hi], aws, suffix,
+                             pcap_names))
     return RecordBatch.concat(parts)
 
 
-def _app_fragments(flows: np.ndarray, app: dict[int, Any], interim: bool) -> tuple[bytes, np.ndarray]:
+def _app_fragments(
+    flows: np.ndarray, app: dict[int, Any], interim: bool, redactor: Redactor | None, redacted: np.ndarray | None
+) -> tuple[bytes, np.ndarray, np.ndarray | None]:
     """The ``app`` objects (JSON) of the records whose flow has application metadata, back to
-    back, and where each record's starts (``n + 1`` offsets; an empty one for none)."""
+    back, and where each record's starts (``n + 1`` offsets; an empty one for none); with a
+    redactor, their credentials masked first and counted in ``redacted`` (made if None)."""
     states = list(map(app.get, flows.tolist()))
     lens = [0] * (flows.size + 1)  # (a list: a numpy element set per record costs more)
     parts = []
     dumps = orjson.dumps
+    mask = redactor.app if redactor is not None else None
     for j, state in enumerate(states, 1):
         if state is None:
             continue
         meta = state if isinstance(state, dict) else state.to_record(copy=interim)
         if meta:
+            if mask is not None and "http" in meta and (k := mask(meta)):
+                if redacted is None:
+                    redacted = np.zeros(flows.size, np.int64)
+                redacted[j - 1] += k
             part = dumps(meta)
             parts.append(part)
             lens[j] = len(part)
-    return b"".join(parts), np.cumsum(np.array(lens, np.int64))
+    return b"".join(parts), np.cumsum(np.array(lens, np.int64)), redacted
 
 
 def _aws_fragments(
@@ -150,8 +173,8 @@ def _aws_fragments(
 
 def _encode(
     table: FlowTable, flows: np.ndarray, reason: str, now: float | None, excerpts: ExcerptPool | None,
-    app_text: bytes, app_off: np.ndarray, aws_idx: np.ndarray, aws: tuple[_StrTab, bytes, np.ndarray],
-    suffix: bytes, pcap_names: dict[int, str] | None,
+    app_text: bytes, app_off: np.ndarray, redacted: np.ndarray | None, aws_idx: np.ndarray,
+    aws: tuple[_StrTab, bytes, np.ndarray], suffix: bytes, pcap_names: dict[int, str] | None,
 ) -> RecordBatch:
     assert _lib is not None
     n = flows.size
@@ -161,7 +184,8 @@ def _encode(
     rows = excerpts.rows if excerpts is not None else None
     exc_b64 = 2 * 4 * ((excerpts.size + 2) // 3) if excerpts is not None else 0
     with_app = int(np.count_nonzero(np.diff(app_off)))
-    cap = n * (LINE_MAX + exc_b64 + aws_max + len(suffix)) + len(app_text) + 8 * with_app + pcap_room + 64
+    cap = (n * (LINE_MAX + exc_b64 + REDACTED_MAX + aws_max + len(suffix)) + len(app_text) + 8 * with_app
+           + pcap_room + 64)
     out = _scratch(cap)
     ends = np.empty(n, np.int64)
     cid = np.empty((n, CID_BYTES), np.uint8)
@@ -178,7 +202,8 @@ def _encode(
     size = _lib.vx_encode_records(
         flows.ctypes.data, n, ptrs, ctypes.byref(_TRANSPORTS[0]), ctypes.byref(_TCP_FLAGS[0]), quoted, len(quoted),
         float("nan") if now is None else now, None if rows is None else rows.ctypes.data,
-        0 if excerpts is None else excerpts.size, app_text, app_off.ctypes.data, aws_idx.ctypes.data,
+        0 if excerpts is None else excerpts.size, app_text, app_off.ctypes.data,
+        None if redacted is None else redacted.ctypes.data, aws_idx.ctypes.data,
         ctypes.byref(aws[0]), suffix, len(suffix), out.ctypes.data, cap, ends.ctypes.data, cid.ctypes.data,
         vni.ctypes.data, ts_start.ctypes.data, ts_end.ctypes.data, pcap_ptrs,
         None if names is None else ctypes.byref(names[0]), base, name_max,

@@ -37,6 +37,7 @@ class FlowRecord(TypedDict):
     excerpt_in: NotRequired[str]
     excerpt_out: NotRequired[str]
     app: NotRequired[dict[str, Any]]
+    redacted: NotRequired[int]
     pcap: NotRequired[dict[str, Any]]  # with a pcap sink: frames written, skipped, dropped; files
     aws: NotRequired[dict[str, Any]]
     sensor: NotRequired[str]

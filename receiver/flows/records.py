@@ -7,7 +7,7 @@ import struct
 from binascii import b2a_base64
 from collections.abc import Callable
 from socket import AF_INET, AF_INET6, inet_ntop
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from .excerpts import ExcerptPool
 from .record import EndReason, FlowRecord
 from .state import conn_state, history
 from .table import FlowTable
+
+if TYPE_CHECKING:
+    from ..redact import Redactor
 
 TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp"}
 _V4_PREFIX = 0xFFFF
@@ -41,12 +44,20 @@ def build_records(
     app: dict[int, Any],
     labeler: Callable[[int], dict[str, Any] | None] | None,
     sensor: str | None,
+    redactor: Redactor | None = None,
     pcap_names: dict[int, str] | None = None,
 ) -> list[FlowRecord]:
-    """The records of ``flows``; ``pcap_names`` (the pcap files' names by number, with a pcap
-    sink whose frames the engine plans): each record gets its ``pcap`` object."""
+    """The records of ``flows`` (table rows, in the order given); ``redactor`` (receiver.redact):
+    masks the credentials in their excerpts and application metadata first (in place), and each
+    record says how many values it masked; ``pcap_names`` (the pcap files' names by number, with a
+    pcap sink whose frames the engine plans): each record gets its ``pcap`` object."""
     if not flows.size:
         return []
+    masked = [0] * flows.size
+    if redactor is not None and excerpts is not None:
+        counts = redactor.excerpts(table, flows, excerpts)
+        if counts is not None:
+            masked = counts.tolist()
     c = table.cols
     interim = reason == "active"  # the flow goes on (its parsers too); else they are dropped after this
     # columns turned to the originator's view in bulk: "in" is originator -> responder, which is
@@ -141,7 +152,11 @@ def build_records(
         if state is not None:
             meta = state if isinstance(state, dict) else state.to_record(copy=interim)
             if meta:
+                if redactor is not None and "http" in meta:
+                    masked[j] += redactor.app(meta)
                 rec["app"] = meta
+        if masked[j]:
+            rec["redacted"] = masked[j]
         if pcap_names is not None:
             s0, s1 = int(c["pc_seq0"][f]), int(c["pc_seq1"][f])
             rec["pcap"] = {

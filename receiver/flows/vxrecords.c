@@ -409,6 +409,7 @@ static inline char *put_tab(char *o, const strtab *t, int64_t i) {
  * transport; plain letters for tcp flags). reason: the end_reason, JSON-quoted. now: NaN for
  * none. exc: the excerpt pool rows (NULL: no excerpts), exc_size its row width.
  * app_text/app_off: per record its ``app`` object, JSON (empty for none);
+ * redacted: per record the values masked in it (``,"redacted":N`` when N > 0; NULL: none);
  * aws_idx: per record an entry of the aws table (``,"aws":{...}``), -1 none; sensor: the
  * ``,"sensor":"..."`` suffix (may be empty). Outputs: ends (end of each line, newline
  * included), cid (30 bytes a record), vni (-1 none), ts_start, ts_end. Returns the bytes
@@ -416,7 +417,7 @@ static inline char *put_tab(char *o, const strtab *t, int64_t i) {
 EXPORT int64_t vx_encode_records(
     const int64_t *flows, int64_t n, void *const *cols, const strtab *transports, const strtab *tflags,
     const char *reason, int64_t reason_len, double now, const uint8_t *exc, int64_t exc_size,
-    const char *app_text, const int64_t *app_off, const int32_t *aws_idx, const strtab *aws,
+    const char *app_text, const int64_t *app_off, const int64_t *redacted, const int32_t *aws_idx, const strtab *aws,
     const char *sensor, int64_t sensor_len, char *out, int64_t cap, int64_t *ends, uint8_t *cid,
     int64_t *vni_out, double *ts_start_out, double *ts_end_out, void *const *pcap, const strtab *pcap_names,
     int64_t pcap_base, int64_t pcap_name_max) {
@@ -448,7 +449,7 @@ EXPORT int64_t vx_encode_records(
             const int32_t *s0 = pcap[3], *s1 = pcap[4];
             pcap_len = 128 + (s0[f] > 0 ? (int64_t)(s1[f] - s0[f] + 1) * (pcap_name_max + 1) : 0);
         }
-        if (end - o < 1024 + b64_room + 8 + app_len + aws_len + sensor_len + pcap_len) return -1;
+        if (end - o < 1024 + b64_room + 8 + app_len + 32 + aws_len + sensor_len + pcap_len) return -1;
         int orig = orig_c[f], resp = 1 - orig;
         int proto = kproto[f] & 0xFF, v6 = kproto[f] >= 256;
         /* both endpoints, the originator first: 16 big-endian bytes each (IPv4: the last 4) */
@@ -529,6 +530,9 @@ EXPORT int64_t vx_encode_records(
             o = LIT(o, ",\"app\":");
             memcpy(o, app_text + app_off[j], (size_t)app_len); o += app_len;
         }
+        if (redacted != NULL && redacted[j] > 0) {
+            o = LIT(o, ",\"redacted\":"); o = put_u64(o, (uint64_t)redacted[j]);
+        }
         if (pcap != NULL) { /* the frames of this record in the pcap files (receiver/pcapkeep) */
             const uint32_t *kept = pcap[0], *skip = pcap[1], *drop = pcap[2];
             const int32_t *s0 = pcap[3], *s1 = pcap[4];
@@ -552,6 +556,57 @@ EXPORT int64_t vx_encode_records(
         ts_end_out[j] = ts1;
     }
     return o - out;
+}
+
+/* ---- the credential screen (receiver/redact/screen.py) ---- */
+static uint8_t FOLD[256]; /* ASCII letters to lower case, every other byte as it is */
+
+__attribute__((constructor)) static void fold_init(void) {
+    for (int c = 0; c < 256; c++) FOLD[c] = (uint8_t)((unsigned)(c - 'A') < 26u ? c + 32 : c);
+}
+
+/* An excerpt that starts with a TLS record header (change_cipher_spec, alert, handshake or
+ * application_data; version 3.x): encrypted or a hello, never a credential in clear. */
+static inline int tls_record(const uint8_t *p, int64_t len) {
+    return len >= 3 && p[0] >= 0x14 && p[0] <= 0x17 && p[1] == 3 && p[2] <= 4;
+}
+
+/* Which excerpts may hold a credential, and which markers say so, before any of them is looked
+ * at in Python: out[i] has bit m set (bit 63: any marker from the 64th on) when excerpt i (row
+ * rows[i] of exc, its first lens[i] bytes) contains marker m (lower case, at least 2 bytes,
+ * sorted; compared with ASCII letters folded); 0 for an excerpt that starts with a TLS record
+ * header. pairs: 65536 bits, set for the first two bytes of each marker (most positions go no
+ * further); first: per byte pair, 1 + the first marker that starts with it (0: none). Returns
+ * how many excerpts have some marker. */
+EXPORT int64_t vx_redact_screen(const uint8_t *exc, int64_t exc_size, const int64_t *rows, const int64_t *lens,
+                                int64_t n, const strtab *markers, int64_t n_markers, const uint8_t *pairs,
+                                const uint16_t *first, uint64_t *out) {
+    int64_t flagged = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *p = exc + rows[i] * exc_size;
+        int64_t len = lens[i] < exc_size ? lens[i] : exc_size;
+        uint64_t found = 0;
+        if (tls_record(p, len)) len = 0;
+        uint8_t c1 = len > 0 ? FOLD[p[0]] : 0;
+        for (int64_t k = 0; k + 1 < len; k++) {
+            uint8_t c0 = c1;
+            c1 = FOLD[p[k + 1]];
+            unsigned pair = (unsigned)c0 << 8 | c1;
+            if (!((pairs[pair >> 3] >> (pair & 7)) & 1)) continue;
+            for (int64_t m = first[pair] - 1; m >= 0 && m < n_markers; m++) {
+                const uint8_t *s = (const uint8_t *)markers->text + markers->off[m];
+                int64_t ml = markers->off[m + 1] - markers->off[m];
+                if (s[0] != c0 || s[1] != c1) break; /* (the markers of this pair are consecutive) */
+                if (ml > len - k) continue;
+                int64_t q = 2;
+                while (q < ml && s[q] == FOLD[p[k + q]]) q++;
+                if (q == ml) found |= (uint64_t)1 << (m < 63 ? m : 63);
+            }
+        }
+        out[i] = found;
+        flagged += found != 0;
+    }
+    return flagged;
 }
 
 /* For tests: the float formatter and round6 alone (n values into out; ends as above). */

@@ -16,7 +16,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define PREFETCH_AHEAD 16
-#define VX_ABI 15 /* = receiver.native.ABI */
+#define VX_ABI 16 /* = receiver.native.ABI */
 
 EXPORT int vx_abi(void) { return VX_ABI; }
 
