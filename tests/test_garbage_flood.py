@@ -62,7 +62,7 @@ TOML = (
 )
 # record fields that depend on when packets arrived, not on what they hold (and the sensor name,
 # which the service sets and `vxmirror read` leaves out)
-TIMED = ("ts_start", "ts_end", "duration", "end_reason", "sensor")
+TIMED = ("ts_start", "ts_end", "duration", "end_reason", "sensor", "pcap")  # (pcap: the service's pcap forwarder)
 
 
 def vm_kib(pid: int, key: str) -> int:
@@ -205,6 +205,9 @@ def test_a_minute_of_garbage_with_real_traffic(tmp_path: Path) -> None:
     assert jsonl["spooled"] == jsonl["dead_lettered"] == jsonl["dropped"] == pcap["dropped"] == 0
     # every flow, garbage ones too, has the packets and bytes of the engine's
     assert counted(live) == counted(expected)
+    # every frame of every record written or skipped by the capture policy, none dropped
+    assert all(x["pcap"]["packets"] + x["pcap"]["skipped"] == x["packets_in"] + x["packets_out"]
+               and x["pcap"]["dropped"] == 0 for x in live)
 
     # the real traffic's flows are exact: what `vxmirror read` makes of the same packets
     offline = [dict(x) for x in read_records([tmp_path / "real.pcap"], cfg)]
