@@ -79,6 +79,7 @@ class PcapSink(RollingOutput, PacketSink):
         self.ng = config.format == "pcapng"
         self._ifaces: dict[int, int] = {}
         self._log: pcap_index.IndexLog | None = None
+        self._indexer = pcap_index.Finisher()
         policy = RollPolicy.of(config)
         self.files = RollingFile(
             self.directory,
@@ -255,7 +256,7 @@ class PcapSink(RollingOutput, PacketSink):
             self._log.close()
             self._log = None
         if log.exists():
-            pcap_index.finish(log, final, final.stat().st_size)
+            self._indexer.submit(log, final, final.stat().st_size)
         return final
 
     def tick(self, now: float) -> None:
@@ -265,6 +266,12 @@ class PcapSink(RollingOutput, PacketSink):
     def reopen(self) -> None:
         if not self.planned:  # (planned: the worker ends the plan's file, in order with the frames)
             super().reopen()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._indexer.wait()
 
     def health_check(self) -> Health:
         return Health(True, str(self.directory))

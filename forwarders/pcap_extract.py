@@ -115,12 +115,9 @@ def find(
         entries = entries[entries["proto"] != 0]
         if not entries.size:
             continue
-        keys = np.empty(entries.size, pcap_index.KEY)
-        for k in pcap_index.KEY_FIELDS:
-            keys[k] = entries[k]
-        flows, inverse = np.unique(keys, return_inverse=True)
+        flows, inverse, _ = pcap_index.group(entries)
         hit = _select(pcap_index.community_ids(flows), flows, want, vni)
-        mine = np.isin(inverse.reshape(-1), hit)
+        mine = np.isin(inverse, hit)
         if mine.any():
             out.append(Found(data, entries["pos"][mine].astype(np.int64), entries["ts"][mine].astype(np.float64)))
     for found in out:

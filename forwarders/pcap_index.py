@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import queue
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -103,18 +106,43 @@ def read_log(path: Path, file_size: int | None = None) -> np.ndarray:
     return e
 
 
+def group(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct flows of ``entries`` (KEY, in key order), each entry's flow, and the entries'
+    order grouped by flow (file order within a flow). A lexicographic sort of a few integer
+    columns: ``np.unique`` of the structured keys sorts them field by field in Python's way,
+    10x slower."""
+    n = entries.size
+    if not n:
+        return np.zeros(0, KEY), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    head = ((entries["vni"].astype(np.int64) & 0xFFFFFFFF) << 32 | entries["a_port"].astype(np.int64) << 16
+            | entries["b_port"].astype(np.int64))
+    tail = entries["proto"].astype(np.int64) << 1 | entries["v6"].astype(np.int64)
+    cols = (tail, entries["b_lo"], entries["b_hi"], entries["a_lo"], entries["a_hi"], head)
+    order = np.lexsort(cols)  # (stable: file order within a flow)
+    new = np.zeros(n, bool)
+    new[0] = True
+    for c in cols:
+        sc = c[order]
+        new[1:] |= sc[1:] != sc[:-1]
+    starts = np.flatnonzero(new)
+    flow_of_sorted = np.cumsum(new) - 1
+    inverse = np.empty(n, np.int64)
+    inverse[order] = flow_of_sorted
+    flows = np.empty(starts.size, KEY)
+    first = order[starts]
+    for k in KEY_FIELDS:
+        flows[k] = entries[k][first]
+    return flows, inverse, order
+
+
 def finish(log: Path, final: Path, file_size: int | None = None) -> Path | None:
     """Turn the log of a closed file into its index ``F.idx`` (atomically), remove the log."""
-    if not log.exists():
+    try:
+        entries = read_log(log, file_size)
+    except FileNotFoundError:  # (retention removed the file and its log meanwhile)
         return None
-    entries = read_log(log, file_size)
     entries = entries[entries["proto"] != 0]
-    keys = np.empty(entries.size, KEY)
-    for k in KEY_FIELDS:
-        keys[k] = entries[k]
-    flows, inverse = np.unique(keys, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")  # frames grouped by flow, in file order within
+    flows, inverse, order = group(entries)
     counts = np.bincount(inverse, minlength=flows.size)
     first = np.zeros(flows.size + 1, np.int64)
     np.cumsum(counts, out=first[1:])
@@ -123,6 +151,8 @@ def finish(log: Path, final: Path, file_size: int | None = None) -> Path | None:
         buf, cid=community_ids(flows), flows=flows, first=first,
         pos=entries["pos"][order], ts=entries["ts"][order],
     )
+    if not final.exists() and not final.with_name(final.name + ".gz").exists():
+        return None  # (removed by retention meanwhile)
     out = index_path(final)
     tmp = out.with_name(out.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -133,6 +163,41 @@ def finish(log: Path, final: Path, file_size: int | None = None) -> Path | None:
     with contextlib.suppress(FileNotFoundError):
         log.unlink()
     return out
+
+
+class Finisher:
+    """Indexes made on a thread of their own: grouping a 256 MB file's frames by flow and
+    hashing its flows' community_ids takes a fraction of a second, which the writer's thread
+    cannot spare at a few hundred MB/s. Until its index is made, a closed file's log is read."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Path, Path, int] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.failed = 0
+
+    def submit(self, log: Path, final: Path, file_size: int) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pcap-index", daemon=True)
+            self._thread.start()
+        self._queue.put((log, final, file_size))
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                finish(*job)
+            except Exception as e:  # (an index is an aid: the pcap file stands without it)
+                self.failed += 1
+                logging.getLogger("vxmirror.forwarders.pcap").error("cannot index %s: %s", job[1], e)
+            finally:
+                self._queue.task_done()
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """The indexes of the files submitted so far made (within ``timeout``)."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
 
 
 def load(path: Path) -> dict[str, Any]:

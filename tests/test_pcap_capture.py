@@ -229,3 +229,29 @@ def test_default_policy_saves_tls_bulk_and_records_stay_byte_identical(tmp_path:
             encode_mod.encode_records = old  # type: ignore[attr-defined]
         assert got and got == want
         assert all(b'"pcap":{"packets":' in line for line in got)
+
+
+def test_index_grouping_equals_unique_of_the_keys() -> None:
+    """The indexes group frames by flow with a lexicographic sort: the same flows as np.unique
+    of the structured keys, file order kept within a flow."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    e = np.zeros(n, pcap_index.ENTRY)
+    e["pos"] = np.arange(n)
+    for k, top in (("vni", 3), ("proto", 3), ("v6", 2), ("a_hi", 2), ("a_lo", 4), ("b_hi", 2), ("b_lo", 4),
+                   ("a_port", 3), ("b_port", 3)):
+        e[k] = rng.integers(0, top, n)
+    e["vni"][rng.random(n) < 0.1] = -1
+    flows, inverse, order = pcap_index.group(e)
+    keys = np.empty(n, pcap_index.KEY)
+    for k in pcap_index.KEY_FIELDS:
+        keys[k] = e[k]
+    want, want_inv = np.unique(keys, return_inverse=True)
+    assert flows.size == want.size
+    assert (keys == flows[inverse]).all()
+    assert (want[want_inv.reshape(-1)] == keys).all()
+    grouped = inverse[order]
+    assert (np.diff(grouped) >= 0).all()
+    for f in range(flows.size):  # within a flow, the frames in file order
+        pos = e["pos"][order][grouped == f]
+        assert (np.diff(pos) > 0).all()
