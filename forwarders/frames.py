@@ -222,9 +222,12 @@ def _planned_block(
     pos = np.flatnonzero(marks.seq > 0)
     n = batch.count
     inner = _column(decap.inner_start, n, -1, np.int64)
-    sub = batch.select(pos)
-    block = frame_block(sub, Decapsulated(inner[pos], _column(decap.vni, n, -1, np.int64)[pos]),
-                        keep_encapsulation, snaplen)
+    if pos.size == n:  # (every packet: the batch as it is, its slots copied at once)
+        block = frame_block(batch, decap, keep_encapsulation, snaplen)
+    else:
+        sub = batch.select(pos)
+        block = frame_block(sub, Decapsulated(inner[pos], _column(decap.vni, n, -1, np.int64)[pos]),
+                            keep_encapsulation, snaplen)
     assert block.count == pos.size  # (the engine plans only frames that can be written)
     caplen = frame_caplens(batch, inner, pos, keep_encapsulation, snaplen, marks.cut)
     block.caplen = caplen.astype(np.uint32)

@@ -332,22 +332,31 @@ class Engine:
         cut to their headers; counted per flow (written or not is final once planned)."""
         cap = self.capture
         assert cap is not None and cap.marks is not None
-        c = self.table.cols
         policy = cap.policy
+        if not policy.rules:  # (every frame: nothing to count)
+            return
+        c = self.table.cols
         key = flow * 2 + direction
         pay = d.pay_len[idx]
-        rank, before = _rank_within(key, pay)
-        assert before is not None
+        # each packet's rank and payload before it in its flow's direction, in this part and before
+        n = key.size
+        order, group_start = _grouped_order(key)
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n) - group_start
+        sorted_pay = pay[order]
+        csum = np.cumsum(sorted_pay)
+        before = np.empty(n, np.int64)
+        before[order] = csum - sorted_pay - (csum - sorted_pay)[group_start]
+        starts = np.flatnonzero(group_start == np.arange(n))
+        uk = key[order[starts]]
         pk = c["cap_pk"].reshape(-1)
         by = c["cap_by"].reshape(-1)
         keys = PacketKeys(d.vni[idx], d.proto[idx], d.src_hi[idx], d.src_lo[idx], d.dst_hi[idx], d.dst_lo[idx],
                           d.sport[idx], d.dport[idx], c["cap_app"][flow])
         plim, blim = policy.limits(keys)
         keep = (pk[key] + rank < plim) & (by[key] + before < blim)
-        uk, inv = np.unique(key, return_inverse=True)
-        inv = inv.reshape(-1)
-        pk[uk] += np.bincount(inv, minlength=uk.size).astype(pk.dtype)
-        by[uk] += np.bincount(inv, weights=pay, minlength=uk.size).astype(by.dtype)
+        pk[uk] += np.diff(np.append(starts, n)).astype(pk.dtype)
+        by[uk] += np.add.reduceat(sorted_pay, starts).astype(by.dtype)
         if keep.all():
             return
         marks = cap.marks
@@ -378,18 +387,23 @@ class Engine:
         written[pos - lo] = True
         w = written[at]
         if not cap.open:
-            np.add.at(c["pc_drop"], f, 1)
-        else:
-            np.add.at(c["pc_skip"], f[~w], 1)
-        if not w.any():
+            _add_counts(c["pc_drop"], f)
             return
-        fw = f[w]
-        seq = marks.seq[lo + at[w]]
-        np.add.at(c["pc_kept"], fw, 1)
-        uf, first = np.unique(fw, return_index=True)
+        if not w.all():
+            _add_counts(c["pc_skip"], f[~w])
+            if not w.any():
+                return
+            f, at = f[w], at[w]
+        seq = marks.seq[lo + at]
+        uf, first, counts = np.unique(f, return_index=True, return_counts=True)
+        c["pc_kept"][uf] += counts.astype(np.uint32)
         s0 = c["pc_seq0"][uf]
+        if seq[0] == seq[-1]:  # (the common case: every frame of the range in one file)
+            c["pc_seq0"][uf] = np.where(s0 == 0, seq[0], s0)
+            c["pc_seq1"][uf] = seq[0]
+            return
         c["pc_seq0"][uf] = np.where(s0 == 0, seq[first], s0)
-        rev_u, rev_first = np.unique(fw[::-1], return_index=True)
+        rev_u, rev_first = np.unique(f[::-1], return_index=True)
         c["pc_seq1"][rev_u] = seq[::-1][rev_first]
 
     def _app_over_budget(self) -> bool:
@@ -826,6 +840,12 @@ def _count_shown(seen: np.ndarray, keys: I64) -> None:
     uk, n = np.unique(keys, return_counts=True)
     c = seen[uk >> 1, uk & 1].astype(np.int64) + n
     seen[uk >> 1, uk & 1] = np.where(c < APP_FIRST_PACKETS, c, APP_DONE)
+
+
+def _add_counts(column: np.ndarray, rows: I64) -> None:
+    """``column[r] += 1`` for each occurrence of ``r`` in ``rows``."""
+    uf, counts = np.unique(rows, return_counts=True)
+    column[uf] += counts.astype(column.dtype)
 
 
 def _stable_order(key: I64) -> I64:
