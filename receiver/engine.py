@@ -309,7 +309,7 @@ class Engine:
             self._flow_of[idx] = flow
         self.table.account(
             flow, direction, ts, d.iplen[sel], d.pay_len[sel], tcpflags, proto,
-            d.truncated[sel], d.frag[sel] != Frag.NONE, grouping,
+            d.truncated[sel], d.frag[sel] != Frag.NONE, d.tcpseq[sel], d.tcpack[sel], grouping,
         )
         has_payload = d.pay_cap[sel] > 0
         if self.excerpts is not None and has_payload.any():

@@ -18,7 +18,7 @@ from pathlib import Path
 log = logging.getLogger("vxmirror.native")
 
 HERE = Path(__file__).parent / "native"
-ABI = 16  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
+ABI = 17  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 
 
 def library_path() -> Path | None:

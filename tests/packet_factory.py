@@ -20,9 +20,9 @@ def ip6(a: str) -> bytes:
 
 
 def tcp(src: str, dst: str, sport: int, dport: int, flags: int = dpkt.tcp.TH_ACK, payload: bytes = b"",
-        seq: int = 1000) -> bytes:
+        seq: int = 1000, ack: int = 0) -> bytes:
     """An Ethernet/IPv4 (or IPv6 when the addresses have ':') frame carrying TCP."""
-    seg = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, data=payload)
+    seg = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, data=payload)
     return _ip_frame(src, dst, dpkt.ip.IP_PROTO_TCP, seg)
 
 

@@ -174,3 +174,30 @@ def test_receiver_user_data(tpl: dict[str, Any]) -> None:
     inst = tpl["Resources"]["ReceiverInstance"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"][0]
     lt = tpl["Resources"]["ReceiverLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
     assert inst == script and lt["Fn::Base64"]["Fn::Sub"][0] == script
+
+
+def test_nlb_target_group_keeps_a_mirror_source_on_one_receiver(tpl: dict[str, Any]) -> None:
+    """nlb mode: source-IP affinity (both directions of every flow of one mirror source reach one
+    receiver whatever the outer ports), and a bounded drain that ends with the NLB closing the
+    flows, using only attributes AWS accepts on a UDP target group (docs/deploy.md)."""
+    res = tpl["Resources"]
+    tg = res["NlbTargetGroup"]
+    assert tg["Condition"] == "IsNlb" and tpl["Conditions"]["IsNlb"] == {"Fn::Equals": [{"Ref": "TargetMode"}, "nlb"]}
+    props = tg["Properties"]
+    assert props["Protocol"] == "UDP" and props["Port"] == 4789
+    attrs = {a["Key"]: a["Value"] for a in props["TargetGroupAttributes"]}
+    assert attrs == {
+        "stickiness.enabled": "true",
+        "stickiness.type": "source_ip",
+        "deregistration_delay.timeout_seconds": {"Ref": "DrainSeconds"},
+        "deregistration_delay.connection_termination.enabled": "true",
+    }
+    # AWS: 0-3600 seconds; terminating flows to unhealthy targets cannot be enabled for UDP
+    drain = tpl["Parameters"]["DrainSeconds"]
+    assert (drain["MinValue"], drain["MaxValue"]) == (0, 3600) and 0 <= drain["Default"] <= 3600
+    assert not any(k.startswith("target_health_state.") for k in attrs)
+    # the listener forwards UDP 4789 to that group, and the receivers register in it
+    listener = res["NlbListener"]["Properties"]
+    assert listener["Protocol"] == "UDP" and listener["Port"] == 4789
+    assert listener["DefaultActions"] == [{"Type": "forward", "TargetGroupArn": {"Ref": "NlbTargetGroup"}}]
+    assert res["ReceiverGroup"]["Properties"]["TargetGroupARNs"] == [{"Ref": "NlbTargetGroup"}]

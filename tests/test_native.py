@@ -432,7 +432,7 @@ def test_account_refuses_flow_indices_outside_the_table() -> None:
     t = FlowTable(16)
     one = np.ones(1, np.int64)
     kw = dict(direction=one * 0, ts=np.ones(1), iplen=one, paylen=one, tcpflags=one * 0, proto=one * 6,
-              truncated=np.zeros(1, bool), fragment=np.zeros(1, bool))
+              truncated=np.zeros(1, bool), fragment=np.zeros(1, bool), seq=one * 0, ack=one * 0)
     with pytest.raises(IndexError):
         native.account(t.cols, flow=one * t.capacity, **kw)
     with pytest.raises(IndexError):

@@ -1,8 +1,8 @@
 """The C library built with AddressSanitizer and UndefinedBehaviorSanitizer, under the tests that
 drive it hardest: the C-against-numpy comparisons (fuzzed packets, cut and corrupt captures, lane
-scans on captures full of fake record headers), the C reading thread on garbage, the pcapng walk
-on random files, the receive thread (ring wrap-around, truncation, UDP_GRO splitting) and the
-credential screen (random excerpts). An
+scans on captures full of fake record headers, TCP flows in every order), the C reading thread
+on garbage, the pcapng walk on random files, the receive thread (ring wrap-around, truncation,
+UDP_GRO splitting) and the credential screen (random excerpts). An
 out-of-bounds read or write, a use after free or undefined behaviour aborts the run with the
 sanitizer's report, where a normal build might read a neighbour's bytes silently."""
 
@@ -50,7 +50,8 @@ def test_the_c_library_is_clean_under_the_sanitizers(tmp_path: Path) -> None:
     run = subprocess.run(  # -s: the sanitizer writes its report to fd 2, which pytest would capture and lose
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(here / "test_native.py"),
          str(here / "test_readahead.py"), str(here / "test_capture.py"), str(here / "test_record_encode.py"),
-         str(here / "test_rxthread.py"), str(here / "test_redact.py::test_native_screen_agrees_with_its_python_twin"),
+         str(here / "test_rxthread.py"), str(here / "test_reorder.py"),
+         str(here / "test_redact.py::test_native_screen_agrees_with_its_python_twin"),
          str(here / "test_redact.py::test_many_flows_with_and_without_secrets"), "-k",
          "not tshark"],
         env=env, capture_output=True, text=True, timeout=600,

@@ -65,6 +65,8 @@ class Decoded:
     truncated: B  # fewer bytes captured than the IP length says
     frag: U8
     ipid: I64
+    tcpseq: I64  # TCP sequence and acknowledgement numbers (0 when not TCP)
+    tcpack: I64
 
     @classmethod
     def empty(cls, n: int) -> Decoded:

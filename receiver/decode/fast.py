@@ -48,7 +48,9 @@ V4_VHL, V4_LEN, V4_ID, V4_FRAG, V4_PROTO, V4_SRC, V4_DST = (
     ipv4.IPV4.off(f) for f in ("v_hl", "len", "id", "off", "p", "src", "dst")
 )
 V6_PLEN, V6_NXT, V6_SRC, V6_DST = (ipv6.IPV6.off(f) for f in ("plen", "nxt", "src", "dst"))
-TCP_SPORT, TCP_DPORT, TCP_OFF, TCP_FLAGS = (tcp.TCP.off(f) for f in ("sport", "dport", "off_x2", "flags"))
+TCP_SPORT, TCP_DPORT, TCP_SEQ, TCP_ACK, TCP_OFF, TCP_FLAGS = (
+    tcp.TCP.off(f) for f in ("sport", "dport", "seq", "ack", "off_x2", "flags")
+)
 UDP_SPORT, UDP_DPORT = udp.UDP.off("sport"), udp.UDP.off("dport")
 ICMP_TYPE, ICMP_CODE = icmp.ICMP.off("type"), icmp.ICMP.off("code")
 VX_FLAGS, VX_RES1, VX_VNI, VX_RES2 = (VXLAN.off(f) for f in ("flags", "reserved1", "vni", "reserved2"))
@@ -290,6 +292,8 @@ def _common_inner(run: _Run, buf: np.ndarray, vxlan_ports: np.ndarray, geneve_po
     out.sport[i] = _be16(ht, I_L4 + TCP_SPORT)
     out.dport[i] = dport[t]
     out.tcpflags[i] = np.where(tcp_t, ht[:, I_L4 + TCP_FLAGS], 0)
+    out.tcpseq[i] = np.where(tcp_t, _be32(ht, I_L4 + TCP_SEQ), 0)
+    out.tcpack[i] = np.where(tcp_t, _be32(ht, I_L4 + TCP_ACK), 0)
     out.iplen[i] = total[t]
     out.pay_off[i] = pay_off
     out.pay_len[i] = pay_len
@@ -503,6 +507,8 @@ def _transport(run: _Run, buf: np.ndarray, ip: _IpFields, vxlan_ports: np.ndarra
     sport = np.zeros(k, np.int64)
     dport = np.zeros(k, np.int64)
     flags = np.zeros(k, np.int64)
+    seq = np.zeros(k, np.int64)
+    ack = np.zeros(k, np.int64)
     pay_off = l4.copy()
     later = frag == Frag.LATER
     is_tcp = ~later & (proto == tcp.PROTO)
@@ -521,6 +527,8 @@ def _transport(run: _Run, buf: np.ndarray, ip: _IpFields, vxlan_ports: np.ndarra
         sport[t] = _be16(h, TCP_SPORT)
         dport[t] = _be16(h, TCP_DPORT)
         flags[t] = h[:, TCP_FLAGS]
+        seq[t] = _be32(h, TCP_SEQ)
+        ack[t] = _be32(h, TCP_ACK)
         doff = (h[:, TCP_OFF] >> 4).astype(np.int64) * 4
         bad = doff < tcp.TCP.size
         if bad.any():
@@ -573,6 +581,8 @@ def _transport(run: _Run, buf: np.ndarray, ip: _IpFields, vxlan_ports: np.ndarra
     out.sport[i] = sport[f]
     out.dport[i] = dport[f]
     out.tcpflags[i] = flags[f]
+    out.tcpseq[i] = seq[f]
+    out.tcpack[i] = ack[f]
     out.iplen[i] = ip_end[f] - ip.start[f]
     out.pay_off[i] = pay_off[f]
     out.pay_len[i] = pay_len

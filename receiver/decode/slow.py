@@ -162,7 +162,7 @@ def _ip(data: bytes, pos: int, stop: int, row: dict[str, int], config: EngineCon
     else:
         raise _Stop(Status.MALFORMED_IP)
 
-    sport = dport = flags = 0
+    sport = dport = flags = seq = ack = 0
     pay_off = l4
     if frag != Frag.LATER:
         is_icmp = (proto == icmp.PROTO_ICMP and version == 4) or (proto == icmp.PROTO_ICMPV6 and version == 6)
@@ -179,7 +179,7 @@ def _ip(data: bytes, pos: int, stop: int, row: dict[str, int], config: EngineCon
             doff = (t["off_x2"] >> 4) * 4
             if doff < tcp.TCP.size:
                 raise _Stop(Status.MALFORMED_L4)
-            sport, dport, flags = t["sport"], t["dport"], t["flags"]
+            sport, dport, flags, seq, ack = t["sport"], t["dport"], t["flags"], t["seq"], t["ack"]
             pay_off = l4 + doff
         elif proto == udp.PROTO:
             u = udp.UDP.unpack(data, l4)
@@ -202,7 +202,7 @@ def _ip(data: bytes, pos: int, stop: int, row: dict[str, int], config: EngineCon
         proto=proto, sport=sport, dport=dport, tcpflags=flags,
         iplen=ip_end - pos, pay_off=pay_off, pay_len=pay_len,
         pay_cap=min(max(min(stop, ip_end) - pay_off, 0), pay_len),
-        truncated=int(stop < ip_end), frag=int(frag), ipid=ipid,
+        truncated=int(stop < ip_end), frag=int(frag), ipid=ipid, tcpseq=seq, tcpack=ack,
     )
     return None
 

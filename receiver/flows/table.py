@@ -21,6 +21,18 @@ import numpy as np
 from .. import native
 from ..decode import tcp
 from ..packets import F64, I64
+from .history import (
+    ACK_FIRST,
+    L_ACK,
+    L_DATA,
+    L_FIN,
+    L_RST,
+    L_SYN,
+    L_SYNACK,
+    MASK32,
+    WINDOW,
+    add_codes,
+)
 from .keys import Keys
 
 EVICT_FRACTION = 64  # at the flow cap, at least 1/64 of the table is evicted at a time
@@ -28,50 +40,52 @@ EMPTY = -1
 TOMBSTONE = -2
 
 # History letters (Zeek's conn.log `history`), each recorded once per direction, in order.
-LETTERS = "SHADFR"
-L_SYN, L_SYNACK, L_ACK, L_DATA, L_FIN, L_RST = range(6)
+LETTERS = "SHADFR"  # (letter numbers L_SYN ... L_RST: flows.history)
 
-# column name -> (dtype, per-direction?)
-COLUMNS: dict[str, tuple[str, bool]] = {
-    "khash": ("u8", False),
-    "kvni": ("i4", False),
-    "kproto": ("u2", False),
-    "a_hi": ("u8", False),
-    "a_lo": ("u8", False),
-    "b_hi": ("u8", False),
-    "b_lo": ("u8", False),
-    "a_port": ("u2", False),
-    "b_port": ("u2", False),
-    "used": ("?", False),
-    "slot": ("i4", False),
-    "orig": ("u1", False),  # 0: endpoint A is the originator
-    "flipped": ("?", False),
-    "pkts": ("u4", True),
-    "ipbytes": ("u8", True),
-    "paybytes": ("u8", True),
-    "tflags": ("u1", True),
-    "t_last": ("f8", False),
-    "seg_start": ("f8", False),  # start of the current record (interim records restart it)
-    "close_ts": ("f8", False),  # when FIN both ways or RST was seen (0: open)
-    "hist": ("u8", False),  # up to 12 history codes, 4 bits each, in order
-    "hbits": ("u2", False),  # which (letter, direction) codes are in hist
-    "trunc": ("?", False),
-    "frags": ("u4", False),
-    "segments": ("u2", False),  # records emitted so far for this flow
-    "exc_len": ("u2", True),  # excerpt bytes kept so far
-    "exc_row": ("u4", True),  # excerpt pool row + 1 (0: none yet)
-    "app_pkts": ("u1", True),  # payload packets shown to the application parsers
-    "app_parser": ("?", False),  # the flow has an application parser (engine.app holds its AppState)
-    "app_head": ("?", True),  # its parser gathers a message head's segments in this direction
+# column name -> (dtype, values per flow: 1, or 2 per direction, or one per history code)
+COLUMNS: dict[str, tuple[str, int]] = {
+    "khash": ("u8", 1),
+    "kvni": ("i4", 1),
+    "kproto": ("u2", 1),
+    "a_hi": ("u8", 1),
+    "a_lo": ("u8", 1),
+    "b_hi": ("u8", 1),
+    "b_lo": ("u8", 1),
+    "a_port": ("u2", 1),
+    "b_port": ("u2", 1),
+    "used": ("?", 1),
+    "slot": ("i4", 1),
+    "orig": ("u1", 1),  # 0: endpoint A is the originator
+    "flipped": ("?", 1),
+    "pkts": ("u4", 2),
+    "ipbytes": ("u8", 2),
+    "paybytes": ("u8", 2),
+    "tflags": ("u1", 2),
+    "t_last": ("f8", 1),
+    "seg_start": ("f8", 1),  # start of the current record (interim records restart it)
+    "close_ts": ("f8", 1),  # when FIN both ways or RST was seen (0: open)
+    "hist": ("u8", 1),  # up to 12 history codes, 4 bits each, in order
+    "hbits": ("u2", 1),  # which (letter, direction) codes are in hist
+    # per history code the TCP clock (seq + ack) of its packet, for placing late packets' codes
+    # (0: none; the two SYN codes' slots hold each side's first sequence number: flows.history)
+    "hkey": ("u4", 12),
+    "trunc": ("?", 1),
+    "frags": ("u4", 1),
+    "segments": ("u2", 1),  # records emitted so far for this flow
+    "exc_len": ("u2", 2),  # excerpt bytes kept so far
+    "exc_row": ("u4", 2),  # excerpt pool row + 1 (0: none yet)
+    "app_pkts": ("u1", 2),  # payload packets shown to the application parsers
+    "app_parser": ("?", 1),  # the flow has an application parser (engine.app holds its AppState)
+    "app_head": ("?", 2),  # its parser gathers a message head's segments in this direction
     # packet capture (receiver/pcapkeep; with a pcap sink only)
-    "cap_pk": ("u4", True),  # packets seen per direction since the flow started (the policy's count)
-    "cap_by": ("u8", True),  # payload bytes likewise
-    "cap_app": ("u1", False),  # what the engine recognised (pcapkeep.policy.APPS), for rules on app
-    "pc_kept": ("u4", False),  # frames planned into a pcap file (this record's)
-    "pc_skip": ("u4", False),  # frames the policy did not write
-    "pc_drop": ("u4", False),  # frames dropped: the pcap writer's queue was full
-    "pc_seq0": ("i4", False),  # first and last file numbers holding this record's frames (0: none)
-    "pc_seq1": ("i4", False),
+    "cap_pk": ("u4", 2),  # packets seen per direction since the flow started (the policy's count)
+    "cap_by": ("u8", 2),  # payload bytes likewise
+    "cap_app": ("u1", 1),  # what the engine recognised (pcapkeep.policy.APPS), for rules on app
+    "pc_kept": ("u4", 1),  # frames planned into a pcap file (this record's)
+    "pc_skip": ("u4", 1),  # frames the policy did not write
+    "pc_drop": ("u4", 1),  # frames dropped: the pcap writer's queue was full
+    "pc_seq0": ("i4", 1),  # first and last file numbers holding this record's frames (0: none)
+    "pc_seq1": ("i4", 1),
 }
 
 
@@ -108,8 +122,8 @@ class FlowTable:
 
     def _resize(self, capacity: int) -> None:
         old = self.capacity
-        for name, (dtype, per_dir) in COLUMNS.items():
-            shape = (capacity, 2) if per_dir else (capacity,)
+        for name, (dtype, width) in COLUMNS.items():
+            shape = (capacity, width) if width > 1 else (capacity,)
             a = np.zeros(shape, dtype)
             if old:
                 a[:old] = self.cols[name]
@@ -248,7 +262,8 @@ class FlowTable:
         the grouping (distinct flows, packet -> group) for ``account`` when no packet was dropped.
 
         The originator of a new flow is the sender of its first packet in the batch, unless a
-        SYN without ACK is in the batch: then its sender. When the table is at ``max_flows``,
+        SYN without ACK is in the batch: then its sender (``account`` revises it when TCP's
+        numbers show a packet came out of order: flows.history). When the table is at ``max_flows``,
         the least recently seen flows are handed to ``evict`` (which emits and releases them).
         A packet whose 64-bit key hash equals another flow's with a different key cannot be
         placed and is counted as ``hash_collision``. ``grouped``: ``group_keys(keys)``, if the
@@ -311,19 +326,22 @@ class FlowTable:
         proto: I64,
         truncated: np.ndarray,
         fragment: np.ndarray,
+        seq: I64,
+        ack: I64,
         grouping: tuple[I64, I64] | None = None,
     ) -> None:
         """Add packets (all with flow >= 0) to their flows' counters, flags, history and times.
 
-        ``grouping`` (distinct flows, packet -> index into them), when the caller has it, saves
-        grouping the packets again."""
+        ``seq``, ``ack``: the TCP numbers, which place the history codes of late packets
+        (flows.history). ``grouping`` (distinct flows, packet -> index into them), when the
+        caller has it, saves grouping the packets again."""
         if not flow.size:
             return
         c = self.cols
         if native.available():
             native.account(
                 c, flow=flow, direction=direction, ts=ts, iplen=iplen, paylen=paylen, tcpflags=tcpflags,
-                proto=proto, truncated=truncated, fragment=fragment,
+                proto=proto, truncated=truncated, fragment=fragment, seq=seq, ack=ack,
             )
             return
         if grouping is None:
@@ -355,12 +373,12 @@ class FlowTable:
         # history letters, in packet order, once per (letter, direction)
         is_tcp = proto == tcp.PROTO
         f = tcpflags
-        syn, ack, fin, rst = (f & tcp.SYN) > 0, (f & tcp.ACK) > 0, (f & tcp.FIN) > 0, (f & tcp.RST) > 0
+        syn, ack_, fin, rst = (f & tcp.SYN) > 0, (f & tcp.ACK) > 0, (f & tcp.FIN) > 0, (f & tcp.RST) > 0
         letters = (paylen > 0).astype(np.int64) << L_DATA
         if is_tcp.any():
-            letters |= (is_tcp & syn & ~ack).astype(np.int64) << L_SYN
-            letters |= (is_tcp & syn & ack).astype(np.int64) << L_SYNACK
-            letters |= (is_tcp & ack & ~syn & ~fin & ~rst & (paylen == 0)).astype(np.int64) << L_ACK
+            letters |= (is_tcp & syn & ~ack_).astype(np.int64) << L_SYN
+            letters |= (is_tcp & syn & ack_).astype(np.int64) << L_SYNACK
+            letters |= (is_tcp & ack_ & ~syn & ~fin & ~rst & (paylen == 0)).astype(np.int64) << L_ACK
             letters |= (is_tcp & fin).astype(np.int64) << L_FIN
             letters |= (is_tcp & rst).astype(np.int64) << L_RST
         # spread letter bits to (letter, direction) codes: bit 2*letter + direction
@@ -369,15 +387,30 @@ class FlowTable:
             codes |= ((letters >> k) & 1) << (2 * k + direction)
         # most packets only repeat letters their flow already has: nothing to do for them
         fresh = (codes & ~c["hbits"][flow].astype(np.int64)) != 0
-        if not fresh.any():
+        key = (seq.astype(np.int64) + ack.astype(np.int64)) & MASK32
+        keyed = is_tcp & ack_ & (key != 0)
+        if not fresh.any() and not keyed.any():
             return
-        self._flip(uf, inv, codes, direction)
         have = c["hbits"][uf].astype(np.int64)
-        group = np.zeros(uf.size, np.int64)
-        np.bitwise_or.at(group, inv[fresh], codes[fresh])
-        new = group & ~have
-        if new.any():
-            self._append_history(uf, inv, codes, new, have)
+        # the new codes (first occurrence per flow and code) in the order they are added
+        u, bit, when = _new_codes(inv, codes, fresh, have)
+        # flows where a code goes elsewhere than at the end (a late packet) take one packet at a time
+        late = self._late(uf, inv, codes, u, bit, when, have, keyed, key)
+        if not fresh.any() and not late.any():
+            return
+        quick = codes
+        if late.any():
+            quick = np.where(late[inv], 0, codes)
+            keep = ~late[u]
+            u, bit, when = u[keep], bit[keep], when[keep]
+        self._flip(uf, inv, quick, direction)
+        if u.size:
+            self._append_history(uf, u, bit, when, have, keyed, key, seq)
+        if late.any():
+            for i in np.flatnonzero(late[inv] & (codes != 0)).tolist():
+                add_codes(
+                    c, int(uf[inv[i]]), int(direction[i]), int(codes[i]), bool(keyed[i]), int(seq[i]), int(ack[i])
+                )
         # TCP close: FIN from both endpoints, or any RST (both are new letters when they happen)
         if (f & (tcp.FIN | tcp.RST)).any():
             hb = c["hbits"][uf].astype(np.int64)
@@ -386,6 +419,67 @@ class FlowTable:
             closing = (fin_both | rst_any) & (c["close_ts"][uf] == 0)
             if closing.any():
                 c["close_ts"][uf[closing]] = _close_times(np.flatnonzero(closing), inv, codes, ts, have, before)
+
+    def _late(
+        self, uf: I64, inv: I64, codes: I64, u: I64, bit: I64, when: I64, have: I64, keyed: np.ndarray, key: I64
+    ) -> np.ndarray:
+        """Per distinct flow: whether one of its new codes (``u``, ``bit``, ``when``: see
+        _new_codes) is placed elsewhere than after the code before it (flows.history), or is a
+        SYN without ACK after other codes (which may go first), or a packet shows a code came
+        earlier than its clock says (its first packet is late)."""
+        late = np.zeros(uf.size, np.bool_)
+        c = self.cols
+        # a packet with a lower clock than its code's: the code's first packet was late
+        kp = np.flatnonzero(keyed & (codes != 0))
+        if kp.size:
+            m = (codes[kp, None] >> np.arange(12)[None, :]) & 1
+            p_idx, b = np.nonzero(m)
+            pk = kp[p_idx]
+            g = inv[pk]
+            known = ((have[g] >> b) & 1) != 0
+            ref = np.zeros(pk.size, np.int64)
+            ref_keyed = np.zeros(pk.size, np.bool_)
+            fk = uf[g[known]]
+            ref[known] = c["hkey"][fk, b[known]]
+            ref_keyed[known] = (ref[known] != 0) & ((b[known] >> 1) != L_SYN)
+            if u.size:  # codes new in this batch: their first packet's clock
+                slot = np.full((uf.size, 12), -1, np.int64)
+                slot[u, bit] = when
+                w = slot[g, b]
+                here = ~known & (w >= 0)
+                ref[here] = key[w[here]]
+                ref_keyed[here] = keyed[w[here]]
+            diff = (ref - key[pk]) & MASK32
+            earlier = ref_keyed & (diff > 0) & (diff <= WINDOW)
+            late[g[earlier]] = True
+        if not u.size:
+            return late
+        letter = bit >> 1
+        # the code before each: the row before in its flow, or the flow's last code before the batch
+        starts = np.r_[True, u[1:] != u[:-1]]
+        prev = np.r_[0, np.arange(u.size - 1)]
+        p_keyed = keyed[when[prev]].copy()
+        p_key = key[when[prev]].copy()
+        p_bit = bit[prev].copy()
+        has_prev = ~starts.copy()
+        s = np.flatnonzero(starts)
+        fs, hv = uf[u[s]], have[u[s]]
+        n = _popcount(hv)
+        old = n > 0
+        last = ((c["hist"][fs].astype(np.int64) >> (4 * np.maximum(n - 1, 0))) & 0xF) - 1
+        last = np.maximum(last, 0)
+        has_prev[s] = old
+        p_key[s] = c["hkey"][fs, last]
+        p_keyed[s] = old & (p_key[s] != 0) & ((last >> 1) != L_SYN)
+        p_bit[s] = last
+        diff = (p_key - key[when]) & MASK32
+        diff = np.where(diff >= 1 << 31, diff - (1 << 32), diff)
+        tie = (diff == 0) & (letter == L_ACK)
+        ahead = np.where(tie, ((ACK_FIRST >> (p_bit >> 1)) & 1) != 0, (diff > 0) & (diff <= WINDOW))
+        goes_back = has_prev & p_keyed & keyed[when] & ahead
+        syn_after = has_prev & (letter == L_SYN)
+        late[u[goes_back | syn_after]] = True
+        return late
 
     def _flip(self, uf: I64, inv: I64, codes: I64, direction: I64) -> None:
         """A SYN without ACK from the responder, before any such SYN, makes it the originator."""
@@ -407,25 +501,32 @@ class FlowTable:
             c["orig"][f] = resp[flip]
             c["flipped"][f] = True
 
-    def _append_history(self, uf: I64, inv: I64, codes: I64, new: I64, have: I64) -> None:
+    def _append_history(
+        self, uf: I64, u: I64, bit: I64, when: I64, have: I64, keyed: np.ndarray, key: I64, seq: I64
+    ) -> None:
+        """Append the new codes (``u``, ``bit``, ``when``: see _new_codes) after each flow's codes,
+        with their packets' clocks, and the sequence number of each direction's first code."""
         c = self.cols
-        pk = np.flatnonzero(codes & new[inv])
-        bits = np.arange(12)
-        m = ((codes[pk, None] & new[inv[pk], None]) >> bits[None, :]) & 1
-        p_idx, bit = np.nonzero(m)
-        u = inv[pk[p_idx]]
-        # first packet of each (flow, code) pair; rows are already in packet order
-        _, first = np.unique(u * 16 + bit, return_index=True)
-        u, bit, when = u[first], bit[first], pk[p_idx[first]]
-        order = np.lexsort((bit, when, u))
-        u, bit = u[order], bit[order]
+        flows = uf[u]
         start = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
         rank = np.arange(u.size) - np.repeat(start, np.diff(np.r_[start, u.size]))
         nib = _popcount(have[u]) + rank
         add = np.zeros(uf.size, np.uint64)
         np.bitwise_or.at(add, u, (bit + 1).astype(np.uint64) << (4 * nib).astype(np.uint64))
         c["hist"][uf] |= add
+        new = np.zeros(uf.size, np.int64)
+        np.bitwise_or.at(new, u, np.int64(1) << bit)
         c["hbits"][uf] |= new.astype(np.uint16)
+        k = keyed[when] & ((bit >> 1) != L_SYN)
+        if k.any():
+            c["hkey"][flows[k], bit[k]] = key[when[k]]
+        # a direction's first code: its packet's sequence number, in that side's SYN slot
+        side = bit & 1
+        fresh_side = (have[u] & np.where(side == 0, 0x555, 0xAAA)) == 0
+        _, first = np.unique(u * 2 + side, return_index=True)
+        first = first[fresh_side[first]]
+        if first.size:
+            c["hkey"][flows[first], 2 * L_SYN + side[first]] = seq[when[first]] & MASK32
 
 
 Grouped = tuple[np.ndarray, I64, I64, np.ndarray]
@@ -470,6 +571,21 @@ def _group_sorted(h: np.ndarray) -> tuple[np.ndarray, I64, I64]:
     inv[order] = np.cumsum(start) - 1
     first = np.minimum.reduceat(order, starts) if s.size else np.zeros(0, np.int64)
     return s[starts], first, inv
+
+
+def _new_codes(inv: I64, codes: I64, fresh: np.ndarray, have: I64) -> tuple[I64, I64, I64]:
+    """The codes new to their flows in this batch, first occurrence per (flow, code), sorted by
+    flow (``u``: index into the distinct flows), then packet (``when``), then code (``bit``):
+    the order in which they are added."""
+    pk = np.flatnonzero(fresh)
+    newbits = codes[pk] & ~have[inv[pk]]
+    m = (newbits[:, None] >> np.arange(12)[None, :]) & 1
+    p_idx, bit = np.nonzero(m)
+    u = inv[pk[p_idx]]
+    _, first = np.unique(u * 16 + bit, return_index=True)  # rows are in packet order
+    u, bit, when = u[first], bit[first], pk[p_idx[first]]
+    order = np.lexsort((bit, when, u))
+    return u[order], bit[order], when[order]
 
 
 def _popcount(x: I64) -> I64:

@@ -46,17 +46,19 @@ log = logging.getLogger("vxmirror.native")
 DECODE_COLUMNS = (
     "status", "vni", "inner_start", "depth", "vxlan_reserved", "ipver", "src_hi", "src_lo", "dst_hi",
     "dst_lo", "proto", "sport", "dport", "iplen", "tcpflags", "pay_off", "pay_len", "pay_cap",
-    "truncated", "frag", "ipid",
+    "truncated", "frag", "ipid", "tcpseq", "tcpack",
 )
 # the flow-table columns vx_account updates, and its per-packet inputs, in argument order
 # (with the C type each is written as: tests/test_native.py checks them against flows.table.COLUMNS)
 ACCOUNT_COLUMNS = {
     "pkts": "u4", "ipbytes": "u8", "paybytes": "u8", "tflags": "u1", "t_last": "f8", "trunc": "?", "frags": "u4",
     "hist": "u8", "hbits": "u2", "orig": "u1", "flipped": "?", "segments": "u2", "close_ts": "f8",
+    "hkey": "u4",
 }
 ACCOUNT_INPUTS = (
     ("flow", np.int64), ("direction", np.int64), ("ts", np.float64), ("iplen", np.int64), ("paylen", np.int64),
     ("tcpflags", np.int64), ("proto", np.int64), ("truncated", np.bool_), ("fragment", np.bool_),
+    ("seq", np.int64), ("ack", np.int64),
 )
 SCAN_OK, SCAN_TRUNCATED, SCAN_BAD = 0, 1, 2
 MAX_LANES = 16  # = MAX_LANES in vxnative.c

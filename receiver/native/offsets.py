@@ -36,6 +36,8 @@ def values() -> dict[str, int]:
         "TCP_DPORT": fast.TCP_DPORT,
         "TCP_OFF": fast.TCP_OFF,
         "TCP_FLAGS": fast.TCP_FLAGS,
+        "TCP_SEQ": fast.TCP_SEQ,
+        "TCP_ACK": fast.TCP_ACK,
         "VX_FLAGS": fast.VX_FLAGS,
         "VX_RES1": fast.VX_RES1,
         "VX_VNI": fast.VX_VNI,

@@ -16,7 +16,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define PREFETCH_AHEAD 16
-#define VX_ABI 16 /* = receiver.native.ABI */
+#define VX_ABI 17 /* = receiver.native.ABI */
 
 EXPORT int vx_abi(void) { return VX_ABI; }
 
@@ -55,7 +55,7 @@ enum { SCAN_OK = 0, SCAN_TRUNCATED = 1, SCAN_BAD = 2 };
 enum {
     C_STATUS, C_VNI, C_INNER_START, C_DEPTH, C_VXLAN_RESERVED, C_IPVER, C_SRC_HI, C_SRC_LO, C_DST_HI,
     C_DST_LO, C_PROTO, C_SPORT, C_DPORT, C_IPLEN, C_TCPFLAGS, C_PAY_OFF, C_PAY_LEN, C_PAY_CAP,
-    C_TRUNCATED, C_FRAG, C_IPID, N_COLUMNS
+    C_TRUNCATED, C_FRAG, C_IPID, C_TCPSEQ, C_TCPACK, N_COLUMNS
 };
 #define COL(type, k) ((type *)cols[k])
 
@@ -202,6 +202,8 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
         COL(int64_t, C_DPORT)[i] = dport;
         COL(int64_t, C_IPLEN)[i] = ip_end - l3;
         COL(int64_t, C_TCPFLAGS)[i] = is_tcp ? t[TCP_FLAGS] : 0;
+        COL(int64_t, C_TCPSEQ)[i] = is_tcp ? be32(t + TCP_SEQ) : 0;
+        COL(int64_t, C_TCPACK)[i] = is_tcp ? be32(t + TCP_ACK) : 0;
         COL(int64_t, C_PAY_OFF)[i] = pay_off;
         COL(int64_t, C_PAY_LEN)[i] = pay_len;
         COL(int64_t, C_PAY_CAP)[i] = cap;
@@ -399,31 +401,142 @@ EXPORT int64_t vx_insert(int32_t *slots, int64_t n_slots, const int64_t *flows, 
 }
 
 /* Add packets to their flows, in packet order: counters per direction, TCP flags, last time,
- * truncation, fragments, Zeek history letters (each (letter, direction) once, in order; 4-bit
- * codes in `hist`, which ones are present in `hbits`), the originator flip (a SYN without ACK
- * from the responder, before any such SYN, in the flow's first record), and after the batch
- * the TCP close time of flows that now have FIN both ways or an RST. Mirrors FlowTable.account
- * (with _flip and _append_history), column for column. */
+ * truncation, fragments, Zeek history codes (each (letter, direction) once; 4-bit codes in
+ * `hist`, which ones are present in `hbits`) placed in TCP's order (receiver/flows/history.py:
+ * a code goes after the codes of a lower clock seq + ack, a SYN without ACK first when every code
+ * came after it, a code seen again with a lower clock moves back), the originator and its flip
+ * as in-order processing of that order gives them (in the flow's first record), and the TCP
+ * close time of flows that now have FIN both ways or an RST. Mirrors FlowTable.account (with
+ * _flip, _append_history and history.add_codes), column for column. */
 enum { L_SYN, L_SYNACK, L_ACK, L_DATA, L_FIN, L_RST };
 enum { TH_FIN = 0x01, TH_SYN = 0x02, TH_RST = 0x04, TH_ACK = 0x10 };
+#define H_WINDOW (1u << 24) /* history.WINDOW */
+#define ACK_FIRST ((1u << L_DATA) | (1u << L_FIN) | (1u << L_RST)) /* history.ACK_FIRST */
 
 /* table columns, in this order (receiver.native.ACCOUNT_COLUMNS) */
 enum {
     A_PKTS, A_IPBYTES, A_PAYBYTES, A_TFLAGS, A_T_LAST, A_TRUNC, A_FRAGS, A_HIST, A_HBITS, A_ORIG,
-    A_FLIPPED, A_SEGMENTS, A_CLOSE_TS, N_ACCOUNT
+    A_FLIPPED, A_SEGMENTS, A_CLOSE_TS, A_HKEY, N_ACCOUNT
 };
 /* per-packet inputs, in this order (receiver.native.ACCOUNT_INPUTS) */
-enum { P_FLOW, P_DIRECTION, P_TS, P_IPLEN, P_PAYLEN, P_TCPFLAGS, P_PROTO, P_TRUNCATED, P_FRAGMENT, N_INPUTS };
+enum {
+    P_FLOW, P_DIRECTION, P_TS, P_IPLEN, P_PAYLEN, P_TCPFLAGS, P_PROTO, P_TRUNCATED, P_FRAGMENT, P_SEQ, P_ACK,
+    N_INPUTS
+};
+
+static inline int32_t diff32(uint32_t a, uint32_t b) { return (int32_t)(a - b); }
+static inline int code_at(uint64_t hist, int i) { return (int)((hist >> (4 * i)) & 0xF) - 1; }
+
+/* whether `code` of clock `key` goes before `prev` of clock `prev_key` (history.passes) */
+static int passes(uint32_t prev_key, int prev, uint32_t key, int code) {
+    int32_t diff = diff32(prev_key, key);
+    if (diff == 0 && (code >> 1) == L_ACK) return (ACK_FIRST >> (prev >> 1)) & 1;
+    return diff > 0 && (uint32_t)diff <= H_WINDOW;
+}
+
+struct hcols {
+    uint64_t *hist;
+    uint16_t *hbits, *segments;
+    uint32_t *hkey; /* 12 a flow: per code its packet's clock (0: none); the SYN codes' slots: seq0 */
+    uint8_t *orig, *flipped;
+};
+
+/* history.has_clock */
+static inline int has_clock(const uint32_t *hkey, int code) { return (code >> 1) != L_SYN && hkey[code] != 0; }
+
+/* history._syn_came_first: every code (all with a clock) came after the SYN of `seq` from `d` */
+static int syn_came_first(const uint32_t *hkey, uint64_t hist, int d, uint32_t seq) {
+    uint32_t after = seq + 1;
+    int seen[2] = {0, 0};
+    for (; hist; hist >>= 4) {
+        int code = (int)(hist & 0xF) - 1, side = code & 1;
+        if (seen[side]) continue;
+        seen[side] = 1;
+        uint32_t seq0 = hkey[2 * L_SYN + side];
+        uint32_t v = side == d ? seq0 : hkey[code] - seq0; /* the first packet's ack: its clock - its seq */
+        int32_t diff = diff32(v, after);
+        if (diff < 0 || (uint32_t)diff > H_WINDOW) return 0;
+    }
+    return 1;
+}
+
+/* history._orient */
+static void orient(const struct hcols *h, int64_t f, uint64_t hist, int first) {
+    for (; hist; hist >>= 4) {
+        int code = (int)(hist & 0xF) - 1;
+        if ((code >> 1) == L_SYN) {
+            if ((code & 1) != first) {
+                h->orig[f] = (uint8_t)(code & 1);
+                h->flipped[f] = 1;
+                return;
+            }
+            break;
+        }
+    }
+    h->orig[f] = (uint8_t)first;
+    h->flipped[f] = 0;
+}
+
+/* history.add_codes: place the codes `work` of one packet (new ones, and seen ones it moves back) */
+static void add_codes(const struct hcols *h, int64_t f, int d, unsigned work, int keyed, uint32_t seq,
+                      uint32_t ack) {
+    uint64_t hist = h->hist[f];
+    unsigned hb = h->hbits[f];
+    uint32_t *hkey = h->hkey + 12 * f;
+    uint32_t key = seq + ack;
+    keyed = keyed && key != 0;
+    int n = __builtin_popcount(hb);
+    for (int bit = 0; bit < 12; bit++) {
+        if (!(work & (1u << bit))) continue;
+        if (hb & (1u << bit)) { /* seen before: moved back (work holds it only when this packet is earlier) */
+            int at = 0;
+            while (code_at(hist, at) != bit) at++;
+            hist = (hist & ((1ull << (4 * at)) - 1)) | ((hist >> (4 * (at + 1))) << (4 * at));
+            hb &= ~(1u << bit);
+            n--;
+        }
+        int letter = bit >> 1, pos = n;
+        if (letter == L_SYN) {
+            int clocked = 1;
+            for (int i = 0; i < n; i++)
+                if (!has_clock(hkey, code_at(hist, i))) clocked = 0;
+            if (n && clocked && syn_came_first(hkey, hist, d, seq)) pos = 0;
+        } else if (keyed) {
+            while (pos) {
+                int prev = code_at(hist, pos - 1);
+                if (!has_clock(hkey, prev) || !passes(hkey[prev], prev, key, bit)) break;
+                pos--;
+            }
+        }
+        int first_of_side = 1;
+        for (int i = 0; i < pos; i++)
+            if ((code_at(hist, i) & 1) == d) first_of_side = 0;
+        uint64_t low = pos ? hist & ((1ull << (4 * pos)) - 1) : 0;
+        hist = low | ((uint64_t)(bit + 1) << (4 * pos)) | ((hist >> (4 * pos)) << (4 * (pos + 1)));
+        if (keyed && letter != L_SYN) hkey[bit] = key;
+        if (first_of_side) hkey[2 * L_SYN + d] = seq;
+        int before = n;
+        hb |= 1u << bit;
+        n++;
+        if (h->segments[f] == 0 && ((pos == 0 && before) || letter == L_SYN)) {
+            int first = (pos == 0 && before) ? d : (h->flipped[f] ? 1 - h->orig[f] : h->orig[f]);
+            orient(h, f, hist, first);
+        }
+    }
+    h->hist[f] = hist;
+    h->hbits[f] = (uint16_t)hb;
+}
 
 EXPORT void vx_account(void **cols, void **in, int64_t n) {
     uint32_t *pkts = cols[A_PKTS];
-    uint64_t *ipbytes = cols[A_IPBYTES], *paybytes = cols[A_PAYBYTES], *hist = cols[A_HIST];
-    uint8_t *tflags = cols[A_TFLAGS], *trunc = cols[A_TRUNC], *orig = cols[A_ORIG], *flipped = cols[A_FLIPPED];
+    uint64_t *ipbytes = cols[A_IPBYTES], *paybytes = cols[A_PAYBYTES];
+    uint8_t *tflags = cols[A_TFLAGS], *trunc = cols[A_TRUNC];
     double *t_last = cols[A_T_LAST], *close_ts = cols[A_CLOSE_TS];
     uint32_t *frags = cols[A_FRAGS];
-    uint16_t *hbits = cols[A_HBITS], *segments = cols[A_SEGMENTS];
+    struct hcols h = {cols[A_HIST], cols[A_HBITS], cols[A_SEGMENTS], cols[A_HKEY], cols[A_ORIG], cols[A_FLIPPED]};
     const int64_t *flow = in[P_FLOW], *direction = in[P_DIRECTION], *iplen = in[P_IPLEN];
     const int64_t *paylen = in[P_PAYLEN], *tcpflags = in[P_TCPFLAGS], *proto = in[P_PROTO];
+    const int64_t *seqs = in[P_SEQ], *acks = in[P_ACK];
     const double *ts = in[P_TS];
     const uint8_t *truncated = in[P_TRUNCATED], *fragment = in[P_FRAGMENT];
     for (int64_t i = 0; i < n; i++) {
@@ -440,6 +553,7 @@ EXPORT void vx_account(void **cols, void **in, int64_t n) {
         if (fragment[i]) frags[f] += 1;
 
         unsigned letters = (paylen[i] > 0) << L_DATA;
+        int keyed = 0;
         if (proto[i] == PROTO_TCP) {
             int syn = (fl & TH_SYN) != 0, ack = (fl & TH_ACK) != 0, fin = (fl & TH_FIN) != 0, rst = (fl & TH_RST) != 0;
             letters |= (syn && !ack) << L_SYN;
@@ -447,29 +561,26 @@ EXPORT void vx_account(void **cols, void **in, int64_t n) {
             letters |= (ack && !syn && !fin && !rst && paylen[i] == 0) << L_ACK;
             letters |= fin << L_FIN;
             letters |= rst << L_RST;
+            keyed = ack;
         }
         unsigned codes = 0;
         for (int l = 0; l < 6; l++)
             if (letters & (1u << l)) codes |= 1u << (2 * l + d);
-        unsigned fresh = codes & ~(unsigned)hbits[f];
-        if (!fresh) continue;
-        if ((fresh & (3u << (2 * L_SYN))) && !(hbits[f] & (3u << (2 * L_SYN)))) {
-            /* the flow's first SYN without ACK: from the responder, it makes that side the originator */
-            if (d == 1 - orig[f] && !flipped[f] && segments[f] == 0) {
-                orig[f] = (uint8_t)d;
-                flipped[f] = 1;
+        unsigned have = h.hbits[f];
+        unsigned fresh = codes & ~have;
+        unsigned work = fresh;
+        uint32_t seq = (uint32_t)seqs[i], ack = (uint32_t)acks[i], key = seq + ack;
+        if (keyed && key && (codes & have)) { /* codes whose first packet came late: this one is earlier */
+            const uint32_t *hkey = h.hkey + 12 * f;
+            for (unsigned m = codes & have & ~3u; m; m &= m - 1) {
+                int bit = __builtin_ctz(m);
+                int32_t diff = diff32(hkey[bit], key);
+                if (hkey[bit] && diff > 0 && (uint32_t)diff <= H_WINDOW) work |= 1u << bit;
             }
         }
-        unsigned have = hbits[f];
-        int nib = __builtin_popcount(have);
-        for (int bit = 0; bit < 12; bit++) {
-            if (fresh & (1u << bit)) {
-                hist[f] |= (uint64_t)(bit + 1) << (4 * nib);
-                nib++;
-            }
-        }
-        unsigned hb = have | fresh;
-        hbits[f] = (uint16_t)hb;
+        if (!work) continue;
+        add_codes(&h, f, d, work, keyed, seq, ack);
+        unsigned hb = h.hbits[f];
         /* TCP close: FIN from both endpoints, or any RST, at the packet that completes it (a new
            letter then): the flow's latest time so far, as if the packets came one a batch */
         if ((fresh & (15u << (2 * L_FIN))) && close_ts[f] == 0 &&

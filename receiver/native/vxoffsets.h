@@ -22,6 +22,8 @@
 #define TCP_DPORT 2
 #define TCP_OFF 12
 #define TCP_FLAGS 13
+#define TCP_SEQ 4
+#define TCP_ACK 8
 #define VX_FLAGS 0
 #define VX_RES1 1
 #define VX_VNI 4

@@ -48,8 +48,8 @@ void vx_app_hints(const uint8_t *buf, int64_t buflen, const int64_t *proto, cons
 /* a slot's columns, in this order (= READ_COLUMNS in receiver/native/reader.py) */
 enum {
     C_START, C_CAPLEN, C_WIRELEN, C_TS,
-    C_DECODED,                          /* the 21 DECODE_COLUMNS of receiver.native, from here */
-    C_HANDLED = C_DECODED + 21,
+    C_DECODED,                          /* the 23 DECODE_COLUMNS of receiver.native, from here */
+    C_HANDLED = C_DECODED + 23,
     C_KEYS,                             /* the 9 FLOW_KEY_OUTPUTS, from here */
     C_INV = C_KEYS + 9, C_FIRST, C_SAME, C_LATER, C_MAYBE,
     N_COLS
@@ -115,7 +115,7 @@ static void fill(struct vx_read *r, int64_t s, int64_t n) {
     int64_t *start = c[C_START];
     uint32_t *caplen = c[C_CAPLEN];
     /* Decoded.empty: zeros, VNI and inner start -1 */
-    for (int k = 0; k < 21; k++) memset(c[C_DECODED + k], 0, (size_t)(n * r->col_size[C_DECODED + k]));
+    for (int k = 0; k < 23; k++) memset(c[C_DECODED + k], 0, (size_t)(n * r->col_size[C_DECODED + k]));
     int64_t *vni = c[C_DECODED + D_VNI], *inner = c[C_DECODED + D_INNER_START];
     for (int64_t i = 0; i < n; i++) vni[i] = inner[i] = -1;
     int64_t handled = vx_decode_common(r->buf, r->buflen, start, caplen, n, (int)r->layer, r->vx_ports, r->n_vx,
