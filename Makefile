@@ -14,7 +14,7 @@ export AWS_EC2_METADATA_DISABLED = true
 setup: $(STAMP)
 
 # gcc (system-deps) builds receiver/native/_vxnative*.so during the install (setup.py)
-$(STAMP): pyproject.toml constraints.txt setup.py receiver/native/vxnative.c receiver/native/vxrecv.c receiver/native/vxread.c receiver/native/vxguard.c receiver/native/vxoffsets.h receiver/native/vxsync.h receiver/flows/vxrecords.c | system-deps
+$(STAMP): pyproject.toml constraints.txt setup.py receiver/native/vxnative.c receiver/listen/vxrecv.c receiver/capture/vxread.c receiver/capture/vxguard.c receiver/native/vxoffsets.h receiver/native/vxsync.h receiver/flows/vxrecords.c | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'

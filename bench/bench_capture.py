@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from receiver import capture_pcap
 from receiver.capture import open_capture
+from receiver.capture import pcap as capture_pcap
 
 
 def generate(path: Path, n: int, seed: int = 1) -> None:

@@ -30,8 +30,8 @@ from forwarders.compress import compress_file
 from forwarders.frames import frame_block
 from forwarders.pcap import PcapConfig, PcapSink
 from receiver.capture import open_capture
+from receiver.config.engine import EngineConfig
 from receiver.engine import Engine
-from receiver.settings import EngineConfig
 from receiver.traffic import generate, realistic
 
 

@@ -38,7 +38,7 @@ from forwarders.runner import RecordForwarder
 from forwarders.settings import RunnerSettings
 from forwarders.splunk_hec import SplunkHecConfig, SplunkHecSink
 from receiver.benchkit.jsonl_sink import make_records
-from receiver.configschema import from_table
+from receiver.config.schema import from_table
 from receiver.flows.recordbatch import RecordBatch
 
 TOKEN = "bench-token"

@@ -16,8 +16,8 @@ from typing import Any
 
 from forwarders import registry
 from forwarders.manager import ForwarderSet
+from receiver.config.engine import EngineConfig
 from receiver.engine import Engine
-from receiver.settings import EngineConfig
 from receiver.traffic import generate, long_flows, realistic
 
 

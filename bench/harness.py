@@ -22,7 +22,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from receiver import memtune  # noqa: E402
+from receiver.process import memtune  # noqa: E402
 
 memtune.tune()  # what `vxmirror` does before numpy loads: in-process figures match the product's
 

@@ -32,12 +32,12 @@ from forwarders.frames import frame_block
 from forwarders.jsonl import JsonlConfig, JsonlSink
 from forwarders.kafka import KafkaConfig, KafkaSink
 from forwarders.splunk_hec import SplunkHecConfig, SplunkHecSink
-from receiver.configschema import from_table
+from receiver.config.engine import EngineConfig
+from receiver.config.schema import from_table
 from receiver.decode import Status, decode
 from receiver.engine import Engine, Prepared
 from receiver.flows.recordbatch import RecordBatch
 from receiver.packets import Layer, PacketBatch
-from receiver.settings import EngineConfig
 from receiver.traffic import TrafficSpec, generate
 
 BATCH = 8192

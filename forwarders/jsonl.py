@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from receiver.configschema import opt
+from receiver.config.schema import opt
 from receiver.flows.recordbatch import RecordBatch
 
 from .api import Health, RecordSink, SendError, SinkContext

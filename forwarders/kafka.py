@@ -34,7 +34,7 @@ from typing import Any, Literal
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from receiver.configschema import ConfigError, opt
+from receiver.config.schema import ConfigError, opt
 from receiver.flows.recordbatch import RecordBatch
 
 from .api import Health, RecordSink, SendError, SinkContext

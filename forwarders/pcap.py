@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from receiver.configschema import opt
+from receiver.config.schema import opt
 from receiver.pcapkeep.capture import Capture
 from receiver.pcapkeep.plan import FilePlan
 from receiver.pcapkeep.policy import KeepRule, Policy

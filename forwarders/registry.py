@@ -15,7 +15,7 @@ registered under its kind in the entry-point group ``vxmirror.forwarders``
 
 Each table holds the sink's own keys (its ``config_class``) and the runner's
 shared keys (forwarders.settings.RunnerSettings); both are validated with
-receiver.configschema, so errors name the file and the dotted key.
+receiver.config.schema, so errors name the file and the dotted key.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from receiver.configschema import ConfigError, from_table
+from receiver.config.schema import ConfigError, from_table
 
 from .api import PacketSink, RecordSink
 from .settings import RUNNER_KEYS, RunnerSettings

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from receiver.configschema import opt
+from receiver.config.schema import opt
 
 MiB = 1024 * 1024
 

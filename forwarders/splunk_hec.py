@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import orjson
 import urllib3
 
-from receiver.configschema import ConfigError, opt
+from receiver.config.schema import ConfigError, opt
 from receiver.flows.recordbatch import RecordBatch
 
 from .api import Health, RecordSink, SendError, SinkContext

@@ -14,7 +14,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from . import commands, memtune
+from . import commands
+from .process import memtune
 
 # commands whose work is over when they return (outputs written and closed, threads joined): the
 # console script then ends the process without tearing the interpreter down, which unloads numpy

@@ -30,7 +30,10 @@ from . import native
 from .appmeta import quic
 from .appmeta import state as appstate
 from .appmeta.state import DNS_TCP_PORTS, DNS_UDP_PORTS, START_BYTES, TCP, UDP, AppState, worth_parsing
+from .config.engine import EngineConfig
 from .decode import Decoded, Frag, Status, decode
+from .decode import cloops as decode_loops
+from .decode.apptables import AppTables
 from .flows.encode import encode_records
 from .flows.excerpts import ExcerptPool
 from .flows.keys import Keys, make_keys
@@ -38,12 +41,10 @@ from .flows.record import EndReason
 from .flows.recordbatch import RecordBatch
 from .flows.records import talkers
 from .flows.table import FlowTable, Grouped, group_keys
-from .native.tables import AppTables
 from .packets import I64, B, Decapsulated, PacketBatch
 from .pcapkeep.capture import Capture, CaptureMarks
 from .pcapkeep.policy import APP_CODE, PacketKeys
 from .redact import Redactor
-from .settings import EngineConfig
 
 log = logging.getLogger("vxmirror.engine")
 
@@ -87,7 +88,7 @@ NOTES = frozenset({"vxlan_reserved_bits", "capture_truncated_records", "capture_
 @dataclass
 class Prepared:
     """The stateless half of :meth:`Engine.process` for one batch: what depends on the batch and
-    the config only, so another thread can compute it ahead (``receiver.readahead``)."""
+    the config only, so another thread can compute it ahead (``receiver.capture.readahead``)."""
 
     decoded: Decoded
     slow: int  # packets that took the slow path
@@ -729,7 +730,7 @@ class Engine:
 
 def prepare(batch: PacketBatch, config: EngineConfig, app_hints: bool = True) -> Prepared:
     """The part of :meth:`Engine.process` that needs no engine state: a function of the batch and
-    the config only, safe on another thread (``receiver.readahead``). ``app_hints``: screen
+    the config only, safe on another thread (``receiver.capture.readahead``). ``app_hints``: screen
     every packet for the application parsers (worth it ahead, on another thread; on the engine's
     own thread ``_app`` screens only the packets of flows it still looks at: measured 8 % faster)."""
     return prepare_decoded(batch, *decode(batch, config), config, app_hints)
@@ -743,11 +744,11 @@ def prepare_decoded(
     if not batch.count or p.fragments:  # fragments take their ports in process()
         return p
     if (d.status == Status.OK).all():
-        p.keys = Keys(d.vni, **native.flow_keys(d)) if native.available() else _keys(d, slice(None))
+        p.keys = Keys(d.vni, **decode_loops.flow_keys(d)) if native.available() else _keys(d, slice(None))
         p.grouped = group_keys(p.keys)
     if app_hints and config.app_metadata and native.available():  # (the numpy twins screen in _app)
         t = APP_TABLES
-        p.app_later, p.app_maybe = native.app_hints(
+        p.app_later, p.app_maybe = decode_loops.app_hints(
             batch.buf, d, t.dns_port, t.udp_port, t.tcp_port, t.start_byte, t.http_first, t.words
         )
     return p

@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import logs, native
+from . import native
 from .aws.labels import make_labeler
 from .config import Config
 from .engine import BatchResult, Engine
@@ -46,6 +46,7 @@ from .listen.sockets import Endpoint, close_endpoints, kernel_drops, open_endpoi
 from .metrics import Aggregator, EndpointInfo, MetricsServer
 from .packets import Layer, PacketBatch
 from .pcapkeep.capture import Capture
+from .process import logs
 
 log = logging.getLogger("vxmirror.service")
 

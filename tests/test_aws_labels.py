@@ -181,9 +181,9 @@ def test_engine_records_carry_the_aws_fields_of_their_vni(world: World) -> None:
     two mapped VNIs and one unknown VNI."""
     from packet_factory import tcp, udp, vxlan_header
 
+    from receiver.config.engine import EngineConfig
     from receiver.engine import Engine
     from receiver.packets import Layer, PacketBatch
-    from receiver.settings import EngineConfig
 
     web = mirror_tasks(world, 1, "service:web")
     api = mirror_tasks(world, 1, "service:api")

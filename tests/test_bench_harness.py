@@ -19,8 +19,8 @@ import pytest
 
 from receiver.benchkit import dpktloop, harness, memory, report, scripts, stats
 from receiver.benchkit.profiles import QUICK, Profile
+from receiver.capture.read import read_records
 from receiver.cli import build_parser
-from receiver.read import read_records
 from receiver.traffic import write_pcap
 from tests.capture_fixtures import Rec, pcap_bytes
 from tests.packet_factory import outer

@@ -18,10 +18,12 @@ import orjson
 import pytest
 
 from receiver import capture as capture_module
-from receiver import capture_pcap, capture_pcapng, native
+from receiver import native
 from receiver.capture import CaptureError, iter_captures, open_capture
+from receiver.capture import pcap as capture_pcap
+from receiver.capture import pcapng as capture_pcapng
+from receiver.capture.read import Analysis, read_records
 from receiver.packets import Layer, PacketBatch
-from receiver.read import Analysis, read_records
 from receiver.traffic import write_pcap
 from tests.capture_fixtures import NgWriter, Rec, eth_frame, pcap_bytes, random_records
 

@@ -10,7 +10,7 @@ import pytest
 
 from receiver.commands.serve import apply_overrides
 from receiver.config import load_config
-from receiver.configschema import ConfigError
+from receiver.config.schema import ConfigError
 from receiver.listen.settings import DEFAULT_ALLOW, ListenConfig, MetricsConfig
 from tests.listen_fixtures import ROOT, VXMIRROR
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from receiver.configdoc import render
+from receiver.config.doc import render
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def test_configuration_reference_is_current() -> None:
-    assert DOC.read_text() == render(), "run: .venv/bin/python -m receiver.configdoc > docs/configuration.md"
+    assert DOC.read_text() == render(), "run: .venv/bin/python -m receiver.config.doc > docs/configuration.md"
 
 
 def test_every_section_and_forwarder_kind_is_documented() -> None:

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from receiver.capture import open_capture
+from receiver.capture.read import read_records
 from receiver.packets import Layer
-from receiver.read import read_records
 from tests import packet_factory as pf
 
 TIME_FIELDS = ("ts_start", "ts_end", "duration")

@@ -15,9 +15,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from receiver.config.engine import EngineConfig
 from receiver.decode import Status, decode, decode_slow
 from receiver.packets import Layer, PacketBatch
-from receiver.settings import EngineConfig
 from tests import packet_factory as pf
 
 CFG = EngineConfig(max_tunnel_depth=2)

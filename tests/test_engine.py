@@ -9,9 +9,9 @@ import dpkt
 import numpy as np
 import pytest
 
+from receiver.config.engine import EngineConfig
 from receiver.engine import DROP_REASONS, Engine
 from receiver.packets import Layer, PacketBatch
-from receiver.settings import EngineConfig
 from tests import packet_factory as pf
 
 SYN, ACK, FIN, RST, PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST, dpkt.tcp.TH_PUSH

@@ -11,9 +11,9 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from receiver.config.engine import EngineConfig
 from receiver.engine import DROP_REASONS, Engine
 from receiver.packets import Layer, PacketBatch
-from receiver.settings import EngineConfig
 from tests.test_decode_paths import packets
 
 CFG = EngineConfig(max_flows=64, excerpt_bytes=16)

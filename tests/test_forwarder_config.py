@@ -12,7 +12,7 @@ from forwarders.jsonl import JsonlSink
 from forwarders.manager import ForwarderSet
 from forwarders.pcap import PcapSink
 from receiver.config import parse_config
-from receiver.configschema import ConfigError
+from receiver.config.schema import ConfigError
 from tests.forwarder_fixtures import Result, make_batch
 
 

@@ -31,10 +31,10 @@ import numpy as np
 import orjson
 import pytest
 
+from receiver.capture.read import read_records
 from receiver.config import load_config
 from receiver.engine import DROP_REASONS, Engine
 from receiver.packets import Layer, PacketBatch
-from receiver.read import read_records
 from receiver.traffic import generate, realistic
 from tests.garbage_fixtures import GARBAGE_VNIS, MAX_DATAGRAM, geneve_garbage, vxlan_garbage
 from tests.listen_fixtures import Served, metric

@@ -18,7 +18,7 @@ from forwarders.kafka import KafkaConfig, KafkaSink
 from forwarders.registry import validate
 from forwarders.runner import RecordForwarder
 from forwarders.settings import RunnerSettings
-from receiver.configschema import ConfigError, from_table
+from receiver.config.schema import ConfigError, from_table
 from receiver.flows.recordbatch import RecordBatch
 
 

@@ -228,7 +228,7 @@ def test_capped_receive_buffer_warns_once_naming_the_sysctl() -> None:
 
 @pytest.mark.parametrize("bad", ["4789", "host:4789", "1.2.3.4:99999", "[::1]4789", "::1:4789"])
 def test_bad_listen_addresses_are_config_errors(bad: str) -> None:
-    from receiver.configschema import ConfigError, from_table
+    from receiver.config.schema import ConfigError, from_table
 
     with pytest.raises(ConfigError) as e:
         from_table(ListenConfig, {"addresses": [bad]}, "f.toml", "listen")

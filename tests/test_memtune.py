@@ -1,4 +1,4 @@
-"""receiver.memtune: process settings applied by the CLI before numpy is imported."""
+"""receiver.process.memtune: process settings applied by the CLI before numpy is imported."""
 
 from __future__ import annotations
 

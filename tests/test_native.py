@@ -18,14 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from receiver import engine, native
+from receiver.capture import cloops as capture_loops
 from receiver.capture import open_capture
+from receiver.config.engine import EngineConfig
 from receiver.decode import Decoded, decode_fast
+from receiver.decode import cloops as decode_loops
 from receiver.engine import Engine
+from receiver.flows import cloops as flow_loops
 from receiver.flows.keys import make_keys
 from receiver.flows.table import COLUMNS
 from receiver.native import offsets
 from receiver.packets import Layer, PacketBatch
-from receiver.settings import EngineConfig
 from receiver.traffic import TrafficSpec, generate
 from tests import packet_factory as pf
 from tests.capture_fixtures import Rec, pcap_bytes, random_records
@@ -42,8 +45,8 @@ def test_the_library_is_built_and_loaded() -> None:
 
 
 def test_the_c_column_layouts_match_the_python_ones() -> None:
-    assert set(native.DECODE_COLUMNS) <= {f.name for f in fields(Decoded)}
-    for name, dtype in native.ACCOUNT_COLUMNS.items():
+    assert set(decode_loops.DECODE_COLUMNS) <= {f.name for f in fields(Decoded)}
+    for name, dtype in flow_loops.ACCOUNT_COLUMNS.items():
         assert COLUMNS[name][0] == dtype, name
 
 
@@ -210,7 +213,7 @@ def test_decode_takes_the_common_shape_in_c(layer: Layer) -> None:
     ]
     batch = PacketBatch.from_frames(_as_layer(frames, layer), layer=layer)
     out = decode_fast(batch, CFG)
-    handled = native.decode_common(
+    handled = decode_loops.decode_common(
         batch.buf, batch.start, batch.caplen, batch.layer, np.array(CFG.vxlan_ports), np.array(CFG.geneve_ports),
         CFG.max_tunnel_depth, out,
     )
@@ -353,7 +356,7 @@ def _tricky_capture(seed: int) -> tuple[np.ndarray, int]:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_lane_scan_equals_one_chain_on_tricky_captures(seed: int) -> None:
-    from receiver import capture_pcap
+    from receiver.capture import pcap as capture_pcap
 
     arr, end = _tricky_capture(seed)
     pos = 24
@@ -362,16 +365,17 @@ def test_lane_scan_equals_one_chain_on_tricky_captures(seed: int) -> None:
     want: list[int] = []
     p = pos
     while p < end:  # the C lanes, window by window, as the capture reader calls them
-        offs, nxt, status = native.pcap_scan(arr, p, min(end, p + window), False, capture_pcap.MAX_RECORD_LEN, 10**6)
+        offs, nxt, status = capture_loops.pcap_scan(arr, p, min(end, p + window), False, capture_pcap.MAX_RECORD_LEN,
+                                                    10**6)
         got += offs.tolist()
-        if status != native.SCAN_OK or nxt <= p:
+        if status != capture_loops.SCAN_OK or nxt <= p:
             break
         p = nxt
     loop = capture_pcap.scan_loop(arr, pos, end, False)
     want = loop.offsets.tolist()
     assert got == want
-    assert (nxt, status) == (loop.next_pos, native.SCAN_BAD if loop.bad else
-                             native.SCAN_TRUNCATED if loop.truncated else native.SCAN_OK)
+    assert (nxt, status) == (loop.next_pos, capture_loops.SCAN_BAD if loop.bad else
+                             capture_loops.SCAN_TRUNCATED if loop.truncated else capture_loops.SCAN_OK)
 
 
 # -- byte ranges (forwarders: pcap, pcapng, frame blocks) ---------------------------------------
@@ -434,10 +438,10 @@ def test_account_refuses_flow_indices_outside_the_table() -> None:
     kw = dict(direction=one * 0, ts=np.ones(1), iplen=one, paylen=one, tcpflags=one * 0, proto=one * 6,
               truncated=np.zeros(1, bool), fragment=np.zeros(1, bool), seq=one * 0, ack=one * 0)
     with pytest.raises(IndexError):
-        native.account(t.cols, flow=one * t.capacity, **kw)
+        flow_loops.account(t.cols, flow=one * t.capacity, **kw)
     with pytest.raises(IndexError):
-        native.account(t.cols, flow=-one, **kw)
-    native.account(t.cols, flow=one * 0, **kw)
+        flow_loops.account(t.cols, flow=-one, **kw)
+    flow_loops.account(t.cols, flow=one * 0, **kw)
     assert t.cols["pkts"][0].tolist() == [1, 0]
 
 
@@ -448,12 +452,12 @@ def _numpy_keys(d: Decoded) -> dict[str, np.ndarray]:
     k = make_keys(
         d.vni, d.proto + 256 * (d.ipver == 6), d.src_hi, d.src_lo, d.sport, d.dst_hi, d.dst_lo, d.dport
     )
-    return {name: getattr(k, name) for name, _ in native.FLOW_KEY_OUTPUTS}
+    return {name: getattr(k, name) for name, _ in decode_loops.FLOW_KEY_OUTPUTS}
 
 
 def _same_keys(d: Decoded) -> None:
-    got, want = native.flow_keys(d), _numpy_keys(d)
-    for name, dtype in native.FLOW_KEY_OUTPUTS:
+    got, want = decode_loops.flow_keys(d), _numpy_keys(d)
+    for name, dtype in decode_loops.FLOW_KEY_OUTPUTS:
         assert got[name].dtype == dtype, name
         np.testing.assert_array_equal(got[name], want[name].astype(dtype), err_msg=name)
 
@@ -481,11 +485,11 @@ def test_flow_keys_match_numpy_where_endpoints_tie() -> None:
     d.ipver[:] = rng.choice([4, 6], n)
     d.proto[:] = rng.choice([1, 6, 17, 58, 132], n)
     _same_keys(d)
-    assert native.flow_keys(d)["direction"].any() and not native.flow_keys(d)["direction"].all()
+    assert decode_loops.flow_keys(d)["direction"].any() and not decode_loops.flow_keys(d)["direction"].all()
 
 
 def _same_hints(batch: PacketBatch, d: Decoded) -> tuple[np.ndarray, np.ndarray]:
-    later, maybe = native.app_hints(
+    later, maybe = decode_loops.app_hints(
         batch.buf, d, engine._DNS_PORT, engine._APP_UDP_PORT, engine._APP_TCP_PORT, engine._APP_START,
         engine._HTTP_FIRST, engine.HTTP_WORDS,
     )

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-NATIVE = Path(__file__).resolve().parents[1] / "receiver" / "native"
-SOURCES = [NATIVE / s for s in ("vxnative.c", "vxrecv.c", "vxread.c", "vxguard.c")]
-SOURCES.append(NATIVE.parent / "flows" / "vxrecords.c")
+RECEIVER = Path(__file__).resolve().parents[1] / "receiver"
+NATIVE = RECEIVER / "native"
+# the shared core, and each stage's C twin beside its stage
+SOURCES = [NATIVE / "vxnative.c", RECEIVER / "listen" / "vxrecv.c", RECEIVER / "capture" / "vxread.c",
+           RECEIVER / "capture" / "vxguard.c", RECEIVER / "flows" / "vxrecords.c"]
 
 
 def _runtime(name: str) -> str:

@@ -18,9 +18,9 @@ import pytest
 from forwarders import pcap_extract, pcap_index, registry
 from forwarders.manager import ForwarderSet
 from forwarders.pcap_classic import split_ts
+from receiver.config.engine import EngineConfig
 from receiver.engine import Engine
 from receiver.flows.community_id import community_id_packed
-from receiver.settings import EngineConfig
 from receiver.traffic import TrafficSpec, generate
 from tests.forwarder_fixtures import stderr_problems, tshark
 

@@ -16,10 +16,10 @@ import pytest
 from receiver import engine as engine_module
 from receiver.appmeta import tls
 from receiver.appmeta.state import START_BYTES, AppState, worth_parsing
+from receiver.config.engine import EngineConfig
 from receiver.engine import _APP_START, Engine, _rank_within
 from receiver.flows.excerpts import ExcerptPool
 from receiver.packets import Layer, PacketBatch
-from receiver.settings import EngineConfig
 from receiver.traffic import TrafficSpec, generate
 from tests import packet_factory as pf
 

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from receiver import engine as engine_module
 from receiver.appmeta import quic
 from receiver.appmeta.state import AppState, worth_parsing
+from receiver.capture.read import read_records
+from receiver.config.engine import EngineConfig
 from receiver.engine import Engine, prepare
 from receiver.packets import PacketBatch
-from receiver.read import read_records
-from receiver.settings import EngineConfig
 from tests import packet_factory as pf
 from tests import quic_fixtures as qf
 from tests.capture_fixtures import Rec, pcap_bytes

@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from receiver.capture import open_capture
+from receiver.capture.read import Analysis
 from receiver.cli import interrupts_held
+from receiver.config.engine import EngineConfig
 from receiver.engine import Engine
-from receiver.read import Analysis
-from receiver.settings import EngineConfig
 from receiver.traffic import write_pcap
 
 BATCH = 32768  # (Analysis's default: the CLI's batches)

@@ -20,16 +20,15 @@ import orjson
 import pytest
 
 from receiver import capture as capture_module
-from receiver import prefetch
-from receiver.capture import open_capture
+from receiver.capture import open_capture, prefetch
+from receiver.capture import reader as reader_module
+from receiver.capture.prefetch import Prefetcher
+from receiver.capture.read import Analysis, read_records
+from receiver.capture.readahead import prepared_batches, work_ahead
+from receiver.config.engine import EngineConfig
 from receiver.decode import Decoded
 from receiver.engine import Engine, Prepared, prepare
-from receiver.native import reader as reader_module
 from receiver.packets import PacketBatch
-from receiver.prefetch import Prefetcher
-from receiver.read import Analysis, read_records
-from receiver.readahead import prepared_batches, work_ahead
-from receiver.settings import EngineConfig
 from receiver.traffic import write_pcap
 from tests import packet_factory as pf
 from tests.capture_fixtures import NgWriter, Rec, pcap_bytes

@@ -13,15 +13,15 @@ import orjson
 import pytest
 from zeeklogs import ZEEK_DIR
 
+from receiver.capture.read import Analysis
+from receiver.config.engine import EngineConfig
 from receiver.engine import Engine
 from receiver.flows import encode
 from receiver.flows.excerpts import ExcerptPool
 from receiver.flows.recordbatch import RecordBatch
 from receiver.flows.records import build_records
 from receiver.flows.table import FlowTable
-from receiver.read import Analysis
 from receiver.redact import Redactor
-from receiver.settings import EngineConfig
 from receiver.traffic import write_pcap
 
 pytestmark = pytest.mark.skipif(not encode.available(), reason="the C library is not built (VXMIRROR_NATIVE=0)")

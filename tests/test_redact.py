@@ -22,14 +22,14 @@ import numpy as np
 import orjson
 import pytest
 
-from receiver.configschema import ConfigError, from_table
+from receiver.capture.read import read_records
+from receiver.config.engine import EngineConfig
+from receiver.config.schema import ConfigError, from_table
 from receiver.engine import Engine
 from receiver.packets import PacketBatch
-from receiver.read import read_records
 from receiver.redact import Redactor, screen
 from receiver.redact.names import HEADERS, PARAMS
 from receiver.redact.rules import Rules
-from receiver.settings import EngineConfig
 from receiver.traffic import write_pcap
 from tests import packet_factory as pf
 from tests.credential_fixtures import Servers, loopback_capture

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from receiver import native
+from receiver.config.engine import EngineConfig
 from receiver.engine import Engine
 from receiver.packets import PacketBatch
-from receiver.settings import EngineConfig
 from receiver.traffic import TrafficSpec, generate
 from tests import packet_factory as pf
 

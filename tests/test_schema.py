@@ -10,10 +10,10 @@ from typing import Any, NotRequired, get_origin, get_type_hints
 
 import jsonschema
 
+from receiver.capture.read import read_records
+from receiver.config.engine import EngineConfig
 from receiver.engine import Engine
 from receiver.flows.record import FlowRecord
-from receiver.read import read_records
-from receiver.settings import EngineConfig
 from receiver.traffic import TrafficSpec, generate
 from tests.zeeklogs import ZEEK_DIR
 

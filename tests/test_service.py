@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver.read import read_records
-from receiver.settings import EngineConfig
+from receiver.capture.read import read_records
+from receiver.config.engine import EngineConfig
 from tests.listen_fixtures import (
     Served,
     ether,

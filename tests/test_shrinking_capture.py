@@ -1,6 +1,6 @@
 """A capture truncated while it is read (tcpdump's ring buffer reusing the file, a copytruncate
 rotation) must not end the process with SIGBUS: the reader stops at the cut, says so, and keeps
-the records before it (receiver/mapguard.py, receiver/native/vxguard.c)."""
+the records before it (receiver/capture/mapguard.py, receiver/capture/vxguard.c)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from receiver import mapguard, native
-from receiver.capture import CaptureError, open_capture
-from receiver.read import Analysis, read_records
+from receiver import native
+from receiver.capture import CaptureError, mapguard, open_capture
+from receiver.capture.read import Analysis, read_records
 from receiver.traffic import write_pcap
 from tests.capture_fixtures import NgWriter
 

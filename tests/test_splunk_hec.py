@@ -18,7 +18,7 @@ from forwarders.api import SendError, SinkContext
 from forwarders.hec_reply import HecReply
 from forwarders.registry import validate
 from forwarders.splunk_hec import SplunkHecConfig, SplunkHecSink
-from receiver.configschema import ConfigError, from_table
+from receiver.config.schema import ConfigError, from_table
 from receiver.flows.recordbatch import RecordBatch
 
 TOKEN = "5f1c1a3e-0b6e-4f43-9d1c-hec-token-secret"

@@ -24,7 +24,7 @@ from forwarders.api import SinkContext
 from forwarders.runner import RecordForwarder
 from forwarders.settings import RunnerSettings
 from forwarders.splunk_hec import SplunkHecConfig, SplunkHecSink
-from receiver.configschema import from_table
+from receiver.config.schema import from_table
 
 TOKEN = "0b9e55e2-hec-fault-token"
 N = 2000

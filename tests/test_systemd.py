@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver import sdnotify
+from receiver.process import sdnotify
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "vxmirror.service"

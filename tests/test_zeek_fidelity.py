@@ -34,7 +34,7 @@ Key = tuple[str, str, int, str, int]
 
 
 def _records(trace: Path) -> list[FlowRecord]:
-    from receiver.read import read_records
+    from receiver.capture.read import read_records
 
     return list(read_records([trace_file(trace)]))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..configschema import opt
+from ..config.schema import opt
 
 
 @dataclass

@@ -5,7 +5,7 @@ assembled into batches of ``core_batch`` packets before the clock starts; each r
 feeds all of them to a fresh Engine (default config: excerpts and application metadata on)
 in one process, so it is one core's figure. Records the engine emits on the way count in;
 ``finish`` (the end-of-input flush) does not. The measurement runs in a fresh process with
-the CLI's process settings (``receiver.memtune``): inside the harness, after the other
+the CLI's process settings (``receiver.process.memtune``): inside the harness, after the other
 sections, the same loop measured 35-40 % slower (what those sections leave in the process).
 """
 
@@ -17,9 +17,9 @@ import sys
 import time
 from typing import Any
 
+from ..config.engine import EngineConfig
 from ..engine import Engine
 from ..packets import PacketBatch
-from ..settings import EngineConfig
 from ..traffic import TrafficSpec, generate
 from .child import run_module
 from .profiles import Profile
@@ -76,7 +76,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from .. import memtune
+    from ..process import memtune
 
     memtune.tune()  # malloc thresholds; OPENBLAS_NUM_THREADS comes from run_module's environment
     sys.exit(main())

@@ -20,7 +20,7 @@ from forwarders.jsonl import JsonlConfig, JsonlSink
 from forwarders.runner import RecordForwarder
 from forwarders.settings import RunnerSettings
 
-from ..configschema import from_table
+from ..config.schema import from_table
 from ..engine import Engine
 from ..flows.record import FlowRecord
 from ..traffic import TrafficSpec, generate

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from ..config.engine import EngineConfig
 from ..engine import Engine
 from ..packets import Layer, PacketBatch
-from ..settings import EngineConfig
 from .child import run_module
 from .profiles import Profile
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..read import read_records
+from ..capture.read import read_records
 from ..traffic import TrafficSpec, flood, generate, long_flows, realistic
 from . import dpktloop
 from .profiles import Profile

@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..configschema import ConfigError
+    from ..config.schema import ConfigError
 
     try:
         cfg = load_config(args.file)

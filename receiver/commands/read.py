@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..prefetch import Prefetcher
+    from ..capture.prefetch import Prefetcher
 
     threshold, enabled = gc.get_threshold(), gc.isenabled()
     # no collections while numpy and the engine load (_run enables it again): they would only
@@ -90,13 +90,13 @@ class _Interrupts:
 def _run(args: argparse.Namespace, prefetch: Any, interrupts: _Interrupts) -> int:
     # imported here, not at the top: the CLI imports every command's module to build its parser
     # (the engine's modules load orjson)
-    from ..read import Analysis
-    from ..settings import EngineConfig
+    from ..capture.read import Analysis
+    from ..config.engine import EngineConfig
 
     engine_cfg, sensor = EngineConfig(), None  # what load_config(None) gives: read uses nothing else
     if args.config is not None:  # (without a file, the forwarder plugins it would load go unused)
         from ..config import load_config
-        from ..configschema import ConfigError
+        from ..config.schema import ConfigError
 
         try:
             cfg = load_config(args.config)

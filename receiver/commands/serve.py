@@ -36,7 +36,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
     """Flags over the file, validated with the same schema (errors name the flag)."""
-    from ..configschema import from_table
+    from ..config.schema import from_table
     from ..listen.settings import ListenConfig, MetricsConfig, parse_hostport
 
     if args.listen:
@@ -60,9 +60,9 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import logs
     from ..config import load_config
-    from ..configschema import ConfigError
+    from ..config.schema import ConfigError
+    from ..process import logs
 
     try:
         cfg = apply_overrides(load_config(args.config), args)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vxmirror serve: config error: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log.level, cfg.log.format)
-    from .. import sdnotify
+    from ..process import sdnotify
     from ..service import serve
 
     notifier = sdnotify.Notifier()  # systemd Type=notify: READY/WATCHDOG/STATUS via $NOTIFY_SOCKET

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config.engine import EngineConfig
 from ..packets import PacketBatch
-from ..settings import EngineConfig
 from .columns import Decoded, Frag, Status
 from .fast import decode_fast
 from .slow import decode_one, decode_slow

@@ -19,13 +19,13 @@ from typing import TypeAlias
 import numpy as np
 
 from .. import native
-from ..decap.geneve import GENEVE
-from ..decap.vxlan import FLAG_I, VXLAN
+from ..config.engine import EngineConfig
 from ..packets import I64, Layer, PacketBatch
-from ..settings import EngineConfig
-from . import ethernet, icmp, ipv4, ipv6, tcp, udp
+from . import cloops, ethernet, icmp, ipv4, ipv6, tcp, udp
 from .columns import Decoded, Frag, Status
+from .geneve import GENEVE
 from .header import take_rows
+from .vxlan import FLAG_I, VXLAN
 
 # what each packet's next header is
 DONE, ETH, SLL, IP, VXLAN_HDR, GENEVE_HDR, SLL2 = 0, 1, 2, 3, 4, 5, 6
@@ -40,7 +40,7 @@ FIRST_HEADER = {
 V4_MAPPED = np.uint64(0xFFFF_0000_0000)
 EXTENSION_HEADERS = np.array(sorted(ipv6.EXTENSION_HEADERS))
 
-# Field offsets, all taken from the declared headers (receiver/decode/*.py, receiver/decap/*.py).
+# Field offsets, all taken from the declared headers (receiver/decode/*.py, receiver/decode/*.py).
 ETH_TYPE = ethernet.ETH.off("type")
 VLAN_TYPE = ethernet.VLAN.off("type")
 COOKED = {FIRST_HEADER[layer]: header for layer, header in ethernet.COOKED_LAYERS.items()}  # by stage
@@ -157,7 +157,7 @@ def decode_fast(
     shape are read there in one pass and only the others go through the stages below;
     ``use_native=False`` sends every packet through the stages (what the tests compare).
     ``common``: the columns and the handled mask of that C pass, if the caller ran it already
-    (receiver.native.reader); the others are decoded into those columns."""
+    (receiver.capture.reader); the others are decoded into those columns."""
     out = common[0] if common is not None else Decoded.empty(batch.count)
     if batch.count == 0:
         return out
@@ -168,7 +168,7 @@ def decode_fast(
     geneve_ports = np.asarray(config.geneve_ports, np.int64)
     rest = None
     if common is not None or (use_native and native.available()):
-        handled = common[1] if common is not None else native.decode_common(
+        handled = common[1] if common is not None else cloops.decode_common(
             batch.buf, batch.start, batch.caplen, batch.layer, vxlan_ports, geneve_ports,
             config.max_tunnel_depth, out,
         )

@@ -11,13 +11,13 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ..decap.geneve import GENEVE
-from ..decap.vxlan import FLAG_I, VXLAN
+from ..config.engine import EngineConfig
 from ..packets import Layer, PacketBatch
-from ..settings import EngineConfig
 from . import ethernet, icmp, ipv4, ipv6, tcp, udp
 from .columns import Decoded, Frag, Status
 from .fast import COOKED, DONE, ETH, FIRST_HEADER, GENEVE_HDR, IP, VXLAN_HDR
+from .geneve import GENEVE
+from .vxlan import FLAG_I, VXLAN
 
 V4_MAPPED = 0xFFFF_0000_0000
 

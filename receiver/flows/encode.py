@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from .. import nativelib
 from ..decode.tcp import flag_letters
+from ..process import nativelib
 from .excerpts import ExcerptPool
 from .record import EndReason
 from .recordbatch import CID_BYTES, CID_DTYPE, RecordBatch

@@ -21,6 +21,7 @@ import numpy as np
 from .. import native
 from ..decode import tcp
 from ..packets import F64, I64
+from . import cloops
 from .history import (
     ACK_FIRST,
     L_ACK,
@@ -156,7 +157,7 @@ class FlowTable:
     def _lookup(self, h: np.ndarray) -> I64:
         """Flow index of each hash, or -1."""
         if native.available():
-            return native.lookup(self.slots, self.cols["khash"], h)
+            return cloops.lookup(self.slots, self.cols["khash"], h)
         mask = np.uint64(self.slots.size - 1)
         pos = (h & mask).astype(np.int64)
         result = np.full(h.size, -1, np.int64)
@@ -174,7 +175,7 @@ class FlowTable:
 
     def _insert(self, flows: I64, h: np.ndarray) -> None:
         if native.available():
-            self.tombstones -= native.insert(self.slots, flows, h, self.cols["slot"])
+            self.tombstones -= cloops.insert(self.slots, flows, h, self.cols["slot"])
             return
         mask = self.slots.size - 1
         pos = (h & np.uint64(mask)).astype(np.int64)
@@ -339,7 +340,7 @@ class FlowTable:
             return
         c = self.cols
         if native.available():
-            native.account(
+            cloops.account(
                 c, flow=flow, direction=direction, ts=ts, iplen=iplen, paylen=paylen, tcpflags=tcpflags,
                 proto=proto, truncated=truncated, fragment=fragment, seq=seq, ack=ack,
             )
@@ -540,7 +541,7 @@ def group_keys(keys: Keys) -> Grouped:
     if native.available():
         cols = [keys.a_lo, keys.b_lo, keys.a_port, keys.b_port, keys.a_hi, keys.b_hi, keys.vni, keys.proto]
         if all(c.flags.c_contiguous and c.itemsize == 8 for c in cols):
-            return uh, first, inv, native.same_key(cols, first, inv)
+            return uh, first, inv, cloops.same_key(cols, first, inv)
     return uh, first, inv, _same_key(keys, first[inv])
 
 
@@ -548,7 +549,7 @@ def _group(h: np.ndarray) -> tuple[np.ndarray, I64, I64]:
     """Distinct values of ``h`` in order of first appearance, the first position of each, and
     each element's group (what the C loop gives directly)."""
     if native.available():
-        first, inv = native.group(h)
+        first, inv = cloops.group(h)
         return h[first], first, inv
     uh, first, inv = _group_sorted(h)
     order = np.argsort(first)

@@ -1,4 +1,4 @@
-"""A receive thread in C per socket (``receiver/native/vxrecv.c``), for the drain.
+"""A receive thread in C per socket (``receiver/listen/vxrecv.c``), for the drain.
 
 The thread runs ``recvmmsg`` without the GIL and packs each datagram into a byte ring with
 its length, arrival time and sender; the worker's event loop is woken through an eventfd and

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..configschema import opt
+from ..config.schema import opt
 
 # Where AWS mirror traffic comes from: the VPC's private ranges (RFC 1918, the shared
 # 100.64/10 range VPCs may use, IPv6 unique-local) and loopback for local replays.

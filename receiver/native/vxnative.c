@@ -6,7 +6,7 @@
  * (VXMIRROR_NATIVE=0, or no C compiler at install time); the tests compare the two.
  *
  * Header offsets come from vxoffsets.h, which is generated from the declarative headers in
- * receiver/decode/ and receiver/decap/ (python -m receiver.native.offsets).
+ * receiver/decode/ and receiver/decode/ (python -m receiver.native.offsets).
  */
 #include <stdint.h>
 #include <string.h>
@@ -38,7 +38,7 @@ static inline int is_vlan(int64_t etype) {
  * A record is a 16-byte header (ts_sec, ts_frac, incl_len, orig_len) and incl_len bytes of data.
  * SCAN_OK: the scan reached its stop or the end; SCAN_TRUNCATED: a record runs past the end of
  * the data (its header or its data); SCAN_BAD: incl_len above max_len, the chain cannot be
- * followed. Mirrors receiver/capture_pcap.py (scan_loop, scan_lanes, record_columns). */
+ * followed. Mirrors receiver/capture/pcap.py (scan_loop, scan_lanes, record_columns). */
 enum { SCAN_OK = 0, SCAN_TRUNCATED = 1, SCAN_BAD = 2 };
 
 /* ---- the common shapes of mirrored traffic ------------------------------------------------
@@ -213,7 +213,7 @@ EXPORT int64_t vx_decode_common(const uint8_t *buf, int64_t buflen, const int64_
     return done;
 }
 
-/* ---- page prefetch (receiver/prefetch.py) --------------------------------------------------- */
+/* ---- page prefetch (receiver/capture/prefetch.py) --------------------------------------------------- */
 
 /* Read one byte every `stride` bytes of [p, p + len): the page faults map the file's cached pages
  * into this process (the kernel maps a fault-around block per fault). Page faults on a file
@@ -754,7 +754,7 @@ EXPORT void vx_pcap_columns(const uint8_t *buf, const int64_t *offs, int64_t n, 
     }
 }
 
-/* ---- pcapng (receiver/capture_pcapng.py walk) ---------------------------------------------------
+/* ---- pcapng (receiver/capture/pcapng.py walk) ---------------------------------------------------
  * The run of well-formed enhanced packet blocks from `pos`: type 6, both length fields equal, at
  * least the 20-byte header, an interface below `n_ifaces`, data inside the block. Stops at the
  * first other block (Python handles it, the same as before), at the end, or after `max_out`.

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..configschema import opt
+from ..config.schema import opt
 
 APPS = ("other", "tls", "http", "dns", "quic")  # codes 0.. of the flow table's cap_app column
 APP_CODE = {name: i for i, name in enumerate(APPS)}

@@ -18,7 +18,7 @@ import ctypes
 
 import numpy as np
 
-from .. import nativelib
+from ..process import nativelib
 from .rules import Marker
 
 MAX_BITS = 64  # bits of a screen's answer: markers from the 64th on share the last

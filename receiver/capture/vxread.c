@@ -45,7 +45,7 @@ void vx_app_hints(const uint8_t *buf, int64_t buflen, const int64_t *proto, cons
                   const uint8_t *dns_port, const uint8_t *udp_port, const uint8_t *tcp_port, const uint8_t *start,
                   const uint8_t *http_first, const int64_t *words, int64_t n_words, uint8_t *later, uint8_t *maybe);
 
-/* a slot's columns, in this order (= READ_COLUMNS in receiver/native/reader.py) */
+/* a slot's columns, in this order (= READ_COLUMNS in receiver/capture/reader.py) */
 enum {
     C_START, C_CAPLEN, C_WIRELEN, C_TS,
     C_DECODED,                          /* the 23 DECODE_COLUMNS of receiver.native, from here */
@@ -83,7 +83,7 @@ struct vx_read {
     int64_t *slot_next;                  /* per slot: where the records after its last one start */
     int64_t evfd;
     /* pcapng (format 1): the interfaces of the section, per interface (Interface in
-     * receiver/capture_pcapng.py): timestamp units per second (0: too many to split on), seconds
+     * receiver/capture/pcapng.py): timestamp units per second (0: too many to split on), seconds
      * per unit, if_tsoffset */
     int64_t format, n_ifaces;
     const uint64_t *if_per_second;
@@ -166,7 +166,7 @@ static int64_t free_slot(struct vx_read *r) {
 }
 
 /* The record columns of up to `max` enhanced packet blocks from `pos`, into slot `s`: the walk of
- * vx_pcapng_epbs, which stops where Python's walk (receiver/capture_pcapng.py) has something to
+ * vx_pcapng_epbs, which stops where Python's walk (receiver/capture/pcapng.py) has something to
  * do: another block, a block not well formed, an interface not declared. Times as
  * Interface.seconds: whole seconds plus the fraction times the resolution, in that order (no
  * contraction: setup.py). Returns the count; *next = where it stopped. */

@@ -47,8 +47,11 @@ from typing import BinaryIO, Literal, Protocol
 
 import numpy as np
 
-from . import capture_pcap, capture_pcapng, mapguard, native
-from .packets import F64, I64, U8, U32, Layer, PacketBatch
+from .. import native
+from ..packets import F64, I64, U8, U32, Layer, PacketBatch
+from . import cloops, mapguard
+from . import pcap as capture_pcap
+from . import pcapng as capture_pcapng
 
 _Records = tuple[I64, U32, U32, F64]  # data offsets, caplen, wirelen, time of some records
 
@@ -216,7 +219,7 @@ class Capture:
         """Pages of the mapped file read as zeros because the file had shrunk under them."""
         return mapguard.faults(self._data) if isinstance(self._data, mmap.mmap) else 0
 
-    # for the readers in receiver.readahead and receiver.native.reader
+    # for the readers in receiver.capture.readahead and receiver.capture.reader
 
     def count(self, name: str, n: int) -> None:
         """Add ``n`` to counter ``name`` (one of COUNTER_NAMES)."""
@@ -319,10 +322,10 @@ class Capture:
         frac_lim = 1_000_000_000 if self.nanoseconds else 1_000_000
         if native.available():
             stop = min(arr.shape[0], pos + capture_pcap.WINDOW_LEN)
-            offs, nxt, status = native.pcap_scan(
+            offs, nxt, status = cloops.pcap_scan(
                 arr, pos, stop, self.big_endian, capture_pcap.MAX_RECORD_LEN, frac_lim, buffers=self._scan_buffers
             )
-            truncated, bad, columns = status == native.SCAN_TRUNCATED, status == native.SCAN_BAD, native.pcap_columns
+            truncated, bad, columns = status == cloops.SCAN_TRUNCATED, status == cloops.SCAN_BAD, cloops.pcap_columns
         else:
             res = capture_pcap.scan(arr, pos, arr.shape[0], self.big_endian, frac_lim)
             offs, nxt, truncated, bad = res.offsets, res.next_pos, res.truncated, res.bad
@@ -534,7 +537,7 @@ def _gunzip(chunks: Iterable[bytes], path: str, counters: dict[str, int]) -> Ite
 def open_capture(path: str | os.PathLike[str], mapped: mmap.mmap | None = None) -> Capture:
     """Open a pcap or pcapng file (maybe gzip-compressed). Raises :class:`CaptureError`.
 
-    ``mapped``: the file already mapped (by a :class:`receiver.prefetch.Prefetcher`)."""
+    ``mapped``: the file already mapped (by a :class:`receiver.capture.prefetch.Prefetcher`)."""
     p = os.fspath(path)
     counters = dict.fromkeys(COUNTER_NAMES, 0)
     data: mmap.mmap | bytes | bytearray

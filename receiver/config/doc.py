@@ -1,6 +1,6 @@
 """The configuration reference (docs/configuration.md), generated from the config dataclasses.
 
-``python -m receiver.configdoc > docs/configuration.md`` rewrites it; a test checks it is current.
+``python -m receiver.config.doc > docs/configuration.md`` rewrites it; a test checks it is current.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import typing
 from forwarders import registry
 from forwarders.settings import RunnerSettings
 
-from .config import Config
-from .configschema import doc_table
-from .pcapkeep.policy import KeepRule
+from ..pcapkeep.policy import KeepRule
+from . import Config
+from .schema import doc_table
 
 HEADER = """# Configuration reference
 
@@ -28,7 +28,7 @@ Command-line flags of `vxmirror serve` override the file for the common cases: `
 Secrets are never config values: the Splunk HEC token comes from `token_file` or the
 `VXMIRROR_HEC_TOKEN` environment variable, Kafka credentials from files or the environment.
 
-This page is generated from the code (`python -m receiver.configdoc`).
+This page is generated from the code (`python -m receiver.config.doc`).
 """
 
 

@@ -1,4 +1,4 @@
-"""The capture reading thread in C (``receiver/native/vxread.c``): the stateless half of the
+"""The capture reading thread in C (``receiver/capture/vxread.c``): the stateless half of the
 engine (record scan, record columns, common-shape decode, flow keys, grouping, application
 screening) for a whole classic pcap, or for a run of a pcapng section's enhanced packet blocks,
 without the GIL, into a ring of batch slots.
@@ -6,7 +6,7 @@ without the GIL, into a ring of batch slots.
 :class:`PcapReader` runs ``vx_read_run`` on a Python thread (ctypes releases the GIL for the
 whole call) and hands out the filled slots in file order as :class:`Slot` objects whose arrays
 view the slot's memory: a slot is valid until it is released, and the thread fills it again
-after that. ``receiver.readahead`` turns slots into (PacketBatch, Prepared) pairs.
+after that. ``receiver.capture.readahead`` turns slots into (PacketBatch, Prepared) pairs.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..decode.apptables import AppTables
+from ..decode.cloops import DECODE_COLUMNS, FLOW_KEY_OUTPUTS
+from ..native import MAX_LANES, library, sparse_int64
 from ..packets import U8
-from . import DECODE_COLUMNS, FLOW_KEY_OUTPUTS, MAX_LANES, library, sparse_int64
-from .tables import AppTables
 
 if TYPE_CHECKING:
-    from ..capture_pcapng import Interface
+    from .pcapng import Interface
 
 # the slot columns, in vxread.c's order (its C_* enum); the decode columns' types are Decoded's
 _DECODED_DTYPES = {
@@ -114,7 +115,7 @@ class PcapReader:
     """The C reading thread over ``data`` from ``pos``: a classic pcap's records from that record
     header to the end, or, given the pcapng section's ``interfaces`` (all of one link type,
     ``layer``), the enhanced packet blocks from that block on, up to the first block or anything
-    else that the Python walk (``receiver.capture_pcapng.walk``) has to look at (``end_pos``)."""
+    else that the Python walk (``receiver.capture.pcapng.walk``) has to look at (``end_pos``)."""
 
     def __init__(
         self, data: U8, pos: int, *, big_endian: bool, nanos: bool, max_len: int, frac_lim: int, window: int,

@@ -6,7 +6,7 @@ IDB 1 (link type, snap length, options ``if_tsresol`` 9 and ``if_tsoffset`` 14),
 EPB 6, SPB 3 (no timestamp: the previous packet's is used), OPB 2 (obsolete).
 Other blocks are skipped. Each packet gets its interface's link type, so a
 file mixing interfaces yields batches of one layer each. Runs of enhanced packet blocks can be
-handed to another reader (``runner``: the C reading thread, ``receiver.readahead``), which takes
+handed to another reader (``runner``: the C reading thread, ``receiver.capture.readahead``), which takes
 them from where the walk is up to the first block it has to look at itself.
 """
 
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import native
-from .packets import F64, I64, U8, U32
+from .. import native
+from ..packets import F64, I64, U8, U32
+from . import cloops
 
 SHB = 0x0A0D0D0A
 IDB = 1
@@ -171,7 +172,7 @@ def walk(
             if pos > at:
                 continue
         if fast and ifaces:
-            nxt, r_start, r_cap, r_wire, r_iface, r_units = native.pcapng_epbs(
+            nxt, r_start, r_cap, r_wire, r_iface, r_units = cloops.pcapng_epbs(
                 arr, pos, e == ">", len(ifaces), RUN_MAX
             )
             if r_start.shape[0]:

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .capture import STDIN, Capture, CaptureError, open_capture
-from .engine import BatchResult, Engine, Prepared
-from .flows.record import FlowRecord
-from .flows.recordbatch import RecordBatch
-from .packets import PacketBatch
+from ..config.engine import EngineConfig
+from ..engine import BatchResult, Engine, Prepared
+from ..flows.record import FlowRecord
+from ..flows.recordbatch import RecordBatch
+from ..packets import PacketBatch
+from . import STDIN, Capture, CaptureError, open_capture
 from .prefetch import Prefetcher
 from .readahead import prepared_batches
-from .settings import EngineConfig
 
 Progress = Callable[[str, int, int, int], None]  # (path, bytes done, bytes total, packets so far)
 log = logging.getLogger("vxmirror.read")

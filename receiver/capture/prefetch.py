@@ -35,7 +35,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from . import mapguard, nativelib
+from ..process import nativelib
+from . import mapguard
 
 log = logging.getLogger("vxmirror.prefetch")
 

@@ -2,7 +2,7 @@
 
 Each section is a dataclass owned by the part of the program it configures;
 ``load_config`` validates the whole file at start, and every error names the
-file, the dotted key and the problem (see receiver.configschema).
+file, the dotted key and the problem (see receiver.config.schema).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from forwarders import registry
 
-from .aws.settings import AwsConfig
-from .configschema import ConfigError, from_table, opt
-from .listen.settings import ListenConfig, MetricsConfig
-from .settings import EngineConfig
+from ..aws.settings import AwsConfig
+from ..listen.settings import ListenConfig, MetricsConfig
+from .engine import EngineConfig
+from .schema import ConfigError, from_table, opt
 
 
 @dataclass

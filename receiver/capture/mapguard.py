@@ -3,7 +3,7 @@
 A capture truncated while it is mapped (tcpdump's ring buffer, ``-C``/``-W``, reopening its
 oldest file; a copytruncate rotation) makes every access past its new end raise SIGBUS, which
 ends the process and every record of the run with it. :func:`guard` registers a mapping with the
-native library's SIGBUS handler (``receiver/native/vxguard.c``): a page of it that faults that
+native library's SIGBUS handler (``receiver/capture/vxguard.c``): a page of it that faults that
 way reads as zeros instead, and :func:`faults` counts them. The capture reader checks the file's
 size between batches (``Capture.shrunk_to``) and stops reading it there, so the zeros are not
 taken for packets. Without the native library nothing is guarded.
@@ -19,7 +19,7 @@ import mmap
 import threading
 import weakref
 
-from . import nativelib
+from ..process import nativelib
 
 _guards: dict[int, int] = {}  # mapping address -> guard number
 _lock = threading.Lock()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .configschema import opt
+from .schema import opt
 
 
 @dataclass

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .packets import I64, U8
+from ..packets import I64, U8
 
 HEADER_LEN = 24
 RECORD_HEADER_LEN = 16

@@ -6,7 +6,7 @@ the application parsers (state kept across batches, mostly Python: ``Engine.proc
 :func:`prepared_batches` runs the first half on another thread so the two overlap on two cores;
 the results are the same as running both in turn on one thread.
 
-- A classic pcap, with the C library built: the C reading thread (``receiver.native.reader``)
+- A classic pcap, with the C library built: the C reading thread (``receiver.capture.reader``)
   does it all without the GIL, a few batches ahead. Packets of shapes the C decode does not
   take are finished here, on the consumer's thread.
 - A pcapng file, with the C library built: the Python block walk (``capture_pcapng.walk``)
@@ -29,18 +29,19 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import native
-from .capture import LINKTYPE_LAYERS, Capture
-from .capture_pcap import HEADER_LEN, MAX_RECORD_LEN, WINDOW_LEN
-from .capture_pcapng import Interface, Taken
-from .decode import Decoded, decode
-from .engine import APP_TABLES, Prepared, prepare, prepare_decoded
-from .flows.keys import Keys
-from .packets import U8, Layer, PacketBatch
-from .settings import EngineConfig
+from .. import native
+from ..config.engine import EngineConfig
+from ..decode import Decoded, decode
+from ..decode import cloops as decode_loops
+from ..engine import APP_TABLES, Prepared, prepare, prepare_decoded
+from ..flows.keys import Keys
+from ..packets import U8, Layer, PacketBatch
+from . import LINKTYPE_LAYERS, Capture, cloops
+from .pcap import HEADER_LEN, MAX_RECORD_LEN, WINDOW_LEN
+from .pcapng import Interface, Taken
 
 if TYPE_CHECKING:
-    from .native.reader import PcapReader, Slot
+    from .reader import PcapReader, Slot
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -121,8 +122,8 @@ def prepared_batches(
                     yield kept, prepare(kept, config)
                 raise error
             yield batch, _prepared(batch, slot, config)
-    if reader.status != native.SCAN_OK:
-        cap.scan_stopped(reader.end_pos, bad=reader.status == native.SCAN_BAD)
+    if reader.status != cloops.SCAN_OK:
+        cap.scan_stopped(reader.end_pos, bad=reader.status == cloops.SCAN_BAD)
 
 
 class _PcapngRunner:
@@ -160,7 +161,7 @@ class _PcapngRunner:
 def _c_reader(data: U8, pos: int, layer: Layer, config: EngineConfig, batch_size: int, **fmt: Any) -> PcapReader:
     """The C reading thread over ``data`` from ``pos`` with what the engine's config asks of it;
     ``fmt``: the capture format's part (``PcapReader``'s other arguments)."""
-    from .native.reader import PcapReader
+    from .reader import PcapReader
 
     return PcapReader(
         data, pos, layer=int(layer), vxlan_ports=tuple(config.vxlan_ports), geneve_ports=tuple(config.geneve_ports),
@@ -184,17 +185,17 @@ def _slot_batches(reader: PcapReader, data: U8, layer: Layer) -> Generator[tuple
 
 def _prepared(batch: PacketBatch, slot: Slot, config: EngineConfig) -> Prepared:
     """``engine.prepare(batch, config)`` from what the C reading thread left in ``slot``."""
-    from .native.reader import F_FRAGMENTS, F_PREPARED
+    from .reader import F_FRAGMENTS, F_PREPARED
 
     c = slot.cols
-    d = Decoded(**{name: c[name] for name in native.DECODE_COLUMNS})
+    d = Decoded(**{name: c[name] for name in decode_loops.DECODE_COLUMNS})
     if not slot.flags & F_PREPARED:  # packets of other shapes: decoded here, then the rest as prepare() does
         d, slow = decode(batch, config, common=(d, c["handled"]))
         return prepare_decoded(batch, d, slow, config)
     p = Prepared(d, 0, fragments=bool(slot.flags & F_FRAGMENTS))  # every packet decoded by the C pass: OK
     if not slot.n or p.fragments:
         return p
-    keys = Keys(d.vni, **{name: c[f"key_{name}"] for name, _ in native.FLOW_KEY_OUTPUTS})
+    keys = Keys(d.vni, **{name: c[f"key_{name}"] for name, _ in decode_loops.FLOW_KEY_OUTPUTS})
     first = c["first"][: slot.groups]
     p.keys, p.grouped = keys, (keys.hash[first], first, c["inv"], c["same"])
     if config.app_metadata:

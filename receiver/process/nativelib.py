@@ -17,7 +17,7 @@ from pathlib import Path
 
 log = logging.getLogger("vxmirror.native")
 
-HERE = Path(__file__).parent / "native"
+HERE = Path(__file__).parent.parent / "native"  # (receiver/native, where setup.py builds it)
 ABI = 17  # = VX_ABI in vxnative.c: bump both when a signature or a meaning changes
 
 
@@ -52,7 +52,8 @@ def load() -> ctypes.CDLL | None:
     if abi != ABI:  # pragma: no cover - built from another version of vxnative.c
         log.warning("%s is stale (ABI %d, want %d; reinstall): using the numpy loops (slower)", path, abi, ABI)
         return None
-    # what the stdlib-only modules call (receiver.prefetch, receiver.mapguard); the rest: receiver.native
+    # what the stdlib-only modules call (receiver.capture.prefetch, receiver.capture.mapguard); the rest:
+    # receiver.native
     for name, restype, argtypes in (
         ("vx_touch", ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]),
         ("vx_guard_add", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int64]),

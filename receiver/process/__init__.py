@@ -1,0 +1,1 @@
+"""Process plumbing: logging, memory tuning, systemd notifications, the C library loader."""
