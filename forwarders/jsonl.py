@@ -12,37 +12,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from receiver.config.schema import opt
 from receiver.flows.recordbatch import RecordBatch
 
 from .api import Health, RecordSink, SendError, SinkContext
-from .rolling import RollingFile, RollingOutput, RollPolicy
+from .rolling import RetentionConfig, RollingFile, RollingOutput, RollPolicy
 
 MiB = 1024 * 1024
 
 
 @dataclass
-class JsonlConfig:
+class JsonlConfig(RetentionConfig):
     directory: str = opt("", "output directory (default: <data_dir>/flows)")
     rotate_bytes: int = opt(64 * MiB, "start a new file before this size is exceeded", min=1024)
     rotate_seconds: float = opt(3600.0, "start a new file after this many seconds (0: never by age)", min=0)
-    retain_files: int = opt(0, "keep at most this many closed files (0: no limit)", min=0)
-    retain_bytes: int = opt(0, "keep at most this many bytes of closed files (0: no limit)", min=0)
-    retain_seconds: float = opt(0.0, "delete closed files older than this (0: never)", min=0)
-    retain_free_percent: float = opt(
-        0.0, "delete the oldest closed files while the file system has less than this % free (0: no limit)",
-        min=0, max=99,
-    )
-    retain_free_bytes: int = opt(
-        0, "delete the oldest closed files while the file system has less than this many bytes free (0: no limit)",
-        min=0,
-    )
-    compress: Literal["none", "gzip"] = opt(
-        "none", "compress each closed file in the background (gzip: .jsonl.gz)"
-    )
-    compress_level: int = opt(1, "gzip level (1 fastest ... 9 smallest)", min=1, max=9)
     gzip: bool = opt(False, 'the same as compress = "gzip" (older name)')
     prefix: str = opt("flows", "file name prefix")
     fsync: bool = opt(True, "fsync each file before it gets its final name")

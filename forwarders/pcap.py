@@ -27,34 +27,23 @@ from receiver.pcapkeep.policy import KeepRule, Policy
 from . import pcap_classic, pcap_index, pcapng
 from .api import FrameBlock, Health, PacketSink, SinkContext
 from .frames import frame_caplens
-from .rolling import RollingFile, RollingOutput, RollPolicy
+from .rolling import RetentionConfig, RollingFile, RollingOutput, RollPolicy
 
 MiB = 1024 * 1024
 
 
 @dataclass
-class PcapConfig:
+class PcapConfig(RetentionConfig):
     directory: str = opt("", "output directory (default: <data_dir>/pcap)")
     format: Literal["pcap", "pcapng"] = opt(
         "pcap", "pcap: classic with nanosecond timestamps; pcapng: one interface per VNI"
     )
     rotate_bytes: int = opt(256 * MiB, "start a new file before this size is exceeded", min=4096)
     rotate_seconds: float = opt(300.0, "start a new file after this many seconds (0: never by age)", min=0)
-    retain_files: int = opt(0, "keep at most this many closed files (0: no limit)", min=0)
-    retain_bytes: int = opt(0, "keep at most this many bytes of closed files (0: no limit)", min=0)
-    retain_seconds: float = opt(0.0, "delete closed files older than this (0: never)", min=0)
-    retain_free_percent: float = opt(
+    retain_free_percent: float = opt(  # (packets give way to records and the spool)
         5.0, "delete the oldest closed files while the file system has less than this % free (0: no limit)",
         min=0, max=99,
     )
-    retain_free_bytes: int = opt(
-        0, "delete the oldest closed files while the file system has less than this many bytes free (0: no limit)",
-        min=0,
-    )
-    compress: Literal["none", "gzip"] = opt(
-        "none", "compress each closed file in the background (gzip: .pcap.gz, which tshark reads)"
-    )
-    compress_level: int = opt(1, "gzip level (1 fastest ... 9 smallest)", min=1, max=9)
     snaplen: int = opt(65535, "bytes kept of each frame", min=64, max=262144)
     keep_encapsulation: bool = opt(False, "write whole packets with their outer headers (forensics)")
     prefix: str = opt("vxmirror", "file name prefix")

@@ -38,7 +38,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from receiver.config.schema import opt
 
 from .compress import SUFFIX, BackgroundCompressor
 from .filemodes import create_private, fsync_dir, make_dirs
@@ -50,6 +52,25 @@ RETAIN_SECONDS = 60.0  # the full retention pass runs at least this often (a dir
 COMPRESS_WAIT_SECONDS = 5.0  # close() waits this long for pending compressions; the next start does the rest
 WARN_SECONDS = 30.0
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@dataclass
+class RetentionConfig:
+    """The retention and compression keys of the sinks that write rolling files (jsonl, pcap)."""
+
+    retain_files: int = opt(0, "keep at most this many closed files (0: no limit)", min=0)
+    retain_bytes: int = opt(0, "keep at most this many bytes of closed files (0: no limit)", min=0)
+    retain_seconds: float = opt(0.0, "delete closed files older than this (0: never)", min=0)
+    retain_free_percent: float = opt(
+        0.0, "delete the oldest closed files while the file system has less than this % free (0: no limit)",
+        min=0, max=99,
+    )
+    retain_free_bytes: int = opt(
+        0, "delete the oldest closed files while the file system has less than this many bytes free (0: no limit)",
+        min=0,
+    )
+    compress: Literal["none", "gzip"] = opt("none", "compress each closed file in the background (gzip: NAME.gz)")
+    compress_level: int = opt(1, "gzip level (1 fastest ... 9 smallest)", min=1, max=9)
 
 
 @dataclass
