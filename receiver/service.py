@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from . import native
 from .aws.labels import make_labeler
-from .config import Config
+from .config.file import Config
 from .engine import BatchResult, Engine
 from .flows.recordbatch import RecordBatch
 from .listen.allowlist import SourceFilter

@@ -16,7 +16,7 @@ from mirror_sessions_fixtures import REGION, World, aws_env, build_world, lambda
 from mirror_sessions import handler as handler_mod
 from receiver.aws.labels import LABEL_KEYS, VniLabeler, make_labeler
 from receiver.aws.settings import AwsConfig
-from receiver.config import parse_config
+from receiver.config.file import parse_config
 
 
 @pytest.fixture

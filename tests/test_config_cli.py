@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from receiver.commands.serve import apply_overrides
-from receiver.config import load_config
+from receiver.config.file import load_config
 from receiver.config.schema import ConfigError
 from receiver.listen.settings import DEFAULT_ALLOW, ListenConfig, MetricsConfig
 from tests.listen_fixtures import ROOT, VXMIRROR

@@ -162,7 +162,7 @@ def test_receiver_user_data(tpl: dict[str, Any]) -> None:
     names = set(re.findall(r"\$\{([^}!]+)\}", script))
     assert names <= set(tpl["Parameters"]) | {"AWS::Region", "TrafficMirrorTarget"}, names
     # The config it writes is valid for the receiver.
-    from receiver.config import parse_config
+    from receiver.config.file import parse_config
 
     toml = script.split("<<'TOML'\n")[1].split("\nTOML")[0]
     toml = toml.replace("${HealthCheckPort}", "9109").replace("${AWS::Region}", REGION)

@@ -11,7 +11,7 @@ from forwarders import registry
 from forwarders.jsonl import JsonlSink
 from forwarders.manager import ForwarderSet
 from forwarders.pcap import PcapSink
-from receiver.config import parse_config
+from receiver.config.file import parse_config
 from receiver.config.schema import ConfigError
 from tests.forwarder_fixtures import Result, make_batch
 

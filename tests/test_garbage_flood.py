@@ -32,7 +32,7 @@ import orjson
 import pytest
 
 from receiver.capture.read import read_records
-from receiver.config import load_config
+from receiver.config.file import load_config
 from receiver.engine import DROP_REASONS, Engine
 from receiver.packets import Layer, PacketBatch
 from receiver.traffic import generate, realistic

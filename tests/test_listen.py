@@ -205,7 +205,7 @@ def test_capped_receive_buffer_warns_once_naming_the_sysctl() -> None:
     want = rmem_max * 4
     code = (
         "import logging, sys\n"
-        "from receiver import logs\n"
+        "from receiver.process import logs\n"
         "from receiver.listen.settings import ListenConfig\n"
         "from receiver.listen.sockets import open_endpoints\n"
         "logs.setup('info', 'json', stream=sys.stdout)\n"

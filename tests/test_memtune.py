@@ -16,7 +16,7 @@ def test_tune_limits_openblas_threads_unless_set_and_cli_does_it_before_numpy() 
         "from receiver import cli\n"
         "cli.build_parser()\n"
         "assert 'numpy' not in sys.modules  # the env var only works before numpy loads\n"
-        "from receiver import memtune\n"
+        "from receiver.process import memtune\n"
         "memtune.tune()\n"
         "print(os.environ['OPENBLAS_NUM_THREADS'])\n"
     )

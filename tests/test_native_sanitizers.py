@@ -44,8 +44,8 @@ def test_the_c_library_is_clean_under_the_sanitizers(tmp_path: Path) -> None:
     here = Path(__file__).resolve().parent
     # the sanitized build is the one loaded (not the installed one, not the numpy twins)
     which = subprocess.run(
-        [sys.executable, "-c", "from receiver import native, nativelib; assert native.available(); "
-         "print(nativelib.library_path())"],
+        [sys.executable, "-c", "from receiver import native; from receiver.process import nativelib; "
+         "assert native.available(); print(nativelib.library_path())"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert which.returncode == 0 and which.stdout.strip() == str(lib), which.stdout + which.stderr

@@ -50,14 +50,14 @@ def test_without_the_guard_the_same_read_is_fatal_and_other_faults_stay_fatal(tm
     path = tmp_path / "f.bin"
     setup = f"""
         import mmap, os
-        from receiver import mapguard
+        from receiver.capture import mapguard
         open({str(path)!r}, "wb").write(b"x" * (1 << 22))
         f = open({str(path)!r}, "rb")
         guarded = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         other = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         os.truncate({str(path)!r}, 10_000)
     """
-    plain = _python(setup.replace("from receiver import mapguard", "") + "\n        print(other[1 << 21])")
+    plain = _python(setup.replace("from receiver.capture import mapguard", "") + "\n        print(other[1 << 21])")
     assert plain.returncode == -signal.SIGBUS
     r = _python(setup + "\n        mapguard.guard(guarded)\n        print(guarded[1 << 21], flush=True)\n"
                 "        import faulthandler; faulthandler.enable()\n        mapguard.guard(guarded)\n"

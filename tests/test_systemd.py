@@ -174,7 +174,7 @@ def listener(tmp_path: Path) -> Iterator[tuple[str, NotifyListener]]:
 
 
 NOTIFY_SCRIPT = """
-from receiver import sdnotify
+from receiver.process import sdnotify
 assert sdnotify.notify(ready=True, status="listening")
 assert sdnotify.notify(watchdog=True, status="1000 pkt/s, 3 flows active")
 n = sdnotify.Notifier(); n.ready(); n.watchdog(); n.status("s"); n.stopping()

@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..config.file import load_config
     from ..config.schema import ConfigError
 
     try:

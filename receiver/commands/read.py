@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace, prefetch: Any, interrupts: _Interrupts) -> in
 
     engine_cfg, sensor = EngineConfig(), None  # what load_config(None) gives: read uses nothing else
     if args.config is not None:  # (without a file, the forwarder plugins it would load go unused)
-        from ..config import load_config
+        from ..config.file import load_config
         from ..config.schema import ConfigError
 
         try:

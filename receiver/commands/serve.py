@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config.file import Config
 
 log = logging.getLogger("vxmirror.serve")
 
@@ -60,7 +60,7 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..config.file import load_config
     from ..config.schema import ConfigError
     from ..process import logs
 

@@ -12,7 +12,7 @@ from forwarders import registry
 from forwarders.settings import RunnerSettings
 
 from ..pcapkeep.policy import KeepRule
-from . import Config
+from .file import Config
 from .schema import doc_table
 
 HEADER = """# Configuration reference

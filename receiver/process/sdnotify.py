@@ -7,7 +7,7 @@ The service takes a :class:`Notifier` (it has the ``ready()``, ``watchdog()``,
 
 Or the module functions, usable from anywhere (only the main process: the unit has ``NotifyAccess=main``)::
 
-    from receiver import sdnotify
+    from receiver.process import sdnotify
 
     sdnotify.notify(ready=True, status="listening on 0.0.0.0:4789, 0.0.0.0:6081")  # sockets bound
     interval = sdnotify.watchdog_interval()      # seconds between pings, or None when not asked
