@@ -21,6 +21,7 @@ import socket
 import threading
 import zlib
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ import orjson
 import pytest
 
 from receiver.engine import Engine
-from receiver.settings import EngineConfig
 from receiver.traffic import Traffic, TrafficSpec, generate
 from tests.kafka_fixtures import Tansu, consume_all
 from tests.listen_fixtures import Served, metric
@@ -163,9 +163,10 @@ def _flow_key(r: dict[str, Any]) -> tuple[Any, ...]:
     return (r["vni"] % 100 if r["vni"] is not None else None, r["transport"], *ends)
 
 
-def _reference(tr: Traffic, cfg: EngineConfig) -> list[dict[str, Any]]:
-    """What one receiver makes of the traffic (the engine alone, packets in the same order)."""
-    e = Engine(cfg)
+def _reference(tr: Traffic) -> list[dict[str, Any]]:
+    """What one receiver makes of the traffic (the engine alone with the receivers' settings,
+    packets in the same order)."""
+    e = Engine(replace(Engine().config, tcp_close_linger=120.0, udp_idle_timeout=120.0, other_idle_timeout=120.0))
     out: list[dict[str, Any]] = []
     for b in tr.batches():
         out += e.process(b).records
@@ -218,8 +219,7 @@ def test_two_receivers_behind_a_balancer(tmp_path: Path) -> None:
             assert rx.stop() == 0, rx.logs()[-3000:]
         # what one receiver makes of the traffic, and the flows the forwarder split in run 2:
         # the records to expect on the topic
-        cfg = EngineConfig(tcp_close_linger=120.0, udp_idle_timeout=120.0, other_idle_timeout=120.0)
-        ref = {_flow_key(r): r for r in _reference(affinity, cfg)}
+        ref = {_flow_key(r): r for r in _reference(affinity)}
         expected = set()
         for fl in split.flows.seen().tolist():
             source, key, (there, back) = _truth(split, fl)
