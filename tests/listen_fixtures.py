@@ -129,15 +129,19 @@ class Served:
     """``vxmirror serve`` as a subprocess on loopback ports chosen here."""
 
     def __init__(self, tmp: Path, workers: int = 1, extra_toml: str = "", geneve: bool = True,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None, top_toml: str = "", wait: bool = True,
+                 ports: tuple[int, int] | None = None) -> None:
+        """``top_toml``: top-level keys (before the tables); ``wait``: return once healthy (else
+        call wait_ready); ``ports``: the VXLAN and GENEVE ports (default: free ones; they are
+        the engine's tunnel ports too, so inner UDP to them is decapsulated)."""
         self.tmp = tmp
         self.data_dir = tmp / "data"
-        self.vx_port = free_port()
-        self.gn_port = free_port()
+        self.vx_port, self.gn_port = ports or (free_port(), free_port())
         self.metrics_port = free_port(socket.SOCK_STREAM)
         self.config = tmp / "vxmirror.toml"
         self.config.write_text(
-            "[engine]\n"
+            top_toml
+            + "[engine]\n"
             f"geneve_ports = [{self.gn_port}]\n"
             f"vxlan_ports = [4789, {self.vx_port}]\n"
             + extra_toml
@@ -153,7 +157,8 @@ class Served:
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
