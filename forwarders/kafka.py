@@ -4,7 +4,7 @@ Each record is one message: key = the record's ``community_id`` (both directions
 and the interim records of one flow land in one partition), value = the record's
 JSON line as it came in the RecordBatch (no decoding: the payload is the batch's
 bytes and the keys come from its ``community_id`` column). The producer runs with
-``acks=all``, ``enable.idempotence=true`` and zstd compression; TLS/SASL and any
+``acks=all``, ``enable.idempotence=true`` and zstd compression (level 1); TLS/SASL and any
 other librdkafka setting pass through from the ``[forwarders.kafka.librdkafka]``
 table, where a secret can be given as ``{ file = "/path" }`` or ``{ env = "NAME" }``
 instead of a literal (and is never logged).
@@ -79,7 +79,7 @@ class KafkaConfig:
         30.0, "seconds send waits on a full local producer queue before giving up", min=0.1
     )
     batches_in_flight: int = opt(
-        16, "batches produced and not yet acknowledged at once (1: each batch is acknowledged before "
+        32, "batches produced and not yet acknowledged at once (1: each batch is acknowledged before "
         "the next is produced)", min=1, max=1024,
     )
     client_id: str = opt("vxmirror", "client.id")
