@@ -1,6 +1,6 @@
 """Records/s the Splunk HEC and Kafka forwarders sustain against the local servers.
 
-    .venv/bin/python bench/bench_forwarders.py [--records 300000] [--batch 500] [--json out.json]
+    .venv/bin/python bench/bench_forwarders.py [--records 300000] [--batch 500] [--rounds 1] [--json out.json]
 
 Records: the engine's own, over generated traffic (``receiver.benchkit.jsonl_sink.make_records``,
 ``--distinct`` of them, ~870 bytes of JSON each), as one RecordBatch repeated up to ``--records``.
@@ -11,7 +11,11 @@ of 1,000-record slices, as the engine hands them over, until ``sent`` equals the
 HEC runs against the in-repo HEC server (tests/hec_server.py) in a process of its own,
 counting events without parsing them; Kafka against Tansu on loopback (memory storage, a new
 topic per measurement: Tansu slows down as a topic grows). Both servers share this machine's
-cores with the client.
+cores with the client. Kafka also runs with one batch in flight at a time (``_in_flight1``),
+with lz4, and raw (``kafka_raw``: librdkafka's ``produce`` in a Python loop, then ``flush``,
+no runner: the reference), and prints the CPU each costs per record in this process and in
+Tansu. With ``--rounds N`` the Kafka measurements run N times, alternating, and the medians
+are reported (the machine's other load changes from second to second: compare within a run).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import argparse
 import gzip
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from confluent_kafka import Producer
 from kafka_fixtures import Tansu
 
 from forwarders.api import RecordSink, SinkContext
@@ -143,10 +150,38 @@ def measure_hec(batch: RecordBatch, size: int, tmp: Path, out: dict[str, float])
         raise RuntimeError(f"the HEC server counted {counts} events, {sent} were sent")
 
 
-def measure_kafka(batch: RecordBatch, size: int, tmp: Path, out: dict[str, float]) -> None:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of this process (all its threads), or of process ``pid``."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_raw(producer: Producer, topic: str, batch: RecordBatch) -> float:
+    """librdkafka alone: ``produce`` per record (the same keys and values) in a loop, then ``flush``."""
+    lines, keys = batch.lines(), batch.community_id.tolist()
+    produce, poll = producer.produce, producer.poll
+    t = time.perf_counter()
+    for value, key in zip(lines, keys):
+        while True:
+            try:
+                produce(topic, value, key)
+                break
+            except BufferError:
+                poll(0.01)
+    if producer.flush(60):
+        raise RuntimeError("raw producer: messages left undelivered")
+    return rate(len(batch), time.perf_counter() - t)
+
+
+def measure_kafka(batch: RecordBatch, size: int, tmp: Path, out: dict[str, float], rounds: int = 1) -> None:
     broker = Tansu().start()
+    assert broker.proc is not None
+    tansu_pid = broker.proc.pid
     try:
-        topics = iter(range(1_000))
+        topics = iter(range(100_000))
 
         def kafka(**kw: Any) -> KafkaSink:
             # a fresh topic per measurement: Tansu's memory storage slows down as a topic grows
@@ -156,12 +191,39 @@ def measure_kafka(batch: RecordBatch, size: int, tmp: Path, out: dict[str, float
             k.send(k.encode(batch.slice(0, 10)), 10)  # topic creation and metadata outside the timing
             return k
 
+        def raw() -> float:
+            k = kafka()  # its settings, its topic (created), then a producer of their own
+            settings = {n: v for n, v in k._settings.items() if n != "on_delivery"}
+            producer = Producer({**settings, "delivery.report.only.error": True, "on_delivery": lambda e, m: None})
+            producer.produce(k.config.topic, b"{}")
+            producer.flush(10)
+            k.close()
+            return bench_raw(producer, k.config.topic, batch)
+
         out["kafka_encode"] = bench_encode(kafka(), batch, size)
-        out["kafka_send"] = bench_send(kafka(), batch, size)
-        out["kafka_send_batch5000"] = bench_send(kafka(), batch, 5000)
-        out["kafka_send_lz4_batch5000"] = bench_send(kafka(compression="lz4"), batch, 5000)
-        out["kafka_runner"] = bench_runner(kafka(), batch, size)
-        out["kafka_runner_batch5000"] = bench_runner(kafka(), batch, 5000)
+        runs: dict[str, Callable[[], float]] = {
+            "kafka_send": lambda: bench_send(kafka(), batch, size),
+            "kafka_send_batch5000": lambda: bench_send(kafka(), batch, 5000),
+            "kafka_send_lz4_batch5000": lambda: bench_send(kafka(compression="lz4"), batch, 5000),
+            "kafka_runner": lambda: bench_runner(kafka(), batch, size),
+            "kafka_runner_in_flight1": lambda: bench_runner(kafka(batches_in_flight=1), batch, size),
+            "kafka_runner_lz4": lambda: bench_runner(kafka(compression="lz4"), batch, size),
+            "kafka_runner_batch5000": lambda: bench_runner(kafka(), batch, 5000),
+            "kafka_raw": raw,
+        }
+        got: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+        for _ in range(rounds):
+            for key, fn in runs.items():
+                c0, b0 = cpu_seconds(), cpu_seconds(tansu_pid)
+                got[key].append(fn())
+                cpu[key].append((cpu_seconds() - c0, cpu_seconds(tansu_pid) - b0))
+        for key, values in got.items():
+            out[key] = statistics.median(values)
+            client = statistics.median(c for c, _ in cpu[key]) / len(batch) * 1e6
+            server = statistics.median(b for _, b in cpu[key]) / len(batch) * 1e6
+            print(f"{key:26s} CPU per record: {client:5.2f} us here (setup included), {server:5.2f} us in Tansu;"
+                  f" records/s of the {rounds} rounds: {', '.join(f'{v / 1e3:.0f} k' for v in values)}")
     finally:
         broker.stop()
 
@@ -172,6 +234,7 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=30_000, help="distinct records made by the engine")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--only", choices=("hec", "kafka"), help="one of the two")
+    ap.add_argument("--rounds", type=int, default=1, help="Kafka: alternating rounds (medians are reported)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
     batch = realistic(a.records, min(a.distinct, a.records))
@@ -181,7 +244,7 @@ def main() -> None:
     if a.only in (None, "hec"):
         measure_hec(batch, a.batch, tmp, out)
     if a.only in (None, "kafka"):
-        measure_kafka(batch, a.batch, tmp, out)
+        measure_kafka(batch, a.batch, tmp, out, a.rounds)
     print(f"{len(batch):,} records, {len(batch.data) / len(batch):.0f} bytes of JSON each, batches of {a.batch}")
     for k, v in out.items():
         print(f"{k:26s} {v:>12,.0f} records/s")

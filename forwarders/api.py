@@ -52,6 +52,24 @@ class SendError(Exception):
         self.rejected = rejected
 
 
+class Pending(abc.ABC):
+    """A batch a sink is still delivering (``RecordSink.start``)."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float) -> bool:
+        """True once every record of the batch is delivered; False if some are still in flight
+        after ``timeout`` seconds (0: only look); raises SendError, as ``send`` would, once the
+        batch is settled and not every record was delivered."""
+
+
+class _Delivered(Pending):
+    def wait(self, timeout: float) -> bool:
+        return True
+
+
+DELIVERED: Pending = _Delivered()
+
+
 @dataclass
 class Health:
     ok: bool
@@ -73,6 +91,9 @@ class SinkContext:
 class RecordSink(abc.ABC):
     kind: ClassVar[str]
     config_class: ClassVar[type]
+    #: batches the runner may hand to ``start`` before the oldest is delivered (1: one at a time,
+    #: through ``send``); a sink that sets it higher implements ``start``
+    max_in_flight: int = 1
 
     def __init__(self, config: Any, context: SinkContext) -> None:
         self.config = config
@@ -102,6 +123,14 @@ class RecordSink(abc.ABC):
     @abc.abstractmethod
     def send(self, payload: bytes, count: int) -> None:
         """Deliver one encoded batch of ``count`` records, or raise SendError."""
+
+    def start(self, payload: bytes, count: int) -> Pending:
+        """Begin delivering one encoded batch and return without waiting for it; the runner
+        counts it as sent once ``wait`` says so (used when ``max_in_flight`` > 1, with up to that
+        many batches in flight, settled oldest first). May raise SendError at once. The default
+        delivers the batch with ``send`` before returning."""
+        self.send(payload, count)
+        return DELIVERED
 
     def reopen(self) -> None:  # noqa: B027 - optional hook (SIGHUP)
         """Reopen output files (SIGHUP)."""

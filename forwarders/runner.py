@@ -29,7 +29,7 @@ import orjson
 from receiver.flows.record import FlowRecord
 from receiver.flows.recordbatch import RecordBatch
 
-from .api import FrameBlock, Health, PacketSink, RecordSink, SendError
+from .api import FrameBlock, Health, PacketSink, Pending, RecordSink, SendError
 from .settings import RunnerSettings
 from .spool import Spool, SpoolEntry, SpoolFull, orphan_directories, worker_directory
 
@@ -37,6 +37,7 @@ log = logging.getLogger("vxmirror.forwarders")
 
 State = Literal["up", "down", "fatal"]
 TICK_SECONDS = 1.0
+PENDING_WAIT = 0.005  # seconds the sender waits on the oldest batch in flight before looking at the queue again
 DROP_WARNING_SECONDS = 5.0  # at most one warning with the drop counts per forwarder this often
 
 Records = RecordBatch | Sequence[FlowRecord]
@@ -200,6 +201,9 @@ class RecordForwarder(_SinkThread):
         self._qlen = 0
         self._qbytes = 0
         self._inflight = 0
+        # batches handed to ``sink.start`` and not settled yet, oldest first (sinks with max_in_flight > 1)
+        self._pending: collections.deque[tuple[RecordBatch, bytes, Pending]] = collections.deque()
+        self._window = max(1, int(getattr(sink, "max_in_flight", 1)))
         self._wake = threading.Event()
         self._state: State = "up"
         self._fail_streak = 0
@@ -333,6 +337,7 @@ class RecordForwarder(_SinkThread):
         next_tick = time.monotonic() + TICK_SECONDS
         while True:
             now = time.monotonic()
+            idle = 0.0  # seconds to wait on the oldest batch in flight (instead of the condition)
             with self._lock:
                 if not self._queue and not self._stop and not self._reopen:
                     due = next_tick
@@ -342,12 +347,16 @@ class RecordForwarder(_SinkThread):
                         due = now  # replay backlog
                     elif len(self.spool):
                         due = min(due, self._next_probe)
-                    if due > now:
+                    if self._pending:
+                        idle = max(0.0, min(due - now, PENDING_WAIT))
+                    elif due > now:
                         self._cv.wait(due - now)
                 stopping = self._stop
                 reopen, self._reopen = self._reopen, False
                 got = self._take(s.batch_max_records - npend) if self._queue else []
                 queue_empty = not self._queue
+            if self._pending:
+                self._settle_pending(wait=0.0 if got else idle)
             now = time.monotonic()
             if reopen:
                 self._safe("reopen", self.sink.reopen)
@@ -375,8 +384,10 @@ class RecordForwarder(_SinkThread):
                     self._service_spool()
             elif self._past_deadline():
                 self._spool_queue(pend)  # what is left, at once
+                self._settle_pending(room=0)  # batches in flight: settled by the sink (its own timeouts)
                 break
             elif queue_empty and not pend:
+                self._settle_pending(room=0)
                 if not (len(self.spool) and self._state == "up"):
                     break
                 self._service_spool()  # replay while the close timeout lasts
@@ -403,25 +414,30 @@ class RecordForwarder(_SinkThread):
     def _past_deadline(self) -> bool:
         return time.monotonic() >= self._deadline
 
-    def _attempt(self, batch: RecordBatch, retries: int) -> tuple[str, RecordBatch, str]:
-        """Try to send; returns (outcome, the unsent records, reason).
+    def _attempt(
+        self, batch: RecordBatch, retries: int, payload: bytes | None = None, failed: SendError | None = None
+    ) -> tuple[str, RecordBatch, str]:
+        """Try to send; returns (outcome, the unsent records, reason). ``failed``: the first try
+        was made already (a batch that was in flight) and failed so (``payload``: what it sent).
 
         outcome: "sent", "dead" (non-retryable), "retry_exhausted", "fatal".
         """
         s = self.settings
         attempt = 0
-        payload: bytes | None = None
         while True:
-            try:
-                if payload is None:
-                    payload = self.sink.encode(batch)
-                self.sink.send(payload, len(batch))
-                self._count("sent", len(batch))
-                return "sent", RecordBatch.empty(), ""
-            except SendError as e:
-                err = e
-            except Exception as e:  # a sink bug must not lose data: treat as retryable
-                err = SendError(f"{type(e).__name__}: {e}", retryable=True)
+            if failed is not None:
+                err, failed = failed, None
+            else:
+                try:
+                    if payload is None:
+                        payload = self.sink.encode(batch)
+                    self.sink.send(payload, len(batch))
+                    self._count("sent", len(batch))
+                    return "sent", RecordBatch.empty(), ""
+                except SendError as e:
+                    err = e
+                except Exception as e:  # a sink bug must not lose data: treat as retryable
+                    err = SendError(f"{type(e).__name__}: {e}", retryable=True)
             acc = max(0, min(err.accepted, len(batch)))
             if acc:
                 self._count("sent", acc)
@@ -452,7 +468,10 @@ class RecordForwarder(_SinkThread):
             self._sleep(backoff_delay(attempt, s.retry_backoff_min, s.retry_backoff_max))
 
     def _deliver(self, batch: RecordBatch) -> None:
+        if self._window > 1:
+            self._settle_pending(room=self._window - 1)  # at most max_in_flight batches in flight
         n = len(batch)
+        handed = False
         try:
             if self._past_deadline():
                 self._to_spool(batch, sync=False)
@@ -466,19 +485,78 @@ class RecordForwarder(_SinkThread):
                 retries = 0
             elif len(self.spool):
                 retries = 0  # a backlog exists: do not stall the queue behind retries
-            outcome, rest, reason = self._attempt(batch, retries)
-            if outcome == "sent":
-                self._recovered()
-            elif outcome == "dead":
-                self._dead_letter(rest, reason)
-            elif outcome == "fatal":
-                self._go_fatal(reason)
-                self._to_spool(rest)
-            else:
-                self._go_down(reason)
-                self._to_spool(rest)
+            elif self._window > 1:
+                handed = self._launch(batch)
+                return
+            self._outcome(*self._attempt(batch, retries))
         finally:
-            self._finish_inflight(n)
+            if not handed:
+                self._finish_inflight(n)
+
+    def _outcome(self, outcome: str, rest: RecordBatch, reason: str) -> None:
+        if outcome == "sent":
+            self._recovered()
+        elif outcome == "dead":
+            self._dead_letter(rest, reason)
+        elif outcome == "fatal":
+            self._go_fatal(reason)
+            self._to_spool(rest)
+        else:
+            self._go_down(reason)
+            self._to_spool(rest)
+
+    def _launch(self, batch: RecordBatch) -> bool:
+        """Hand ``batch`` to ``sink.start`` (the sink is up); True if it is now in flight. A batch
+        that fails at once goes the way of a failed ``send`` (retries, spool, dead letters)."""
+        payload: bytes | None = None
+        try:
+            payload = self.sink.encode(batch)
+            self._pending.append((batch, payload, self.sink.start(payload, len(batch))))
+            return True
+        except SendError as e:
+            err = e
+        except Exception as e:  # a sink bug must not lose data: treat as retryable
+            err = SendError(f"{type(e).__name__}: {e}", retryable=True)
+        self._outcome(*self._attempt(batch, self.settings.max_retries, payload, err))
+        return False
+
+    def _settle_pending(self, *, wait: float = 0.0, room: int | None = None) -> None:
+        """Settle the batches in flight that are done, oldest first: delivered ones count as sent; a
+        failed one is retried, spooled or dead-lettered as a batch that failed in ``send`` (and a
+        sink already down since an earlier one failed just spools it). ``wait``: seconds to wait
+        for the oldest; ``room``: wait until at most that many are left in flight."""
+        while self._pending:
+            batch, payload, pending = self._pending[0]
+            must = room is not None and len(self._pending) > room
+            err: SendError | None = None
+            try:
+                done = pending.wait(PENDING_WAIT * 10 if must else wait)
+            except SendError as e:
+                err, done = e, True
+            except Exception as e:  # a sink bug must not lose data: treat as retryable
+                err, done = SendError(f"{type(e).__name__}: {e}", retryable=True), True
+            if not done:
+                if must:
+                    continue
+                return
+            self._pending.popleft()
+            wait = 0.0
+            try:
+                if err is None:
+                    self._count("sent", len(batch))
+                    self._recovered()
+                elif self._state != "up" and err.retryable:
+                    # down already (an earlier batch in flight failed): what was not accepted is
+                    # spooled, as a batch that comes while the sink is down
+                    acc = max(0, min(err.accepted, len(batch)))
+                    if acc:
+                        self._count("sent", acc)
+                    self._to_spool(batch.slice(acc, len(batch)))
+                else:
+                    retries = 0 if len(self.spool) else self.settings.max_retries
+                    self._outcome(*self._attempt(batch, retries, payload, err))
+            finally:
+                self._finish_inflight(len(batch))
 
     def _go_down(self, reason: str) -> None:
         s = self.settings

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from forwarders.api import FrameBlock, Health, PacketSink, RecordSink, SendError, SinkContext
+from forwarders.api import FrameBlock, Health, PacketSink, Pending, RecordSink, SendError, SinkContext
 from forwarders.runner import DROP_WARNING_SECONDS, PacketForwarder, RecordForwarder, backoff_delay
 from forwarders.settings import RunnerSettings
 from receiver.flows.recordbatch import RecordBatch
@@ -544,3 +544,118 @@ def test_overflow_is_replayed_in_order_while_the_sink_is_up(tmp_path: Path) -> N
     assert delivered[:100] == list(range(100))  # the queue is served first
     assert sorted(delivered) == list(range(5_000))
     assert [i for i in delivered if i >= 300] == list(range(300, 5_000))  # the spool keeps its order
+
+
+class Ticket(Pending):
+    """One batch a PipelinedSink is delivering: settled when the test says so."""
+
+    def __init__(self, sink: PipelinedSink, recs: list[dict[str, Any]]) -> None:
+        self.sink = sink
+        self.recs = recs
+        self.done = threading.Event()
+        self.error: SendError | None = None
+
+    def settle(self, error: SendError | None = None) -> None:
+        self.error = error
+        self.done.set()
+
+    def wait(self, timeout: float) -> bool:
+        if not self.done.wait(timeout):
+            return False
+        if self.error is not None:
+            raise self.error
+        with self.sink.lock:
+            self.sink.delivered += self.recs
+        return True
+
+
+class PipelinedSink(FakeSink):
+    """Keeps up to ``max_in_flight`` batches in flight (``start``): the test settles each ticket;
+    a resend (``send``, after a failure) goes through FakeSink's ``fail``."""
+
+    def __init__(self, ctx: SinkContext, window: int,
+                 fail: Callable[[list[dict[str, Any]], int], SendError | None] = lambda r, n: None) -> None:
+        super().__init__(ctx, fail)
+        self.max_in_flight = window
+        self.tickets: list[Ticket] = []
+
+    def start(self, payload: bytes, count: int) -> Pending:
+        t = Ticket(self, [orjson.loads(x) for x in payload.split(b"\n")])
+        with self.lock:
+            self.tickets.append(t)
+        return t
+
+    def open_tickets(self) -> int:
+        with self.lock:
+            return sum(not t.done.is_set() for t in self.tickets)
+
+
+def ids_of(rs: list[dict[str, Any]]) -> list[int]:
+    return [r["id"] for r in rs]
+
+
+def test_batches_in_flight_count_as_sent_only_when_settled_oldest_first(tmp_path: Path) -> None:
+    sink = PipelinedSink(ctx(tmp_path), window=4)
+    fwd = RecordForwarder(sink, fast(batch_interval=60))
+    for i in range(0, 100, 10):
+        fwd.put(recs(i, i + 10))
+    wait_for(lambda: len(sink.tickets) == 4)
+    time.sleep(0.1)
+    c = fwd.counters()
+    assert len(sink.tickets) == 4 and c["sent"] == 0  # the window is full: nothing settled, nothing sent
+    assert c["in_flight"] >= 40 and balanced(c)
+    sink.tickets[1].settle()  # the second is delivered, the first is not: nothing counts yet
+    time.sleep(0.5)
+    assert fwd.counters()["sent"] == 0 and len(sink.tickets) == 4
+    sink.tickets[0].settle()
+    wait_for(lambda: fwd.counters()["sent"] == 20 and len(sink.tickets) == 6)
+    # a failure in the middle: the third batch fails while later ones are in flight; it is sent again
+    # (send) and counted once that succeeds; the others still count only when they settle
+    sink.tickets[2].settle(SendError("broker said no", retryable=True))
+    wait_for(lambda: fwd.counters()["sent"] == 30)
+    assert fwd.counters()["retried"] == 10 and sink.calls == 1
+    while fwd.counters()["sent"] < 100:
+        for t in list(sink.tickets):
+            t.settle() if not t.done.is_set() else None
+        time.sleep(0.01)
+    fwd.close(5)
+    c = fwd.counters()
+    assert sorted(ids_of(sink.delivered)) == list(range(100))  # each record delivered once
+    assert c["sent"] == 100 and c["spooled"] == 0 and c["in_flight"] == 0 and balanced(c)
+
+
+def test_batches_in_flight_that_fail_in_an_outage_are_spooled_and_replayed(tmp_path: Path) -> None:
+    down = threading.Event()
+    down.set()
+    sink = PipelinedSink(ctx(tmp_path), window=4,
+                         fail=lambda r, n: SendError("connection refused", retryable=True) if down.is_set() else None)
+    fwd = RecordForwarder(sink, fast(batch_interval=60, max_retries=1, retry_backoff_max=0.05))
+    for i in range(0, 60, 10):
+        fwd.put(recs(i, i + 10))
+    wait_for(lambda: len(sink.tickets) == 4)
+    sink.tickets[0].settle()  # delivered before the outage
+    for t in sink.tickets[1:]:  # the rest fail
+        t.settle(SendError("timed out", retryable=True))
+    # the first failed one is retried (send fails: down), spooled; the others in flight are spooled
+    # as they fail; later batches go straight to the spool while the sink is down
+    wait_for(lambda: fwd.counters()["spool_records"] + fwd.counters()["sent"] == 60)
+    c = fwd.counters()
+    assert c["sent"] == 10 and c["spool_records"] == 50 and c["retried"] == 10 and not fwd.health().ok
+    assert ids_of(sink.delivered) == list(range(10))
+    down.clear()  # the probe succeeds, the spool is replayed
+    wait_for(lambda: fwd.counters()["sent"] == 60)
+    fwd.close(5)
+    c = fwd.counters()
+    assert sorted(ids_of(sink.delivered)) == list(range(60))
+    assert c["replayed"] == 50 and c["dropped"] == 0 and c["spool_records"] == 0 and balanced(c)
+
+
+def test_close_waits_for_the_batches_in_flight(tmp_path: Path) -> None:
+    sink = PipelinedSink(ctx(tmp_path), window=8)
+    fwd = RecordForwarder(sink, fast(batch_interval=60))
+    fwd.put(recs(0, 50))
+    wait_for(lambda: len(sink.tickets) == 5)
+    threading.Timer(0.3, lambda: [t.settle() for t in sink.tickets]).start()
+    totals = fwd.close(5)
+    assert totals["delivered"] == 50 and totals["spooled"] == 0 and "in_flight" not in totals
+    assert sorted(ids_of(sink.delivered)) == list(range(50))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -196,3 +198,64 @@ def test_keys_from_the_batch_columns_or_any_field(broker: Tansu, tmp_path: Path)
     sink.close()
     msgs = consume_all(broker.bootstrap, "foreign", 10)
     assert sorted(m.key() for m in msgs) == sorted(r["community_id"].encode() for r in recs[1:11])
+
+
+def test_broker_frozen_with_batches_in_flight_nothing_counts_before_its_ack(broker: Tansu, tmp_path: Path) -> None:
+    """Tansu stopped (SIGSTOP) while several batches are in flight: no batch counts as sent without
+    the broker's acknowledgement; the batches that time out are retried or spooled, and once the broker
+    runs again (its memory kept) every record is in the topic, byte for byte, with its key."""
+    sink = kafka_sink(broker.bootstrap, tmp_path, delivery_timeout=1.0, batches_in_flight=8)
+    fwd = runner(sink, batch_max_records=100, max_retries=1, probe_interval=0.2)
+    recs = make_records(6000, flows=1500)
+    batch = RecordBatch.from_records(recs)
+    fwd.put(batch.slice(0, 2000))
+    wait_for(lambda: fwd.counters()["sent"] == 2000, "the records before the freeze")
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(2000, 6000, 500):
+            fwd.put(batch.slice(i, i + 500))
+        wait_for(lambda: sink.counters()["delivery_failed"] > 0, "the first delivery timeouts")
+        frozen = fwd.counters()
+        # the failed batches are retried (in vain: a new producer times out as well), then spooled
+        wait_for(lambda: fwd.counters()["spooled"] > 0, "a batch spooled")
+        during = fwd.counters()
+        assert during["sent"] == frozen["sent"] == 2000  # nothing acknowledged, nothing counted
+        assert during["retried"] > 0 and during["dropped"] == 0 and during["healthy"] == 0
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    wait_for(lambda: fwd.counters()["sent"] == 6000 and fwd.counters()["spool_records"] == 0, "recovery", 90)
+    fwd.close()
+    c = fwd.counters()
+    assert c["dropped"] == 0 and c["in_flight"] == 0 and c["queue_depth"] == 0
+    msgs = consume_all(broker.bootstrap, "flows", 6000)
+    got = {m.value(): m.key() for m in msgs}
+    assert got == {line: r["community_id"].encode() for line, r in zip(batch.lines(), recs)}
+    print("messages consumed:", len(msgs), "duplicates (sent again after a timeout):", len(msgs) - len(got))
+
+
+def test_full_local_queue_past_its_timeout_fails_the_batch_and_the_resend_delivers_it(tmp_path: Path) -> None:
+    b = Tansu().start()
+    sink = kafka_sink(b.bootstrap, tmp_path, delivery_timeout=1.0, queue_full_timeout=0.3,
+                      librdkafka={"queue.buffering.max.messages": 50})
+    recs = make_records(200)
+    payload = sink.encode(RecordBatch.from_records(recs))
+    b.stop()  # nothing leaves the 50-message queue: the batch cannot be handed over whole
+    try:
+        with pytest.raises(SendError) as ei:
+            sink.send(payload, 200)
+        assert ei.value.retryable and "200 of 200 records not delivered" in ei.value.reason
+        assert "local queue full" in ei.value.reason and sink.counters()["queue_full_waits"] > 0
+        b.start()
+        for attempt in range(10):  # as the runner would, until the restarted broker takes it
+            try:
+                sink.send(payload, 200)
+                break
+            except SendError:
+                if attempt == 9:
+                    raise
+        sink.close()
+        msgs = consume_all(b.bootstrap, "flows", 200)
+        assert sorted(m.value() for m in msgs) == sorted(RecordBatch.from_records(recs).lines())
+    finally:
+        b.stop()
