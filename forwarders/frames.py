@@ -229,10 +229,9 @@ def _planned_block(
         block = frame_block(sub, Decapsulated(inner[pos], _column(decap.vni, n, -1, np.int64)[pos]),
                             keep_encapsulation, snaplen)
     assert block.count == pos.size  # (the engine plans only frames that can be written)
-    caplen = frame_caplens(batch, inner, pos, keep_encapsulation, snaplen, marks.cut)
-    block.caplen = caplen.astype(np.uint32)
+    block.caplen = marks.caplen[pos].astype(np.uint32)  # (as the engine planned them: frame_caplens)
     block.wirelen = np.maximum(block.wirelen, block.caplen)
     block.seq = marks.seq[pos]
     block.names = marks.names
-    block.keys = marks.flow_keys(pos)
+    block.keys = marks.flow_keys(pos) if marks.indexed else None
     return block

@@ -95,11 +95,11 @@ class PcapSink(RollingOutput, PacketSink):
                         cfg.rotate_bytes, cfg.rotate_seconds, len(self._header()))
         keep_encap, snaplen = self.keep_encapsulation, self.snaplen
 
-        def sizes(batch: Any, inner: np.ndarray, pos: np.ndarray, cut: np.ndarray) -> np.ndarray:
-            cap = frame_caplens(batch, inner, pos, keep_encap, snaplen, cut)
-            return fmt.record_sizes_of(cap)
+        def caplens(batch: Any, inner: np.ndarray, pos: np.ndarray, cut: np.ndarray) -> np.ndarray:
+            return frame_caplens(batch, inner, pos, keep_encap, snaplen, cut)
 
-        return Capture(Policy(cfg.keep, labeler), plan, cfg.past_limit, keep_encap, sizes)
+        return Capture(Policy(cfg.keep, labeler), plan, cfg.past_limit, keep_encap, caplens, fmt.record_sizes_of,
+                       cfg.index)
 
     @property
     def keep_encapsulation(self) -> bool:

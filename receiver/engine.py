@@ -340,15 +340,9 @@ class Engine:
         key = flow * 2 + direction
         pay = d.pay_len[idx]
         # each packet's rank and payload before it in its flow's direction, in this part and before
+        rank, before, order, starts, sorted_pay = _runs(key, pay)
+        assert before is not None
         n = key.size
-        order, group_start = _grouped_order(key)
-        rank = np.empty(n, np.int64)
-        rank[order] = np.arange(n) - group_start
-        sorted_pay = pay[order]
-        csum = np.cumsum(sorted_pay)
-        before = np.empty(n, np.int64)
-        before[order] = csum - sorted_pay - (csum - sorted_pay)[group_start]
-        starts = np.flatnonzero(group_start == np.arange(n))
         uk = key[order[starts]]
         pk = c["cap_pk"].reshape(-1)
         by = c["cap_by"].reshape(-1)
@@ -875,18 +869,26 @@ def _grouped_order(key: I64) -> tuple[I64, I64]:
 def _rank_within(key: I64, values: I64 | None = None) -> tuple[I64, I64 | None]:
     """For each element: its rank among equal (non-negative) keys, in order, and the sum of ``values``
     before it (None without ``values``)."""
+    rank, before, _, _, _ = _runs(key, values)
+    return rank, before
+
+
+def _runs(key: I64, values: I64 | None = None) -> tuple[I64, I64 | None, I64, I64, I64]:
+    """``_rank_within``'s rank and sums before, plus the runs of equal keys they come from: the
+    stable order, where each run starts in it, and ``values`` in that order (for totals per key)."""
     n = key.size
     order, group_start = _grouped_order(key)
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n) - group_start
+    starts = np.flatnonzero(rank[order] == 0)
     if values is None:
-        return rank, None
+        return rank, None, order, starts, np.zeros(0, np.int64)
     v = values[order].astype(np.int64)
     csum = np.cumsum(v)
     csum -= v
     before = np.empty(n, np.int64)
     before[order] = csum - csum[group_start]
-    return rank, before
+    return rank, before, order, starts, v
 
 
 def _fragment_key(d: Decoded, i: int) -> tuple[int, ...]:

@@ -27,13 +27,16 @@ class CaptureMarks:
     keep: np.ndarray  # bool per packet: the policy writes it (whole, or cut where cut >= 0)
     cut: np.ndarray  # int64 per packet: buffer offset where the frame is cut (its headers only); -1: whole
     seq: np.ndarray  # int32 per packet: the file it goes to (0: not written)
+    caplen: np.ndarray  # int64 per packet: the captured length of its frame, as planned (0: not written)
     names: dict[int, str]  # file number -> name (the plan's)
     decoded: Decoded
     open: bool = True  # the writer had room when the batch began (else nothing is planned: dropped)
+    indexed: bool = True  # the writer indexes its files (the frames need their flow keys)
 
     @classmethod
-    def new(cls, n: int, names: dict[int, str], decoded: Decoded, open: bool = True) -> CaptureMarks:
-        return cls(np.ones(n, bool), np.full(n, -1, np.int64), np.zeros(n, np.int32), names, decoded, open)
+    def new(cls, n: int, names: dict[int, str], decoded: Decoded, open: bool, indexed: bool) -> CaptureMarks:
+        return cls(np.ones(n, bool), np.full(n, -1, np.int64), np.zeros(n, np.int32), np.zeros(n, np.int64), names,
+                   decoded, open, indexed)
 
     def flow_keys(self, pos: np.ndarray) -> np.ndarray:
         """Index entries (forwarders/pcap_index.py) of packets ``pos``: proto 0 for those in no flow."""
@@ -45,7 +48,8 @@ class CaptureMarks:
                          d.dst_lo[pos], d.sport[pos], d.dport[pos])
 
 
-Sizer = Callable[[PacketBatch, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# (batch, inner_start, positions, cut) -> the captured length of each packet's frame
+Caplens = Callable[[PacketBatch, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 class Capture:
@@ -53,18 +57,20 @@ class Capture:
 
     def __init__(
         self, policy: Policy, plan: FilePlan, past_limit: Literal["skip", "headers"], keep_encapsulation: bool,
-        sizes: Sizer,
+        caplens: Caplens, record_sizes: Callable[[np.ndarray], np.ndarray], indexed: bool = True,
     ) -> None:
         self.policy = policy
         self.plan = plan
         self.headers_past_limit = past_limit == "headers"
         self.keep_encapsulation = keep_encapsulation
-        self.sizes = sizes  # record sizes in the file of packets (batch, inner_start, pos, cut)
+        self.caplens = caplens  # the frames' lengths, as the writer's frame_block makes them
+        self.record_sizes = record_sizes  # a frame's bytes in the file, from its length
+        self.indexed = indexed
         self.open = True  # the writer has room for this batch (else its frames count as dropped)
         self.marks: CaptureMarks | None = None  # of the batch being processed
 
     def begin(self, batch: PacketBatch, d: Decoded) -> CaptureMarks:
-        self.marks = CaptureMarks.new(batch.count, self.plan.names, d, self.open)
+        self.marks = CaptureMarks.new(batch.count, self.plan.names, d, self.open, self.indexed)
         return self.marks
 
     def plan_range(self, batch: PacketBatch, d: Decoded, lo: int, hi: int, now: float) -> np.ndarray:
@@ -80,5 +86,7 @@ class Capture:
             sel = sel & (d.inner_start[lo:hi] >= 0)
         pos = lo + np.flatnonzero(sel)
         if pos.size:
-            m.seq[pos] = self.plan.assign(self.sizes(batch, d.inner_start, pos, m.cut), now)
+            caplen = self.caplens(batch, d.inner_start, pos, m.cut)
+            m.caplen[pos] = caplen  # (the frames are cut to these lengths: computed once)
+            m.seq[pos] = self.plan.assign(self.record_sizes(caplen), now)
         return pos
